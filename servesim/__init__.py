@@ -1,0 +1,3 @@
+"""servesim: predict LLM-serving scheduling policies on real GPUs."""
+
+__version__ = "0.1.0"

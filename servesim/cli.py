@@ -1,0 +1,100 @@
+"""The `servesim` command. Bad input ends with one line on stderr and exit code 2."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from servesim import __version__
+from servesim.config import load_config, to_dict
+from servesim.errors import InputError
+from servesim.models.arch import list_models, load_model
+from servesim.outputs import write_json, write_parquet, write_yaml
+from servesim.policies import REGISTRY
+from servesim.runner import run
+
+SUMMARY_ROWS = (
+    ("completed / rejected", lambda s: f"{s['completed']} / {s['failed']}"),
+    ("duration (s)", lambda s: f"{s['duration']:.1f}"),
+    ("request throughput (req/s)", lambda s: f"{s['request_throughput']:.3f}"),
+    ("output throughput (tok/s)", lambda s: f"{s['output_throughput']:.1f}"),
+    ("TTFT mean / p50 / p99 (ms)", lambda s: f"{s['mean_ttft_ms']:.1f} / {s['median_ttft_ms']:.1f} / {s['p99_ttft_ms']:.1f}"),
+    ("TPOT mean / p50 / p99 (ms)", lambda s: f"{s['mean_tpot_ms']:.2f} / {s['median_tpot_ms']:.2f} / {s['p99_tpot_ms']:.2f}"),
+    ("ITL p50 / p99 / max (ms)", lambda s: f"{s['median_itl_ms']:.2f} / {s['p99_itl_ms']:.2f} / {s['max_itl_ms']:.2f}"),
+    ("E2E latency p50 / p99 (ms)", lambda s: f"{s['median_e2el_ms']:.1f} / {s['p99_e2el_ms']:.1f}"),
+    ("SLO attainment", lambda s: f"{s['slo_attainment']:.3f}"),
+    ("request goodput (req/s)", lambda s: f"{s['request_goodput']:.3f}"),
+    ("preemptions", lambda s: f"{s['preemptions']}"),
+    ("KV peak usage", lambda s: f"{s['kv_peak_usage']:.3f}"),
+)
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    config = load_config(args.config, args.set or [])
+    out = Path(args.out) if args.out else Path("runs") / Path(args.config).stem
+    started = time.perf_counter()
+    result = run(config, base_dir=Path(args.config).resolve().parent)
+    wall_s = time.perf_counter() - started
+    write_parquet(out / "requests.parquet", result.requests)
+    write_yaml(out / "config.resolved.yaml", to_dict(config))
+    write_json(out / "summary.json", result.summary)
+    print(f"servesim {config.policy.name} on {config.model} / {config.hardware.gpu}: "
+          f"{result.summary['num_requests']} requests, simulated {result.summary['duration']:.1f} s "
+          f"in {wall_s:.1f} s wall")
+    for label, fmt in SUMMARY_ROWS:
+        print(f"  {label:<28} {fmt(result.summary)}")
+    print(f"wrote {out}/summary.json, requests.parquet, config.resolved.yaml")
+    return 0
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    print(f"{'model':<16} {'layers':>6} {'params (B)':>10} {'moe':>9}  KV bytes/token")
+    for name in list_models():
+        arch = load_model(name)
+        moe = f"{arch.num_experts}x{arch.num_experts_per_tok}" if arch.is_moe else "-"
+        print(f"{name:<16} {arch.num_layers:>6} {arch.params / 1e9:>10.2f} {moe:>9}  {arch.kv_bytes_per_token}")
+    return 0
+
+
+def cmd_policies(args: argparse.Namespace) -> int:
+    for name, cls in REGISTRY.items():
+        doc = (cls.__module__ and sys.modules[cls.__module__].__doc__ or "").strip().splitlines()
+        print(f"{name:<12} {doc[0] if doc else ''}")
+        for f in cls.Params.__dataclass_fields__.values():
+            print(f"    {f.name} = {f.default!r}: {f.metadata.get('help', '')}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="servesim", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"servesim {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("simulate", help="replay a workload under a policy on a simulated GPU")
+    p.add_argument("config", help="run config (YAML)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key")
+    p.add_argument("--out", help="output directory (default runs/<config name>)")
+    p.set_defaults(func=cmd_simulate)
+    sub.add_parser("models", help="list built-in models").set_defaults(func=cmd_models)
+    sub.add_parser("policies", help="list policies and their knobs").set_defaults(func=cmd_policies)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    func: Callable[[Any], int] = args.func
+    try:
+        return func(args)
+    except InputError as e:
+        print(f"servesim: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("servesim: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,111 @@
+"""One run, end to end: a checked Config -> workload, model, cost model, engine limits ->
+simulate -> request table and summary. Used by the CLI and by every sweep worker; writes nothing.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from servesim.config import Config
+from servesim.errors import InputError
+from servesim.models.arch import ModelArch, load_model
+from servesim.policies import REGISTRY, EngineLimits, Policy
+from servesim.request import Request
+from servesim.sim.cost_model import CostModel, make_cost_model
+from servesim.sim.engine import SimResult, simulate
+from servesim.sim.hardware import GpuSpec, get_gpu
+from servesim.sim.kv_cache import num_kv_blocks
+from servesim.sim.metrics import request_table, summarize
+from servesim.traces import load_workload
+
+
+@dataclass
+class RunOutput:
+    summary: dict[str, Any]
+    requests: pd.DataFrame
+    result: SimResult
+
+
+def engine_limits(config: Config, arch: ModelArch, gpu: GpuSpec) -> EngineLimits:
+    """KV capacity from GPU memory (DESIGN: memory x utilization - weights - reserve)."""
+    hw, eng = config.hardware, config.engine
+    blocks = num_kv_blocks(
+        gpu.memory_bytes, hw.memory_utilization, arch.weight_bytes,
+        hw.activation_reserve_gib * 2**30, arch.kv_bytes_per_token, eng.block_size,
+    )
+    max_len = eng.max_model_len or min(arch.max_position_embeddings, blocks * eng.block_size)
+    return EngineLimits(
+        block_size=eng.block_size,
+        total_blocks=blocks,
+        watermark_blocks=math.floor(eng.watermark * blocks),
+        max_model_len=max_len,
+        num_layers=arch.num_layers,
+        num_sms=gpu.num_sms,
+    )
+
+
+def build_cost_model(config: Config, arch: ModelArch, gpu: GpuSpec) -> CostModel:
+    cm = config.cost_model
+    if cm.kind == "constant":
+        return make_cost_model(
+            "constant", arch, gpu, fixed_s=cm.fixed_s, per_prefill_token_s=cm.per_prefill_token_s,
+            per_decode_s=cm.per_decode_s, per_context_token_s=cm.per_context_token_s,
+            per_chunk_s=cm.per_chunk_s,
+        )
+    return make_cost_model(cm.kind, arch, gpu)
+
+
+def build_requests(table: pd.DataFrame, config: Config) -> list[Request]:
+    """Request objects from the workload table, with their class's SLO targets."""
+    out = []
+    for row in table.itertuples(index=False):
+        slo = config.slo.for_class(row.slo_class)
+        out.append(Request(
+            int(row.request_id), float(row.arrival_s), int(row.num_prompt_tokens),
+            int(row.num_output_tokens), str(row.slo_class), int(row.priority),
+            slo.ttft_s, slo.tbt_s if slo.tbt_s is not None else slo.tpot_s,
+        ))
+    return out
+
+
+def check_fits(table: pd.DataFrame, limits: EngineLimits, config: Config) -> None:
+    """With engine.oversized=error, a request that no KV cache state could ever hold is bad input."""
+    if config.engine.oversized != "error" or table.empty:
+        return
+    total = table.num_prompt_tokens + table.num_output_tokens
+    kv_tokens = (limits.total_blocks - limits.watermark_blocks) * limits.block_size
+    bad = (total > limits.max_model_len) | (total > kv_tokens)
+    if bad.any():
+        i = int(np.argmax(bad.to_numpy()))
+        row = table.iloc[i]
+        raise InputError(
+            f"{config.workload.trace or 'workload'}: request {int(row.request_id)} (prompt "
+            f"{int(row.num_prompt_tokens)} + output {int(row.num_output_tokens)} tokens) exceeds what "
+            f"the engine can ever hold (max_model_len {limits.max_model_len}, KV cache {kv_tokens} "
+            f"tokens); shorten it or set engine.oversized: reject to count it as rejected"
+        )
+
+
+def make_policy(config: Config, limits: EngineLimits) -> Policy:
+    return REGISTRY[config.policy.name](config.policy.params, limits)
+
+
+def run(config: Config, base_dir: Path | None = None) -> RunOutput:
+    """Simulate one configuration; deterministic for a given config (seed included)."""
+    rng = np.random.default_rng(config.seed)
+    arch = load_model(config.model)
+    gpu = get_gpu(config.hardware.gpu)
+    limits = engine_limits(config, arch, gpu)
+    workload = load_workload(config.workload, rng, base_dir or Path.cwd())
+    check_fits(workload, limits, config)
+    requests = build_requests(workload, config)
+    result = simulate(requests, make_policy(config, limits), build_cost_model(config, arch, gpu), limits)
+    table = request_table(result.requests, config.slo.classes, config.slo.default)
+    summary = summarize(result, table)
+    return RunOutput(summary, table, result)

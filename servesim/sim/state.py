@@ -1,0 +1,121 @@
+"""The serving state the executors mutate: waiting queue, running set, KV cache, records.
+
+Policies see it only through `ServingView`; every change goes through the methods here, so the
+bookkeeping rules (allocation, recompute preemption, token emission, completion) live in one
+place for every executor.
+"""
+
+from __future__ import annotations
+
+import bisect
+from array import array
+from collections import deque
+
+from servesim.policies.base import EngineLimits, Policy, ServingView, Step
+from servesim.request import Request, State
+from servesim.sim.kv_cache import KVCache
+
+
+def _priority_key(req: Request) -> tuple[float, int]:
+    return (req.arrival_s, req.request_id)
+
+
+class ServingState:
+    """Everything one replica holds: queues, KV cache and what happened."""
+
+    def __init__(self, limits: EngineLimits) -> None:
+        self.limits = limits
+        self.kv = KVCache(limits.total_blocks, limits.block_size)
+        self.waiting: deque[Request] = deque()
+        self.running: list[Request] = []
+        self.num_done = 0
+        self.log = IterationLog()
+        self.events: list[tuple[float, str, int]] = []
+        """(time, what, request_id) for admit, preempt, finish and reject: rare events only."""
+
+    def view(self, now_s: float) -> ServingView:
+        return ServingView(now_s, self.waiting, self.running, self.kv.free_blocks, self.limits)
+
+    def arrive(self, req: Request) -> None:
+        req.state = State.WAITING
+        self.waiting.append(req)
+
+    def reject(self, req: Request, reason: str, now_s: float = 0.0) -> None:
+        self.events.append((now_s, "reject", req.request_id))
+        if req.state is State.WAITING:
+            self.waiting.remove(req)
+        req.state, req.rejected_reason = State.REJECTED, reason
+        self.num_done += 1
+
+    def preempt(self, req: Request, now_s: float) -> None:
+        """Recompute preemption: free the KV, re-queue at the front, redo prompt + output."""
+        if req.state is not State.RUNNING:
+            raise RuntimeError(f"policy preempted request {req.request_id} that is not running")
+        self.events.append((now_s, "preempt", req.request_id))
+        self.running.remove(req)
+        self.kv.release(req.kv_blocks)
+        req.kv_blocks = 0
+        req.num_computed_tokens = 0
+        req.prefill_layer = 0
+        req.prefill_target = req.num_prompt_tokens + req.num_generated_tokens
+        req.num_preemptions += 1
+        req.state = State.WAITING
+        self.waiting.appendleft(req)
+
+    def apply_preemptions(self, step: Step, now_s: float) -> None:
+        for req in reversed(step.preempt):  # keep their priority order at the queue's front
+            self.preempt(req, now_s)
+        for req, reason in step.reject:
+            self.reject(req, reason, now_s)
+
+    def reserve(self, policy: Policy, req: Request, num_tokens: int, now_s: float) -> None:
+        """Allocate the KV `req` needs for `num_tokens` more tokens; admit it if waiting."""
+        self.kv.allocate(policy.blocks_needed(req, num_tokens))
+        req.kv_blocks = policy.blocks_after(req, num_tokens)
+        if req.state is State.WAITING:
+            if self.waiting and self.waiting[0] is req:
+                self.waiting.popleft()
+            else:
+                self.waiting.remove(req)
+            req.state = State.RUNNING
+            self.events.append((now_s, "admit", req.request_id))
+            if req.first_scheduled_s is None:
+                req.first_scheduled_s = now_s
+            bisect.insort(self.running, req, key=_priority_key)
+
+    def emit(self, req: Request, now_s: float) -> None:
+        """One output token; the request finishes when it has all of them."""
+        req.num_generated_tokens += 1
+        req.token_times_s.append(now_s)
+        if req.num_generated_tokens >= req.num_output_tokens:
+            self.running.remove(req)
+            self.kv.release(req.kv_blocks)
+            req.kv_blocks = 0
+            req.state, req.finish_s = State.FINISHED, now_s
+            self.num_done += 1
+            self.events.append((now_s, "finish", req.request_id))
+
+
+class IterationLog:
+    """One row per executed iteration, in compact arrays (a full trace has ~10^5-10^6 rows)."""
+
+    def __init__(self) -> None:
+        self.start_s = array("d")
+        self.end_s = array("d")
+        self.prefill_tokens = array("q")
+        self.num_decodes = array("q")
+        self.used_blocks = array("q")
+        self.partition = array("b")
+        self.expert_bytes = 0.0
+        self.extrapolated = 0
+        self.preempted_ops = 0
+
+    def add(
+        self, start_s: float, end_s: float, prefill: int, decodes: int, used: int, part: int = 0
+    ) -> None:
+        self.start_s.append(start_s)
+        self.end_s.append(end_s)
+        self.prefill_tokens.append(prefill)
+        self.num_decodes.append(decodes)
+        self.used_blocks.append(used)
+        self.partition.append(part)

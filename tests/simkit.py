@@ -1,0 +1,37 @@
+"""Small builders shared by the simulator tests: requests, limits, one-call runs."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from servesim.policies import REGISTRY, EngineLimits
+from servesim.request import Request
+from servesim.sim.cost_model import ConstantCostModel
+from servesim.sim.engine import SimResult, simulate
+
+
+def requests(specs: Sequence[tuple[float, int, int]]) -> list[Request]:
+    """(arrival_s, prompt tokens, output tokens) -> requests with ids in order."""
+    return [Request(i, a, p, o) for i, (a, p, o) in enumerate(specs)]
+
+
+def limits(
+    total_blocks: int = 10**6, block_size: int = 16, watermark_blocks: int = 0,
+    max_model_len: int = 10**7, num_layers: int = 32,
+) -> EngineLimits:
+    return EngineLimits(block_size, total_blocks, watermark_blocks, max_model_len, num_layers)
+
+
+def run(
+    policy: str, reqs: Sequence[Request], cost: Any = None, lim: EngineLimits | None = None,
+    **params: Any,
+) -> SimResult:
+    lim = lim or limits()
+    cls = REGISTRY[policy]
+    cost = cost or ConstantCostModel(fixed_s=0.01, per_prefill_token_s=0.001)
+    return simulate(list(reqs), cls(cls.Params(**params), lim), cost, lim)
+
+
+def token_times(result: SimResult) -> dict[int, list[float]]:
+    return {r.request_id: [round(t, 9) for t in r.token_times_s] for r in result.requests}
