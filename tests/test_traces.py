@@ -139,13 +139,13 @@ def test_burstgpt_reader_keeps_extra_columns(tmp_path: Path) -> None:
 
 def test_generic_csv_with_per_row_classes(tmp_path: Path) -> None:
     path = write(tmp_path, "mine.csv", "arrival_s,num_prompt_tokens,num_output_tokens,slo_class,"
-                 "priority\n1.0,10,2,chat,0\n1.5,20,3,batch,2\n")
+                 "priority,hash_ids\n1.0,10,2,chat,0,4 5\n1.5,20,3,batch,2,\n")
     assert detect_format(path) == "csv"
     df = load_workload(WorkloadConfig(trace=path.name), np.random.default_rng(0),
                        base_dir=tmp_path)
     check_contract(df)
     assert list(df["slo_class"]) == ["chat", "batch"] and list(df["priority"]) == [0, 2]
-    assert list(df["arrival_s"]) == [0.0, 0.5]
+    assert list(df["arrival_s"]) == [0.0, 0.5] and list(df["hash_ids"]) == [(4, 5), ()]
 
 
 def test_generic_jsonl_with_hash_ids(tmp_path: Path) -> None:
@@ -196,6 +196,8 @@ BAD_INPUTS = [
     ("trace.parquet", "x", ["trace.parquet", "unknown trace format"]),
     ("broken.jsonl", '{"timestamp": 0, "input_length": 5, "output_length": 1}\n{"timestamp": 1,\n',
      ["broken.jsonl", "line 2", "not valid JSON"]),
+    ("nolen.jsonl", '{"timestamp": 0, "input_length": 5, "hash_ids": [0]}\n',
+     ["nolen.jsonl", "missing column 'output_length'"]),
     ("gap.jsonl", '{"timestamp": 0, "input_length": 5, "output_length": 1}\n\n'
      '{"timestamp": 3000, "input_length": 5}\n', ["gap.jsonl", "line 3", "'output_length'"]),
     ("ms.jsonl", '{"timestamp": 3000, "input_length": 5, "output_length": 1}\n'
