@@ -25,12 +25,12 @@ def limits(
 
 def run(
     policy: str, reqs: Sequence[Request], cost: Any = None, lim: EngineLimits | None = None,
-    **params: Any,
+    fast_forward: bool = True, **params: Any,
 ) -> SimResult:
     lim = lim or limits()
     cls = REGISTRY[policy]
     cost = cost or ConstantCostModel(fixed_s=0.01, per_prefill_token_s=0.001)
-    return simulate(list(reqs), cls(cls.Params(**params), lim), cost, lim)
+    return simulate(list(reqs), cls(cls.Params(**params), lim), cost, lim, fast_forward)
 
 
 def token_times(result: SimResult) -> dict[int, list[float]]:

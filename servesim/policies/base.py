@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 from abc import ABC, abstractmethod
 from collections import deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
@@ -87,6 +87,9 @@ class Policy(ABC):
     Params: ClassVar[type[PolicyParams]] = PolicyParams
     kv_mode: ClassVar[KvMode] = "prompt"
     granularity: ClassVar[Granularity] = "iteration"
+    decode_steady_state: ClassVar[bool] = True
+    """True if, with nothing waiting, a step of all running decodes repeats unchanged until a
+    request arrives or finishes or KV runs short (lets the simulator batch such iterations)."""
 
     def __init__(self, params: PolicyParams, limits: EngineLimits) -> None:
         self.params = params
@@ -111,12 +114,22 @@ class Policy(ABC):
         """New KV blocks `req` needs to process `num_tokens` more tokens this step."""
         return self.blocks_after(req, num_tokens) - req.kv_blocks
 
+    def decode_blocks_needed(self, req: Request) -> int:
+        """New blocks one decode step needs: one when its new token starts a block (a fast
+        equivalent of blocks_needed(req, 1) for requests past their prefill)."""
+        return 1 if req.num_computed_tokens >= req.kv_blocks * self.limits.block_size else 0
+
     def schedule_decodes(
-        self, running: Iterable[Request], free_blocks: int
+        self, running: Sequence[Request], free_blocks: int
     ) -> tuple[list[Request], list[Request], list[Request], int]:
         """vLLM's decode pass: every decoding request in priority order gets one slot; when KV
         runs out the lowest-priority (last) running request is preempted, possibly the one being
         served. Returns (decodes, in-flight prefills, preempted, free blocks left)."""
+        if free_blocks >= len(running):  # each decode needs at most one block: no preemption
+            decodes = [r for r in running if r.num_computed_tokens >= r.prefill_target]
+            prefills = [r for r in running if r.num_computed_tokens < r.prefill_target]
+            free_blocks -= sum(map(self.decode_blocks_needed, decodes))
+            return decodes, prefills, [], free_blocks
         queue = deque(running)
         decodes: list[Request] = []
         prefills: list[Request] = []
@@ -126,7 +139,7 @@ class Policy(ABC):
             if req.in_prefill:
                 prefills.append(req)
                 continue
-            need = self.blocks_needed(req, 1)
+            need = self.decode_blocks_needed(req)
             while need > free_blocks and queue:
                 victim = queue.pop()
                 preempted.append(victim)

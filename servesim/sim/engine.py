@@ -14,7 +14,7 @@ import simpy
 from servesim.policies.base import EngineLimits, Policy
 from servesim.request import Request, State
 from servesim.sim.cost_model import CostModel
-from servesim.sim.executor import Executor, Proc
+from servesim.sim.executor import Executor, Proc, delay_until
 from servesim.sim.state import IterationLog, ServingState
 
 
@@ -43,24 +43,28 @@ def _arrivals(
     env: simpy.Environment, requests: Sequence[Request], state: ServingState, executor: Executor
 ) -> Proc:
     for req in requests:
+        state.next_arrival_s = req.arrival_s
         if req.arrival_s > env.now:
-            yield env.timeout(req.arrival_s - env.now)
+            yield env.timeout(delay_until(env.now, req.arrival_s))
         reason = admission_reject_reason(req, state.limits)
         if reason is None:
             state.arrive(req)
         else:
             state.reject(req, reason, env.now)
         executor.notify()
+    state.next_arrival_s = float("inf")
 
 
 def simulate(
-    requests: Sequence[Request], policy: Policy, cost_model: CostModel, limits: EngineLimits
+    requests: Sequence[Request], policy: Policy, cost_model: CostModel, limits: EngineLimits,
+    fast_forward: bool = True,
 ) -> SimResult:
     """Replay `requests` (sorted by arrival) under `policy` until each one finished or was
-    rejected."""
+    rejected. `fast_forward=False` steps every iteration as its own event (for checking)."""
     env = simpy.Environment()
     state = ServingState(limits)
     executor = Executor(env, state, policy, cost_model, len(requests))
+    executor.fast_forward &= fast_forward
     env.process(_arrivals(env, requests, state, executor))
     env.process(executor.run())
     env.run()

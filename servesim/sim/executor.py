@@ -7,6 +7,7 @@ cost model's iteration time, then emit tokens. Subclasses change only how a step
 
 from __future__ import annotations
 
+import math
 from collections.abc import Generator
 from typing import Any
 
@@ -18,6 +19,15 @@ from servesim.sim.cost_model import CostModel
 from servesim.sim.state import ServingState
 
 Proc = Generator[simpy.Event, Any, None]
+
+
+def delay_until(now_s: float, at_s: float) -> float:
+    """The smallest delay d with now_s + d >= at_s in floating point (SimPy adds delays to now;
+    an exact sum may not exist), so nothing is ever seen before it arrived."""
+    d = at_s - now_s
+    while now_s + d < at_s:
+        d = math.nextafter(d, math.inf)
+    return d
 
 
 class Executor:
@@ -42,6 +52,8 @@ class Executor:
         self.partition = partition
         self.current: BatchShape | None = None
         self._idle: simpy.Event | None = None
+        self.fast_forward = policy.decode_steady_state and policy.granularity == "iteration"
+        """Advance runs of identical decode-only iterations in one event (see _decode_run)."""
 
     def notify(self) -> None:
         """Wake the executor if it is idle (a request arrived or state changed)."""
@@ -67,16 +79,78 @@ class Executor:
                 yield self._idle
                 self._idle = None
                 continue
-            start_s = env.now
-            shape = self.begin(step, start_s)
-            self.current = shape
-            yield from self.execute(step, shape)
-            self.current = None
-            self.complete(step, env.now)
-            state.log.add(
-                start_s, env.now, shape.num_prefill_tokens, shape.num_decodes,
-                state.kv.used_blocks, self.partition,
-            )
+            if self.fast_forward and self._is_steady(step):
+                yield from self._decode_run(step)
+                continue
+            yield from self._one_step(step)
+
+    def _is_steady(self, step: Step) -> bool:
+        """A decode-only step of every running request with nothing waiting: under a policy with
+        `decode_steady_state`, the same step repeats until an arrival, a finish or a KV shortage."""
+        state = self.state
+        return (
+            not step.prefills and not state.waiting and not step.preempt
+            and len(step.decodes) == len(state.running) and len(step.decodes) > 0
+        )
+
+    def _decode_run(self, step: Step) -> Proc:
+        """Run k decode-only iterations as one event. k stops at the iteration during which the
+        next request arrives, at the first finish, and before KV could run short, so the policy
+        would have chosen exactly these iterations; the times and tokens are the ones the
+        one-by-one loop produces (same additions, in the same order)."""
+        state, env, bs = self.state, self.env, self.policy.limits.block_size
+        decodes = step.decodes
+        computed = [r.num_computed_tokens for r in decodes]
+        ctx_sum = sum(computed) + len(decodes)
+        ctx_max = max(computed) + 1
+        max_k = min(r.num_output_tokens - r.num_generated_tokens for r in decodes)
+        crossings = [0] * bs  # requests whose new token starts a block at iteration i: i % bs
+        for c, r in zip(computed, decodes, strict=True):
+            first = r.kv_blocks * bs - c  # iterations until its held blocks are full
+            if first < bs:  # (reserved max_len KV is never outgrown within max_k)
+                crossings[first] += 1
+        free, n, t = state.kv.free_blocks, len(decodes), env.now
+        start = t
+        ends: list[float] = []
+        used = state.kv.used_blocks
+        while len(ends) < max_k and t < state.next_arrival_s:
+            new = crossings[len(ends) % bs]
+            if new > free:
+                break
+            free -= new
+            used += new
+            shape = BatchShape((), (), n, ctx_sum, ctx_max, n, None)
+            begin_s, t = t, t + self.cost_model.step_time(shape, self.sms, None)
+            ends.append(t)
+            state.log.add(begin_s, t, 0, n, used, self.partition)
+            ctx_sum += n
+            ctx_max += 1
+        if not ends:  # KV is short right now: let the policy decide one step
+            yield from self._one_step(step)
+            return
+        yield env.timeout(delay_until(start, t))
+        k = len(ends)
+        for r in decodes:  # allocate all before any finish frees, as the iterations did
+            need = -(-(r.num_computed_tokens + k) // bs) - r.kv_blocks
+            if need > 0:
+                state.kv.allocate(need)
+                r.kv_blocks += need
+        for r in decodes:
+            r.num_computed_tokens += k
+            r.num_generated_tokens += k - 1
+            r.token_times_s.extend(ends[:-1])
+            state.emit(r, ends[-1])
+
+    def _one_step(self, step: Step) -> Proc:
+        start_s = self.env.now
+        shape = self.current = self.begin(step, start_s)
+        used = self.state.kv.used_blocks  # what the iteration holds while it runs
+        yield from self.execute(step, shape)
+        self.current = None
+        self.complete(step, self.env.now)
+        self.state.log.add(
+            start_s, self.env.now, shape.num_prefill_tokens, shape.num_decodes, used, self.partition
+        )
 
     def begin(self, step: Step, now_s: float) -> BatchShape:
         """Allocate KV for the step and describe it for the cost model."""
@@ -91,7 +165,7 @@ class Executor:
                 logits += 1
         ctx_sum = ctx_max = 0
         for req in step.decodes:
-            state.reserve(policy, req, 1, now_s)
+            state.reserve_decode(policy, req)
             ctx = req.num_computed_tokens + 1
             ctx_sum += ctx
             if ctx > ctx_max:
@@ -119,6 +193,7 @@ class Executor:
             else:
                 assert layers is not None
                 req.prefill_layer = layers[1]
+        emit = state.emit
         for req in step.decodes:
             req.num_computed_tokens += 1
-            state.emit(req, now_s)
+            emit(req, now_s)

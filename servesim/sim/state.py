@@ -29,6 +29,8 @@ class ServingState:
         self.waiting: deque[Request] = deque()
         self.running: list[Request] = []
         self.num_done = 0
+        self.next_arrival_s = float("inf")
+        """When the next request arrives (kept current by the arrival process)."""
         self.log = IterationLog()
         self.events: list[tuple[float, str, int]] = []
         """(time, what, request_id) for admit, preempt, finish and reject: rare events only."""
@@ -82,6 +84,12 @@ class ServingState:
             if req.first_scheduled_s is None:
                 req.first_scheduled_s = now_s
             bisect.insort(self.running, req, key=_priority_key)
+
+    def reserve_decode(self, policy: Policy, req: Request) -> None:
+        """The fast path of `reserve` for a running request's decode step."""
+        if policy.decode_blocks_needed(req):
+            self.kv.allocate(1)
+            req.kv_blocks += 1
 
     def emit(self, req: Request, now_s: float) -> None:
         """One output token; the request finishes when it has all of them."""
