@@ -79,7 +79,9 @@ class EngineConfig(DictConfig):
 @dataclass(frozen=True)
 class SloConfig:
     default: SloTarget = _help(SloTarget(), "targets of requests whose class is not listed")
-    classes: Mapping[str, SloTarget] = _help(dataclasses.field(default_factory=dict), "per-class targets")
+    classes: Mapping[str, SloTarget] = field(
+        default_factory=dict, metadata={"help": "per-class targets, by class name"}
+    )
 
     def for_class(self, name: str) -> SloTarget:
         return self.classes.get(name, self.default)
