@@ -28,13 +28,18 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
 
 
 def write_json(path: Path, data: Any) -> None:
-    text = json.dumps(data, indent=2, allow_nan=False, default=float) + "\n"
-    atomic_write(path, lambda p: p.write_text(text))
+    write_text(path, json.dumps(data, indent=2, allow_nan=False, default=float) + "\n")
 
 
 def write_yaml(path: Path, data: Any) -> None:
-    text = yaml.safe_dump(data, sort_keys=False)
-    atomic_write(path, lambda p: p.write_text(text))
+    write_text(path, yaml.safe_dump(data, sort_keys=False))
+
+
+def write_text(path: Path, text: str) -> None:
+    def write(tmp: Path) -> None:
+        tmp.write_text(text)
+
+    atomic_write(path, write)
 
 
 def write_parquet(path: Path, table: pd.DataFrame) -> None:

@@ -64,13 +64,16 @@ def build_cost_model(config: Config, arch: ModelArch, gpu: GpuSpec) -> CostModel
 def build_requests(table: pd.DataFrame, config: Config) -> list[Request]:
     """Request objects from the workload table, with their class's SLO targets."""
     out = []
-    for row in table.itertuples(index=False):
-        slo = config.slo.for_class(row.slo_class)
-        out.append(Request(
-            int(row.request_id), float(row.arrival_s), int(row.num_prompt_tokens),
-            int(row.num_output_tokens), str(row.slo_class), int(row.priority),
-            slo.ttft_s, slo.tbt_s if slo.tbt_s is not None else slo.tpot_s,
-        ))
+    columns = zip(
+        table.request_id.tolist(), table.arrival_s.tolist(), table.num_prompt_tokens.tolist(),
+        table.num_output_tokens.tolist(), table.slo_class.astype(str).tolist(),
+        table.priority.tolist(), strict=True,
+    )
+    for rid, arrival_s, prompt, output, cls, priority in columns:
+        slo = config.slo.for_class(cls)
+        tbt_s = slo.tbt_s if slo.tbt_s is not None else slo.tpot_s
+        out.append(Request(int(rid), float(arrival_s), int(prompt), int(output), cls, int(priority),
+                           slo.ttft_s, tbt_s))
     return out
 
 

@@ -125,15 +125,15 @@ class Policy(ABC):
         """vLLM's decode pass: every decoding request in priority order gets one slot; when KV
         runs out the lowest-priority (last) running request is preempted, possibly the one being
         served. Returns (decodes, in-flight prefills, preempted, free blocks left)."""
-        if free_blocks >= len(running):  # each decode needs at most one block: no preemption
-            decodes = [r for r in running if r.num_computed_tokens >= r.prefill_target]
-            prefills = [r for r in running if r.num_computed_tokens < r.prefill_target]
-            free_blocks -= sum(map(self.decode_blocks_needed, decodes))
-            return decodes, prefills, [], free_blocks
-        queue = deque(running)
         decodes: list[Request] = []
         prefills: list[Request] = []
         preempted: list[Request] = []
+        if free_blocks >= len(running):  # each decode needs at most one block: no preemption
+            for r in running:
+                (decodes if r.num_computed_tokens >= r.prefill_target else prefills).append(r)
+            free_blocks -= sum(map(self.decode_blocks_needed, decodes))
+            return decodes, prefills, preempted, free_blocks
+        queue = deque(running)
         while queue:
             req = queue.popleft()
             if req.in_prefill:
