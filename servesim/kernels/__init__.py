@@ -7,7 +7,11 @@ and the standard library.
 """
 
 from servesim.kernels.activation import silu_and_mul, silu_and_mul_ref
-from servesim.kernels.attention_decode import decode_attention, decode_attention_ref, decode_num_splits
+from servesim.kernels.attention_decode import (
+    decode_attention,
+    decode_attention_ref,
+    decode_num_splits,
+)
 from servesim.kernels.attention_prefill import prefill_attention, prefill_attention_ref
 from servesim.kernels.configs import GemmConfig, gemm_config
 from servesim.kernels.gemm import gemm, gemm_ref
