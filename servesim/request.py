@@ -38,6 +38,12 @@ class Request:
     kv_blocks: int = 0
     prefill_layer: int = 0
     """Layered prefill: the first layer the current chunk has not passed through yet."""
+    prefill_run: int = -1
+    """Operator-level execution: id of the run its current chunk belongs to (-1 = none)."""
+    chunk_tokens: int = 0
+    """Operator-level execution: prompt tokens of the current chunk."""
+    prefill_progress_s: float = 0.0
+    """Operator-level execution: seconds already spent on the current chunk (suspended runs)."""
     first_scheduled_s: float | None = None
     finish_s: float | None = None
     num_preemptions: int = 0

@@ -108,7 +108,9 @@ def run(config: Config, base_dir: Path | None = None) -> RunOutput:
     workload = load_workload(config.workload, rng, base_dir or Path.cwd())
     check_fits(workload, limits, config)
     requests = build_requests(workload, config)
-    result = simulate(requests, make_policy(config, limits), build_cost_model(config, arch, gpu), limits)
+    result = simulate(
+        requests, make_policy(config, limits), build_cost_model(config, arch, gpu), limits, arch=arch
+    )
     table = request_table(result.requests, config.slo.classes, config.slo.default)
     summary = summarize(result, table)
     return RunOutput(summary, table, result)

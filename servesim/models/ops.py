@@ -254,3 +254,18 @@ def forward_ops(arch: ModelArch, batch: BatchShape) -> list[tuple[int, OpSpec]]:
         ops += [(layer, op) for op in layer_ops(arch, batch, layer)]
     ops += [(arch.num_layers, op) for op in head_ops(arch, leaving, batch.num_logits)]
     return ops
+
+
+def expert_bytes_read(arch: ModelArch, batch: BatchShape) -> float:
+    """Bytes of routed-expert weights one pass reads (0 for dense models): per layer, the
+    experts its tokens hit. Layered prefill reads the cohort's experts only in its layer group,
+    which is where its saving over chunked prefill comes from (policies.md §4.3)."""
+    if not arch.is_moe or batch.is_empty:
+        return 0.0
+    e, k = arch.num_experts, arch.num_experts_per_tok
+    start, end = batch.prefill_layers or (0, arch.num_layers)
+    prefill_layers = end - start if batch.prefill_tokens else 0
+    mixed = expected_experts_hit(e, k, batch.num_decodes + batch.num_prefill_tokens)
+    decode_only = expected_experts_hit(e, k, batch.num_decodes)
+    hit = prefill_layers * mixed + (arch.num_layers - prefill_layers) * decode_only
+    return hit * arch.expert_bytes

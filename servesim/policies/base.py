@@ -12,13 +12,15 @@ from __future__ import annotations
 import math
 from abc import ABC, abstractmethod
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
+from servesim.models.shapes import BatchShape
 from servesim.request import Request
 
 KvMode = Literal["prompt", "incremental", "max_len"]
+Predictor = Callable[[BatchShape, int | None], float]
 Granularity = Literal["iteration", "layer", "operator", "partitioned"]
 
 
@@ -94,6 +96,15 @@ class Policy(ABC):
     def __init__(self, params: PolicyParams, limits: EngineLimits) -> None:
         self.params = params
         self.limits = limits
+        self.predict: Predictor | None = None
+        """Predicted seconds of a batch on `sms` SMs (None = all), for policies that plan with
+        costs; set by whoever runs the policy (the simulator: its cost model; the runtime: its
+        profile). A pure function: calling it reads no clock and touches no GPU."""
+
+    def should_preempt(self, view: ServingView, running: Step, since_s: float) -> bool:
+        """Operator-level policies: asked at each preemption point of a running prefill step
+        (`since_s`: when its last block started); True suspends it there."""
+        return False
 
     @abstractmethod
     def schedule(self, view: ServingView) -> Step:

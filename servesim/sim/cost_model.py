@@ -171,26 +171,52 @@ class RooflineCostModel:
     def batch_cost(
         self, batch: BatchShape, sms: int | None = None, corunner: Corunner | None = None
     ) -> BatchCost:
-        """Prices every op of model_ops.forward_ops one by one; total_s is step_time's."""
+        """Prices every op of the pass one by one; total_s is step_time's. Layers that run the
+        same tokens have the same ops, so each kind of layer is priced once and repeated."""
         num_sms, contention = self._check_sms(sms), self._contention(corunner)
-        launch_s, num_layers = self.gpu.launch_overhead_s, self.arch.num_layers
+        num_layers = self.arch.num_layers
+        entering, leaving = model_ops.boundary_tokens(self.arch, batch)
+        priced_kinds: dict[bool, list[tuple[model_ops.OpSpec, float]]] = {}
+        op_costs: list[OpCost] = []
+        specs: list[model_ops.OpSpec] = []
+
+        def emit(layer: int, priced: list[tuple[model_ops.OpSpec, float]]) -> None:
+            for op, seconds in priced:
+                op_costs.append(OpCost(layer, op.name, seconds, op.flops, op.hbm_bytes))
+                specs.append(op)
+
+        if not batch.is_empty:
+            emit(-1, self._priced(model_ops.embedding_ops(self.arch, entering), num_sms, contention))
+            for layer in range(num_layers):
+                kind = model_ops.runs_prefill(self.arch, batch, layer)
+                if kind not in priced_kinds:
+                    ops = model_ops.layer_ops(self.arch, batch, layer)
+                    priced_kinds[kind] = self._priced(ops, num_sms, contention)
+                emit(layer, priced_kinds[kind])
+            head = model_ops.head_ops(self.arch, leaving, batch.num_logits)
+            emit(num_layers, self._priced(head, num_sms, contention))
         layer_s = [0.0] * num_layers
-        op_costs = []
-        ops = model_ops.forward_ops(self.arch, batch)
-        for layer, op in ops:
-            compute_s, latency_s, memory_s = self._op_terms(op, num_sms)
-            seconds = launch_s + max(compute_s, latency_s + memory_s * contention)
-            op_costs.append(OpCost(layer, op.name, seconds, op.flops, op.hbm_bytes))
-            if 0 <= layer < num_layers:
-                layer_s[layer] += seconds
+        for op in op_costs:
+            if 0 <= op.layer < num_layers:
+                layer_s[op.layer] += op.seconds
         return BatchCost(
             total_s=self.step_time(batch, sms, corunner),
             layer_s=tuple(layer_s),
             ops=tuple(op_costs),
-            flops=sum(op.flops for _, op in ops),
-            hbm_bytes=sum(op.hbm_bytes for _, op in ops),
-            expert_bytes=sum(op.weight_bytes for _, op in ops if op.kind == "moe_gemm"),
+            flops=sum(op.flops for op in specs),
+            hbm_bytes=sum(op.hbm_bytes for op in specs),
+            expert_bytes=sum(op.weight_bytes for op in specs if op.kind == "moe_gemm"),
         )
+
+    def _priced(
+        self, ops: list[model_ops.OpSpec], sms: int, contention: float
+    ) -> list[tuple[model_ops.OpSpec, float]]:
+        launch_s = self.gpu.launch_overhead_s
+        out = []
+        for op in ops:
+            compute_s, latency_s, memory_s = self._op_terms(op, sms)
+            out.append((op, launch_s + max(compute_s, latency_s + memory_s * contention)))
+        return out
 
     def _check_sms(self, sms: int | None) -> int:
         if sms is None:

@@ -7,14 +7,19 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import simpy
 
+from servesim.models.arch import ModelArch
 from servesim.policies.base import EngineLimits, Policy
+from servesim.policies.nexus import Nexus
 from servesim.request import Request, State
 from servesim.sim.cost_model import CostModel
 from servesim.sim.executor import Executor, Proc, delay_until
+from servesim.sim.op_executor import OperatorExecutor
+from servesim.sim.partitioned import PhaseExecutor, controller
 from servesim.sim.state import IterationLog, ServingState
 
 
@@ -28,6 +33,8 @@ class SimResult:
     limits: EngineLimits
     peak_used_blocks: int
     end_s: float
+    extra: dict[str, Any] = field(default_factory=dict)
+    """Executor-specific records: preemption blocking times, SM splits over time."""
 
 
 def admission_reject_reason(req: Request, limits: EngineLimits) -> str | None:
@@ -40,7 +47,8 @@ def admission_reject_reason(req: Request, limits: EngineLimits) -> str | None:
 
 
 def _arrivals(
-    env: simpy.Environment, requests: Sequence[Request], state: ServingState, executor: Executor
+    env: simpy.Environment, requests: Sequence[Request], state: ServingState,
+    executors: Sequence[Executor],
 ) -> Proc:
     for req in requests:
         state.next_arrival_s = req.arrival_s
@@ -48,29 +56,61 @@ def _arrivals(
             yield env.timeout(delay_until(env.now, req.arrival_s))
         reason = admission_reject_reason(req, state.limits)
         if reason is None:
-            state.arrive(req)
+            state.arrive(req, env.now)
         else:
             state.reject(req, reason, env.now)
-        executor.notify()
+        for executor in executors:
+            executor.notify()
     state.next_arrival_s = float("inf")
 
 
 def simulate(
     requests: Sequence[Request], policy: Policy, cost_model: CostModel, limits: EngineLimits,
-    fast_forward: bool = True,
+    fast_forward: bool = True, arch: ModelArch | None = None,
 ) -> SimResult:
     """Replay `requests` (sorted by arrival) under `policy` until each one finished or was
     rejected. `fast_forward=False` steps every iteration as its own event (for checking)."""
     env = simpy.Environment()
     state = ServingState(limits)
-    executor = Executor(env, state, policy, cost_model, len(requests))
-    executor.fast_forward &= fast_forward
-    env.process(_arrivals(env, requests, state, executor))
-    env.process(executor.run())
+    policy.predict = cost_model.step_time
+    executors, extra = _executors(env, state, policy, cost_model, len(requests), arch)
+    for executor in executors:
+        executor.fast_forward &= fast_forward
+    env.process(_arrivals(env, requests, state, executors))
+    for executor in executors:
+        env.process(executor.run())
     env.run()
     lost = [r.request_id for r in requests if r.state not in (State.FINISHED, State.REJECTED)]
     if lost:
         raise RuntimeError(f"simulation ended with {len(lost)} unfinished requests: {lost[:5]}")
     if state.kv.used_blocks:
         raise RuntimeError(f"simulation ended with {state.kv.used_blocks} KV blocks still held")
-    return SimResult(list(requests), state.log, state.events, limits, state.kv.peak_used_blocks, env.now)
+    for executor in executors:
+        if isinstance(executor, OperatorExecutor):
+            extra.update(executor.blocking_summary())
+    return SimResult(list(requests), state.log, state.events, limits, state.kv.peak_used_blocks,
+                     env.now, extra)
+
+
+def _executors(
+    env: simpy.Environment, state: ServingState, policy: Policy, cost_model: CostModel,
+    num_requests: int, arch: ModelArch | None,
+) -> tuple[list[Executor], dict[str, Any]]:
+    """The executors a policy's granularity needs, and a dict they report extras into."""
+    extra: dict[str, Any] = {}
+    if policy.granularity == "operator":
+        return [OperatorExecutor(env, state, policy, cost_model, num_requests, arch=arch)], extra
+    if policy.granularity != "partitioned":
+        return [Executor(env, state, policy, cost_model, num_requests, arch=arch)], extra
+    assert isinstance(policy, Nexus)
+    prefill_sms = min(max(policy.params.initial_prefill_sms, 8), policy.limits.num_sms - 8)
+    prefill = PhaseExecutor(env, state, policy, cost_model, num_requests, sms=prefill_sms,
+                            partition=0, arch=arch, phase="prefill")
+    decode = PhaseExecutor(env, state, policy, cost_model, num_requests,
+                           sms=policy.limits.num_sms - prefill_sms, partition=1, arch=arch,
+                           phase="decode")
+    prefill.sibling, decode.sibling = decode, prefill
+    splits: list[tuple[float, int]] = [(0.0, prefill_sms)]
+    extra["sm_splits"] = splits
+    env.process(controller(env, policy, prefill, decode, splits))
+    return [prefill, decode], extra

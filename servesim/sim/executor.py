@@ -13,6 +13,8 @@ from typing import Any
 
 import simpy
 
+from servesim.models.arch import ModelArch
+from servesim.models.ops import expert_bytes_read
 from servesim.models.shapes import BatchShape, Corunner
 from servesim.policies.base import Policy, Step
 from servesim.sim.cost_model import CostModel
@@ -42,6 +44,7 @@ class Executor:
         num_requests: int,
         sms: int | None = None,
         partition: int = 0,
+        arch: ModelArch | None = None,
     ) -> None:
         self.env = env
         self.state = state
@@ -50,9 +53,11 @@ class Executor:
         self.num_requests = num_requests
         self.sms = sms
         self.partition = partition
+        self.moe_arch = arch if arch is not None and arch.is_moe else None
+        """Set for MoE models: the executor then counts the expert weight bytes it reads."""
         self.current: BatchShape | None = None
         self._idle: simpy.Event | None = None
-        self.fast_forward = policy.decode_steady_state and policy.granularity == "iteration"
+        self.fast_forward = policy.decode_steady_state and policy.granularity != "partitioned"
         """Advance runs of identical decode-only iterations in one event (see _decode_run)."""
 
     def notify(self) -> None:
@@ -66,7 +71,7 @@ class Executor:
     def run(self) -> Proc:
         state, env = self.state, self.env
         while state.num_done < self.num_requests:
-            step = self.policy.schedule(state.view(env.now))
+            step = self.next_step()
             state.apply_preemptions(step, env.now)
             if step.is_empty:
                 if not state.running and state.waiting and not step.reject and not step.preempt:
@@ -83,6 +88,13 @@ class Executor:
                 yield from self._decode_run(step)
                 continue
             yield from self._one_step(step)
+            self.after_step()
+
+    def next_step(self) -> Step:
+        return self.policy.schedule(self.state.view(self.env.now))
+
+    def after_step(self) -> None:
+        """Hook after each executed step (partitioned executors wake their sibling)."""
 
     def _is_steady(self, step: Step) -> bool:
         """A decode-only step of every running request with nothing waiting: under a policy with
@@ -130,6 +142,9 @@ class Executor:
             return
         yield env.timeout(delay_until(start, t))
         k = len(ends)
+        if self.moe_arch is not None:
+            per_iteration = expert_bytes_read(self.moe_arch, BatchShape(num_decodes=n))
+            state.log.expert_bytes += k * per_iteration
         for r in decodes:  # allocate all before any finish frees, as the iterations did
             need = -(-(r.num_computed_tokens + k) // bs) - r.kv_blocks
             if need > 0:
@@ -145,9 +160,12 @@ class Executor:
         start_s = self.env.now
         shape = self.current = self.begin(step, start_s)
         used = self.state.kv.used_blocks  # what the iteration holds while it runs
-        yield from self.execute(step, shape)
+        done = yield from self.execute(step, shape)
         self.current = None
-        self.complete(step, self.env.now)
+        if self.moe_arch is not None:
+            self.state.log.expert_bytes += expert_bytes_read(self.moe_arch, shape)
+        if done:
+            self.complete(step, self.env.now)
         self.state.log.add(
             start_s, self.env.now, shape.num_prefill_tokens, shape.num_decodes, used, self.partition
         )
@@ -175,9 +193,11 @@ class Executor:
             logits + len(step.decodes), step.prefill_layers,
         )
 
-    def execute(self, step: Step, shape: BatchShape) -> Proc:
-        """Let the iteration's time pass (one event on the fast path)."""
+    def execute(self, step: Step, shape: BatchShape) -> Generator[simpy.Event, Any, bool]:
+        """Let the iteration's time pass (one event on the fast path); False if it was suspended
+        before the end (operator-level preemption), so its tokens are not emitted yet."""
         yield self.env.timeout(self.cost_model.step_time(shape, self.sms, self.corunner()))
+        return True
 
     def complete(self, step: Step, now_s: float) -> None:
         """Advance every request in the step and emit the tokens it produced."""

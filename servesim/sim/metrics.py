@@ -148,4 +148,19 @@ def _servesim_block(
         "kv_mean_usage": float(np.mean(log.used_blocks)) / result.limits.total_blocks if len(log.used_blocks) else 0.0,
         "expert_bytes_read": log.expert_bytes,
         "cost_model_extrapolations": log.extrapolated,
+        "operator_preemptions": log.preempted_ops,
+        **_extra(result),
     }
+
+
+def _extra(result: SimResult) -> dict[str, Any]:
+    """Executor-specific numbers: preemption blocking (operator level), SM splits (Nexus)."""
+    out = {k: v for k, v in result.extra.items() if isinstance(v, int | float)}
+    splits = result.extra.get("sm_splits")
+    if splits:
+        times = [t for t, _ in splits] + [result.end_s]
+        shares = [sms for _, sms in splits]
+        weighted = sum(sms * (b - a) for sms, a, b in zip(shares, times, times[1:], strict=False))
+        out["repartitions"] = len(splits) - 1
+        out["mean_prefill_sms"] = weighted / max(result.end_s, 1e-12)
+    return out

@@ -30,6 +30,7 @@ class ServingState:
         self.running: list[Request] = []
         self.num_done = 0
         self.next_arrival_s = float("inf")
+        self.last_arrival_s = -1.0
         """When the next request arrives (kept current by the arrival process)."""
         self.log = IterationLog()
         self.events: list[tuple[float, str, int]] = []
@@ -38,8 +39,9 @@ class ServingState:
     def view(self, now_s: float) -> ServingView:
         return ServingView(now_s, self.waiting, self.running, self.kv.free_blocks, self.limits)
 
-    def arrive(self, req: Request) -> None:
+    def arrive(self, req: Request, now_s: float) -> None:
         req.state = State.WAITING
+        self.last_arrival_s = now_s
         self.waiting.append(req)
 
     def reject(self, req: Request, reason: str, now_s: float = 0.0) -> None:
@@ -59,6 +61,7 @@ class ServingState:
         req.kv_blocks = 0
         req.num_computed_tokens = 0
         req.prefill_layer = 0
+        req.prefill_run, req.chunk_tokens, req.prefill_progress_s = -1, 0, 0.0
         req.prefill_target = req.num_prompt_tokens + req.num_generated_tokens
         req.num_preemptions += 1
         req.state = State.WAITING

@@ -1,0 +1,52 @@
+"""Two executors on disjoint SM partitions of one GPU (Nexus): one runs prefill batches, the
+other decode batches, over one shared serving state and KV pool. Each iteration is timed at its
+partition's SMs and slowed by what the other partition is running at its start (the cost
+model's contention). A controller process re-splits the SMs every tick; a new split takes
+effect at each executor's next iteration (asynchronous, as the paper's switch)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from servesim.models.shapes import Corunner
+from servesim.policies.base import Step
+from servesim.policies.nexus import Nexus, Phase
+from servesim.sim.executor import Executor, Proc
+
+
+class PhaseExecutor(Executor):
+    """One partition: runs the policy's schedule for its phase only."""
+
+    def __init__(self, *args: Any, phase: Phase, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.phase = phase
+        self.sibling: PhaseExecutor | None = None
+        self.fast_forward = False
+
+    def corunner(self) -> Corunner | None:
+        other = self.sibling
+        if other is None or other.current is None or other.sms is None:
+            return None
+        return Corunner(other.current, other.sms)
+
+    def next_step(self) -> Step:
+        policy = self.policy
+        assert isinstance(policy, Nexus)
+        return policy.schedule_phase(self.state.view(self.env.now), self.phase)
+
+    def after_step(self) -> None:
+        if self.sibling is not None:  # new decodes, or freed KV, for the other side
+            self.sibling.notify()
+
+
+def controller(env: Any, policy: Nexus, prefill: PhaseExecutor, decode: PhaseExecutor,
+               splits: list[tuple[float, int]]) -> Proc:
+    """Re-split the SMs every tick until every request is done."""
+    total = policy.limits.num_sms
+    while prefill.state.num_done < prefill.num_requests:
+        yield env.timeout(policy.params.tick_s)
+        assert prefill.sms is not None
+        new = policy.split(prefill.state.view(env.now), prefill.sms)
+        if new != prefill.sms:
+            prefill.sms, decode.sms = new, total - new
+            splits.append((env.now, new))
