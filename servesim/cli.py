@@ -3,19 +3,22 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from servesim import __version__
+from servesim import __version__, plots
 from servesim.config import load_config, to_dict
 from servesim.errors import InputError
 from servesim.models.arch import list_models, load_model
 from servesim.outputs import write_json, write_parquet, write_yaml
 from servesim.policies import REGISTRY
 from servesim.runner import run
+from servesim.sim.trace_export import chrome_trace
+from servesim.sweep import SweepInterrupted, load_sweep, read_plot_specs, run_sweep
 
 SUMMARY_ROWS = (
     ("completed / rejected", lambda s: f"{s['completed']} / {s['failed']}"),
@@ -42,6 +45,8 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     write_parquet(out / "requests.parquet", result.requests)
     write_yaml(out / "config.resolved.yaml", to_dict(config))
     write_json(out / "summary.json", result.summary)
+    if args.timeline:
+        write_json(Path(args.timeline), chrome_trace(result.result, f"{config.policy.name} {config.model}"))
     print(f"servesim {config.policy.name} on {config.model} / {config.hardware.gpu}: "
           f"{result.summary['num_requests']} requests, simulated {result.summary['duration']:.1f} s "
           f"in {wall_s:.1f} s wall")
@@ -69,6 +74,38 @@ def cmd_policies(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_sweep(args: argparse.Namespace) -> int:
+    spec = load_sweep(args.sweep)
+    out = Path(args.out) if args.out else Path("runs") / spec.name
+    started = time.perf_counter()
+    try:
+        done = run_sweep(spec, out, args.executor, args.workers, args.retry_failed)
+    except SweepInterrupted as e:
+        print(f"servesim: sweep stopped: {e}", file=sys.stderr)
+        return 1
+    failed = int((done.results.status != "ok").sum()) if len(done.results) else 0
+    print(f"sweep {spec.name}: {done.planned} points, {done.ran} runs simulated, {failed} failed, "
+          f"{time.perf_counter() - started:.1f} s wall; wrote {out}/results.parquet")
+    if done.search is not None:
+        for row in done.search.itertuples():
+            print(f"  {row.criterion:<8} {row.variant:<40} rate_scale {row.rate_scale} "
+                  f"({row.request_rate:.2f} req/s) {row.censored}  tried: {row.rates_tried}")
+    if spec.plots and not args.no_plots:
+        written, notes = plots.draw(out, [(p.kind, p.options) for p in spec.plots], spec.name)
+        print("\n".join([f"  {n}" for n in notes] + [f"wrote {len(written)} figure files in {out}/figures"]))
+    return 0
+
+
+def cmd_plot(args: argparse.Namespace) -> int:
+    out = Path(args.dir)
+    if not (out / "results.parquet").exists():
+        raise InputError(f"{out}: no results.parquet (run `servesim sweep` with --out {out} first)")
+    kinds, title = read_plot_specs(out)
+    written, notes = plots.draw(out, kinds, title, Path(args.out) if args.out else None)
+    print("\n".join([f"  {n}" for n in notes] + [f"wrote {len(written)} figure files"]))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="servesim", description=__doc__)
     parser.add_argument("--version", action="version", version=f"servesim {__version__}")
@@ -77,7 +114,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("config", help="run config (YAML)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key")
     p.add_argument("--out", help="output directory (default runs/<config name>)")
+    p.add_argument("--timeline", metavar="FILE",
+                   help="also write a Chrome/Perfetto trace of the simulated GPU (JSON)")
     p.set_defaults(func=cmd_simulate)
+    p = sub.add_parser("sweep", help="run a sweep of configurations into a results table")
+    p.add_argument("sweep", help="sweep file (YAML)")
+    p.add_argument("--executor", choices=("local", "ray"), default="local",
+                   help="local process pool, or Ray (RAY_ADDRESS, else a local Ray)")
+    p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="parallel runs")
+    p.add_argument("--out", help="output directory (default runs/<sweep name>)")
+    p.add_argument("--retry-failed", action="store_true", help="run failed runs again")
+    p.add_argument("--no-plots", action="store_true", help="skip the sweep's plots")
+    p.set_defaults(func=cmd_sweep)
+    p = sub.add_parser("plot", help="draw the figures of a sweep directory")
+    p.add_argument("dir", help="a sweep's output directory")
+    p.add_argument("--out", help="figure directory (default DIR/figures)")
+    p.set_defaults(func=cmd_plot)
     sub.add_parser("models", help="list built-in models").set_defaults(func=cmd_models)
     sub.add_parser("policies", help="list policies and their knobs").set_defaults(func=cmd_policies)
     return parser
