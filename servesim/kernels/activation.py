@@ -11,11 +11,12 @@ from servesim.kernels._common import check_tensor
 
 
 @triton.jit
-def _silu_and_mul_kernel(x_ptr, out_ptr, INTER, stride_x, stride_o, BLOCK: tl.constexpr):
-    # x: [T, 2 * INTER] -> out: [T, INTER]; grid (T, INTER / BLOCK)
-    row = tl.program_id(0).to(tl.int64)
-    offs = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
-    mask = offs < INTER
+def _silu_and_mul_kernel(x_ptr, out_ptr, T, INTER, stride_x, stride_o,
+                         ROWS: tl.constexpr, BLOCK: tl.constexpr):
+    # x: [T, 2 * INTER] -> out: [T, INTER]; grid (T / ROWS, INTER / BLOCK)
+    row = (tl.program_id(0) * ROWS + tl.arange(0, ROWS)).to(tl.int64)[:, None]
+    offs = (tl.program_id(1) * BLOCK + tl.arange(0, BLOCK))[None, :]
+    mask = (offs < INTER) & (row < T)
     gate = tl.load(x_ptr + row * stride_x + offs, mask=mask, other=0.0).to(tl.float32)
     up = tl.load(x_ptr + row * stride_x + INTER + offs, mask=mask, other=0.0).to(tl.float32)
     act = gate / (1.0 + tl.exp(-gate)) * up
@@ -36,9 +37,12 @@ def silu_and_mul(x: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tens
         raise ValueError(f"out must be [{t}, {i}], got {tuple(out.shape)}")
     if t == 0:
         return out
-    block = 1024 if i >= 1024 else triton.next_power_of_2(i)
-    _silu_and_mul_kernel[(t, triton.cdiv(i, block))](
-        x, out, i, x.stride(0), out.stride(0), BLOCK=block, num_warps=4
+    # About 4k elements per program: one program per 1024 columns of a row is too little work
+    # for narrow MoE experts (I = 768: 10.6 us, 0.66 of copy bandwidth at 4096 tokens).
+    block = min(1024, triton.next_power_of_2(i))
+    rows = max(1, 4096 // block)
+    _silu_and_mul_kernel[(triton.cdiv(t, rows), triton.cdiv(i, block))](
+        x, out, t, i, x.stride(0), out.stride(0), ROWS=rows, BLOCK=block, num_warps=4
     )
     return out
 

@@ -42,18 +42,30 @@ def m_bucket(m: int) -> int:
 
 # Explicit choices for model matrices, (N, K) -> {M bucket: config}. Entries here override the
 # rule below; they are written from the one-shot search in benchmarks/kernels.py on the H200.
-FROZEN: dict[tuple[int, int], dict[int, GemmConfig]] = {}
+FROZEN: dict[tuple[int, int], dict[int, GemmConfig]] = {
+    (4096, 14336): {64: GemmConfig("splitk", 64, 128, 128, 4, 4)},  # 49.8 vs 50.1 us
+}
 
 
 def _rule(m: int, n: int, k: int, num_sms: int) -> GemmConfig:
+    # Distilled from the H200 search of 2026-11-29 (benchmarks/results/h200-kernels.json).
+    if m <= 16:
+        if n >= 16384:
+            return GemmConfig("splitk", 16, 64, 256, 4, 3)  # gate_up 28672x4096: 68 vs 78 us
+        return GemmConfig("splitk", 16, 32, 128, 4, 6)
     if m <= SMALL_M_MAX:
-        bm = 16 if m <= 16 else (32 if m <= 32 else 64)
+        bm = 32 if m <= 32 else 64
+        if n * k <= 8192 * 8192:
+            # Enough N tiles already; split-K partials cost more than they give (25 vs 31 us).
+            return GemmConfig("splitk", bm, 64, 128, 4, 4, split_k=1)
         return GemmConfig("splitk", bm, 64, 128, 4, 4)
     tiles_big = -(-m // 128) * -(-n // 256)
-    if tiles_big >= num_sms:
+    if tiles_big >= 0.7 * num_sms:
         return GemmConfig("tma", 128, 256, 64, 8, 3)
     tiles_mid = -(-m // 128) * -(-n // 128)
-    if tiles_mid >= 0.75 * num_sms:
+    if tiles_mid >= 0.45 * num_sms:
+        if k <= 8192:
+            return GemmConfig("tma", 128, 128, 128, 8, 3)
         return GemmConfig("tma", 128, 128, 64, 8, 4)
     return GemmConfig("tma", 64, 128, 64, 4, 4)
 

@@ -55,21 +55,28 @@ def _moe_count_kernel(ids_ptr, counts_ptr, N, BLOCK: tl.constexpr):
 
 
 @triton.jit
-def _moe_offsets_kernel(counts_ptr, offsets_ptr, expert_ids_ptr, total_ptr, E,
+def _moe_offsets_kernel(counts_ptr, offsets_ptr, ends_ptr, total_ptr, E,
                         BLOCK_M: tl.constexpr, BLOCK_E: tl.constexpr):
-    # One program: padded per-expert start rows, and the expert id of every BLOCK_M row block.
+    # One program: padded per-expert start and end rows and the padded total.
     e = tl.arange(0, BLOCK_E)
     cnt = tl.load(counts_ptr + e, mask=e < E, other=0)
     padded = tl.cdiv(cnt, BLOCK_M) * BLOCK_M
     ends = tl.cumsum(padded, axis=0)
-    starts = ends - padded
-    tl.store(offsets_ptr + e, starts, mask=e < E)
+    tl.store(offsets_ptr + e, ends - padded, mask=e < E)
+    tl.store(ends_ptr + e, ends, mask=e < E)
     tl.store(total_ptr, tl.sum(padded, axis=0))
-    for ex in range(E):
-        s = tl.sum(tl.where(e == ex, starts, 0), axis=0)
-        n_blocks = tl.sum(tl.where(e == ex, padded, 0), axis=0) // BLOCK_M
-        for b in range(n_blocks):
-            tl.store(expert_ids_ptr + s // BLOCK_M + b, ex)
+
+
+@triton.jit
+def _moe_expert_ids_kernel(ends_ptr, total_ptr, expert_ids_ptr, E, NUM_BLOCKS,
+                           BLOCK_M: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_E: tl.constexpr):
+    # Row block b belongs to the first expert whose padded end row exceeds b * BLOCK_M.
+    b = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
+    e = tl.arange(0, BLOCK_E)
+    ends = tl.load(ends_ptr + e, mask=e < E, other=2**30)
+    expert = tl.sum((ends[None, :] <= (b * BLOCK_M)[:, None]).to(tl.int32), axis=1)
+    expert = tl.where(b * BLOCK_M < tl.load(total_ptr), expert, -1)
+    tl.store(expert_ids_ptr + b, expert, mask=b < NUM_BLOCKS)
 
 
 @triton.jit
@@ -155,15 +162,20 @@ def moe_align(topk_ids: torch.Tensor, num_experts: int, block_m: int) -> tuple[t
     dev = topk_ids.device
     counts = torch.zeros(num_experts, device=dev, dtype=torch.int32)
     offsets = torch.empty(num_experts, device=dev, dtype=torch.int32)
+    ends = torch.empty(num_experts, device=dev, dtype=torch.int32)
     sorted_ids = torch.full((bound,), n, device=dev, dtype=torch.int32)
-    expert_ids = torch.full((bound // block_m,), -1, device=dev, dtype=torch.int32)
+    expert_ids = torch.empty((bound // block_m,), device=dev, dtype=torch.int32)
     total = torch.zeros(1, device=dev, dtype=torch.int32)
     if n == 0:
-        return sorted_ids, expert_ids, total
+        return sorted_ids, expert_ids.fill_(-1), total
     block = 256
     _moe_count_kernel[(triton.cdiv(n, block),)](flat, counts, n, BLOCK=block)
-    _moe_offsets_kernel[(1,)](counts, offsets, expert_ids, total, num_experts,
-                              BLOCK_M=block_m, BLOCK_E=next_pow2(num_experts))
+    block_e = next_pow2(num_experts)
+    _moe_offsets_kernel[(1,)](counts, offsets, ends, total, num_experts, BLOCK_M=block_m, BLOCK_E=block_e)
+    n_blocks = expert_ids.numel()
+    _moe_expert_ids_kernel[(triton.cdiv(n_blocks, 64),)](
+        ends, total, expert_ids, num_experts, n_blocks, BLOCK_M=block_m, BLOCK_B=64, BLOCK_E=block_e
+    )
     _moe_scatter_kernel[(triton.cdiv(n, block),)](flat, offsets, sorted_ids, n, BLOCK=block)
     return sorted_ids, expert_ids, total
 
