@@ -172,26 +172,7 @@ class Executor:
 
     def begin(self, step: Step, now_s: float) -> BatchShape:
         """Allocate KV for the step and describe it for the cost model."""
-        state, policy = self.state, self.policy
-        full = step.prefill_layers is None or step.prefill_layers[1] >= policy.limits.num_layers
-        tokens, prefixes, logits = [], [], 0
-        for req, n in step.prefills:
-            state.reserve(policy, req, n, now_s)
-            tokens.append(n)
-            prefixes.append(req.num_computed_tokens)
-            if full and n == req.prefill_left:
-                logits += 1
-        ctx_sum = ctx_max = 0
-        for req in step.decodes:
-            state.reserve_decode(policy, req)
-            ctx = req.num_computed_tokens + 1
-            ctx_sum += ctx
-            if ctx > ctx_max:
-                ctx_max = ctx
-        return BatchShape(
-            tuple(tokens), tuple(prefixes), len(step.decodes), ctx_sum, ctx_max,
-            logits + len(step.decodes), step.prefill_layers,
-        )
+        return self.state.begin_step(self.policy, step, now_s)
 
     def execute(self, step: Step, shape: BatchShape) -> Generator[simpy.Event, Any, bool]:
         """Let the iteration's time pass (one event on the fast path); False if it was suspended
@@ -201,19 +182,4 @@ class Executor:
 
     def complete(self, step: Step, now_s: float) -> None:
         """Advance every request in the step and emit the tokens it produced."""
-        state = self.state
-        layers = step.prefill_layers
-        full = layers is None or layers[1] >= self.policy.limits.num_layers
-        for req, n in step.prefills:
-            if full:
-                req.num_computed_tokens += n
-                req.prefill_layer = 0
-                if req.num_computed_tokens >= req.prefill_target:
-                    state.emit(req, now_s)
-            else:
-                assert layers is not None
-                req.prefill_layer = layers[1]
-        emit = state.emit
-        for req in step.decodes:
-            req.num_computed_tokens += 1
-            emit(req, now_s)
+        self.state.complete_step(self.policy, step, now_s)

@@ -11,6 +11,7 @@ import bisect
 from array import array
 from collections import deque
 
+from servesim.models.shapes import BatchShape
 from servesim.policies.base import EngineLimits, Policy, ServingView, Step
 from servesim.request import Request, State
 from servesim.sim.kv_cache import KVCache
@@ -93,6 +94,46 @@ class ServingState:
         if policy.decode_blocks_needed(req):
             self.kv.allocate(1)
             req.kv_blocks += 1
+
+    def begin_step(self, policy: Policy, step: Step, now_s: float) -> BatchShape:
+        """Allocate KV for a step about to run and describe it (cost model, real runtime)."""
+        full = step.prefill_layers is None or step.prefill_layers[1] >= policy.limits.num_layers
+        tokens, prefixes, logits = [], [], 0
+        for req, n in step.prefills:
+            self.reserve(policy, req, n, now_s)
+            tokens.append(n)
+            prefixes.append(req.num_computed_tokens)
+            if full and n == req.prefill_left:
+                logits += 1
+        ctx_sum = ctx_max = 0
+        for req in step.decodes:
+            self.reserve_decode(policy, req)
+            ctx = req.num_computed_tokens + 1
+            ctx_sum += ctx
+            if ctx > ctx_max:
+                ctx_max = ctx
+        return BatchShape(
+            tuple(tokens), tuple(prefixes), len(step.decodes), ctx_sum, ctx_max,
+            logits + len(step.decodes), step.prefill_layers,
+        )
+
+    def complete_step(self, policy: Policy, step: Step, now_s: float) -> None:
+        """Advance every request of a finished step and emit the tokens it produced."""
+        layers = step.prefill_layers
+        full = layers is None or layers[1] >= policy.limits.num_layers
+        for req, n in step.prefills:
+            if full:
+                req.num_computed_tokens += n
+                req.prefill_layer = 0
+                if req.num_computed_tokens >= req.prefill_target:
+                    self.emit(req, now_s)
+            else:
+                assert layers is not None
+                req.prefill_layer = layers[1]
+        emit = self.emit
+        for req in step.decodes:
+            req.num_computed_tokens += 1
+            emit(req, now_s)
 
     def emit(self, req: Request, now_s: float) -> None:
         """One output token; the request finishes when it has all of them."""
