@@ -5,9 +5,7 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 import simpy
@@ -20,30 +18,7 @@ from servesim.sim.cost_model import CostModel
 from servesim.sim.executor import Executor, Proc, delay_until
 from servesim.sim.op_executor import OperatorExecutor
 from servesim.sim.partitioned import PhaseExecutor, controller
-from servesim.sim.state import IterationLog, ServingState
-
-
-@dataclass
-class SimResult:
-    """What happened: every request's record and every iteration."""
-
-    requests: list[Request]
-    log: IterationLog
-    events: list[tuple[float, str, int]]
-    limits: EngineLimits
-    peak_used_blocks: int
-    end_s: float
-    extra: dict[str, Any] = field(default_factory=dict)
-    """Executor-specific records: preemption blocking times, SM splits over time."""
-
-
-def admission_reject_reason(req: Request, limits: EngineLimits) -> str | None:
-    """Why a request can never be served whatever the load, or None."""
-    if req.total_tokens > limits.max_model_len:
-        return "exceeds_max_model_len"
-    if math.ceil(req.total_tokens / limits.block_size) > limits.total_blocks - limits.watermark_blocks:
-        return "exceeds_kv_capacity"
-    return None
+from servesim.sim.state import ServingState, SimResult, admission_reject_reason
 
 
 def _arrivals(

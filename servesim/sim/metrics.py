@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from servesim.request import Request, State
-from servesim.sim.engine import SimResult
+from servesim.sim.state import SimResult
 
 PERCENTILES = (90, 95, 99)
 

@@ -8,13 +8,25 @@ place for every executor.
 from __future__ import annotations
 
 import bisect
+import math
 from array import array
 from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
 
 from servesim.models.shapes import BatchShape
 from servesim.policies.base import EngineLimits, Policy, ServingView, Step
 from servesim.request import Request, State
 from servesim.sim.kv_cache import KVCache
+
+
+def admission_reject_reason(req: Request, limits: EngineLimits) -> str | None:
+    """Why a request can never be served whatever the load, or None."""
+    if req.total_tokens > limits.max_model_len:
+        return "exceeds_max_model_len"
+    if math.ceil(req.total_tokens / limits.block_size) > limits.total_blocks - limits.watermark_blocks:
+        return "exceeds_kv_capacity"
+    return None
 
 
 def _priority_key(req: Request) -> tuple[float, int]:
@@ -171,3 +183,17 @@ class IterationLog:
         self.num_decodes.append(decodes)
         self.used_blocks.append(used)
         self.partition.append(part)
+
+
+@dataclass
+class SimResult:
+    """What happened: every request's record and every iteration."""
+
+    requests: list[Request]
+    log: IterationLog
+    events: list[tuple[float, str, int]]
+    limits: EngineLimits
+    peak_used_blocks: int
+    end_s: float
+    extra: dict[str, Any] = field(default_factory=dict)
+    """Executor-specific records: preemption blocking times, SM splits over time."""

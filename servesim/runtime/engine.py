@@ -1,0 +1,148 @@
+"""The real runtime: replays arrivals in wall-clock time on a GPU and steps the *same* policy
+objects as the simulator, passing them the wall time as a value. Bookkeeping (admission, KV
+block counts, recompute preemption, token emission) is the simulator's own `ServingState`, so
+the only difference between a prediction and a measurement is time itself.
+
+Iteration- and layer-level policies run each step as one forward pass. Operator-level policies
+(FlowPrefill) run a prefill step block by block: after each attention or MLP block the stream is
+synchronised and the policy asked whether to suspend; a suspended pass is a paused generator
+that resumes where it stopped, its KV and activations kept. SM-partitioned policies (Nexus)
+are not supported yet.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Generator, Sequence
+from typing import Any
+
+import torch
+
+from servesim.errors import InputError
+from servesim.models.shapes import BatchShape
+from servesim.policies.base import EngineLimits, Policy, Step
+from servesim.request import Request, State
+from servesim.runtime.blocks import BlockTables
+from servesim.runtime.model import RuntimeModel
+from servesim.runtime.plan import build_plan
+from servesim.sim.state import ServingState, SimResult, admission_reject_reason
+
+Pass = Generator[str, None, torch.Tensor]
+
+
+class Runtime:
+    """One GPU serving `requests` under `policy` in real time."""
+
+    def __init__(self, model: RuntimeModel, policy: Policy, limits: EngineLimits) -> None:
+        if policy.granularity == "partitioned":
+            raise InputError(f"policy '{policy.name}': the real runtime does not run SM partitions yet")
+        self.model, self.policy, self.limits = model, policy, limits
+        self.blocks = BlockTables(limits.total_blocks)
+        self.state = ServingState(limits)
+        self.suspended: dict[tuple[tuple[int, int], ...], Pass] = {}
+        self.next_run_id = 0
+        self.pending: list[Request] = []
+        self.next_arrival = 0  # index into pending
+        self.t0 = 0.0
+
+    def now(self) -> float:
+        return time.perf_counter() - self.t0
+
+    def sync(self) -> float:
+        if self.model.device.type == "cuda":
+            torch.cuda.synchronize(self.model.device)
+        return self.now()
+
+    def run(self, requests: Sequence[Request]) -> SimResult:
+        state = self.state
+        pending = self.pending = list(requests)
+        self.t0 = time.perf_counter()
+        while state.num_done < len(pending):
+            now = self.now()
+            self._admit_arrivals(now)
+            step = self.policy.schedule(state.view(now))
+            state.apply_preemptions(step, now)
+            for req in step.preempt:
+                self.blocks.sync(req)
+                self._drop_suspended(req)
+            if step.is_empty:
+                if not state.running and state.waiting and not step.reject and not step.preempt:
+                    state.reject(state.waiting[0], "unschedulable_under_policy_limits", now)
+                elif not step.reject and not step.preempt:
+                    self._wait(now)
+                continue
+            self._execute(step, now)
+        for req in pending:
+            self.blocks.sync(req)
+        return SimResult(list(pending), state.log, state.events, self.limits,
+                         state.kv.peak_used_blocks, self.now())
+
+    def _admit_arrivals(self, now: float) -> None:
+        pending = self.pending
+        while self.next_arrival < len(pending) and pending[self.next_arrival].arrival_s <= now:
+            req = pending[self.next_arrival]
+            reason = admission_reject_reason(req, self.limits)
+            if reason is None:
+                self.state.arrive(req, req.arrival_s)
+            else:
+                self.state.reject(req, reason, req.arrival_s)
+            self.next_arrival += 1
+
+    def _wait(self, now: float) -> None:
+        """Nothing to run: sleep until the next arrival (or briefly, if something is pending)."""
+        i = self.next_arrival
+        gap = self.pending[i].arrival_s - now if i < len(self.pending) else 0.0005
+        time.sleep(min(max(gap, 0.0), 0.05))
+
+    def _execute(self, step: Step, start: float) -> None:
+        state, policy = self.state, self.policy
+        shape: BatchShape = state.begin_step(policy, step, start)
+        for req, _ in step.prefills:
+            self.blocks.sync(req)
+        for req in step.decodes:
+            self.blocks.sync(req)
+        key = tuple((r.request_id, n) for r, n in step.prefills)
+        run = self.suspended.pop(key, None) if key else None
+        if run is None:
+            plan = build_plan(step, self.blocks, self.limits.block_size, self.limits.num_layers,
+                              self.model.arch.vocab_size, self.model.device)
+            run = self.model.forward(plan)
+            for req, n in step.prefills:  # the run's identity, as the simulator's executor sets it
+                req.prefill_run, req.chunk_tokens, req.prefill_progress_s = self.next_run_id, n, 0.0
+            self.next_run_id += 1
+        used = state.kv.used_blocks
+        done = self._drive(run, step, key)
+        end = self.sync()
+        for req, _ in step.prefills:
+            req.prefill_progress_s += end - start
+        if done:
+            for req, _ in step.prefills:
+                req.prefill_run, req.chunk_tokens, req.prefill_progress_s = -1, 0, 0.0
+            state.complete_step(policy, step, end)
+            for req in (*(r for r, _ in step.prefills), *step.decodes):
+                if req.state is State.FINISHED:
+                    self.blocks.sync(req)
+        state.log.add(start, end, shape.num_prefill_tokens, shape.num_decodes, used)
+
+    def _drive(self, run: Pass, step: Step, key: Any) -> bool:
+        """Run the pass to its end, or (operator-level policies) until the policy suspends it."""
+        operator_level = self.policy.granularity == "operator" and bool(step.prefills)
+        while True:
+            since = self.now()
+            try:
+                next(run)
+            except StopIteration as stop:
+                stop.value.argmax(dim=-1)  # greedy sampling of the produced tokens
+                return True
+            if not operator_level:
+                continue
+            now = self.sync()
+            self._admit_arrivals(now)
+            if self.policy.should_preempt(self.state.view(now), step, since):
+                self.suspended[key] = run
+                self.state.log.preempted_ops += 1
+                return False
+
+    def _drop_suspended(self, req: Request) -> None:
+        for key in [k for k in self.suspended if any(rid == req.request_id for rid, _ in k)]:
+            del self.suspended[key]
