@@ -39,9 +39,14 @@ def policy_color(policy: str, policies: Sequence[str]) -> tuple[float, float, fl
 
 
 def series_colors(frame: pd.DataFrame) -> dict[str, tuple[float, float, float]]:
-    """variant -> colour: its policy's colour, lighter for each further variant of the policy."""
+    """variant -> colour: its policy's colour, lighter for each further variant of the policy
+    (a colour map over the variants when there is only one policy)."""
     out = {}
     policies = sorted(frame.policy.unique())
+    if len(policies) == 1:  # one policy: its variants along a sequential colour map
+        variants = list(dict.fromkeys(frame.variant))
+        cmap = plt.get_cmap("viridis")
+        return {str(v): to_rgb(cmap(0.9 * i / max(len(variants) - 1, 1))) for i, v in enumerate(variants)}
     for policy, group in frame.groupby("policy", sort=True):
         variants = list(dict.fromkeys(group.variant))
         base = np.array(policy_color(str(policy), policies))
@@ -98,14 +103,29 @@ def _panels(n: int, width: float = 5.2, height: float = 4.2) -> tuple[Figure, li
     return fig, list(axes.flat[:n])
 
 
-def _log_axes(ax: Axes) -> None:
-    """Log scales with plain-number ticks at 1, 2, 5 x 10^k."""
-    ax.set(xscale="log", yscale="log")
-    for axis in (ax.xaxis, ax.yaxis):
-        axis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+def _log_axes(ax: Axes, y: bool = True) -> None:
+    """Log scale (x, and y unless told) with plain-number ticks: 1, 2, 5 x 10^k over a few
+    decades, 10^k over more. Call after plotting (the tick density follows the data)."""
+    axes = [(ax.xaxis, ax.get_xlim)] + ([(ax.yaxis, ax.get_ylim)] if y else [])
+    ax.set(xscale="log", yscale="log" if y else "linear")
+    for axis, limits in axes:
+        lo, hi = limits()
+        subs = (1.0, 2.0, 5.0) if np.log10(max(hi, 1e-12) / max(lo, 1e-12)) <= 2.5 else (1.0,)
+        axis.set_major_locator(LogLocator(subs=subs))
         axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
         axis.set_minor_formatter(NullFormatter())
     ax.grid(True, which="major", alpha=0.3)
+
+
+def _short(knob: str) -> str:
+    value = knob.split("=", 1)[1]
+    return value if value.replace(".", "", 1).isdigit() else knob
+
+
+def _base_slo(results: pd.DataFrame, grid_only: bool = True) -> pd.DataFrame:
+    """Successful runs at the base SLOs (slo_scale 1 when swept); grid runs unless told."""
+    ok = results[(results.status == "ok") & ((results.kind == "grid") | (not grid_only))]
+    return ok[ok.slo_scale == 1.0] if (ok.slo_scale == 1.0).any() else ok
 
 
 def _frontier_by_policy(ax: Axes, frame: pd.DataFrame, x: str, y: str, maximize: bool,
@@ -116,20 +136,21 @@ def _frontier_by_policy(ax: Axes, frame: pd.DataFrame, x: str, y: str, maximize:
     for policy, g in frame.groupby("policy", sort=True):
         mask = pareto_mask(g[x].to_numpy(), g[y].to_numpy(), maximize)
         color = policy_color(str(policy), policies)
-        _scatter(ax, g, x, y, color, str(policy), mask)
+        knobs = sorted({k.split("=")[0] for v in g.variant for k in str(v).split(" ")[1:]})
+        _scatter(ax, g, x, y, color, f"{policy} [{', '.join(knobs)}]" if knobs else str(policy), mask)
         front = g[mask].sort_values(x)
         ax.plot(front[x], front[y], color=color, lw=1.2, zorder=1,
                 drawstyle="steps-post" if not maximize else "default")
-        for _, row in front.iterrows():
-            knob = row.variant.split(" ", 1)[1] if " " in row.variant else ""
-            ax.annotate(knob, (row[x], row[y]), fontsize=6, xytext=(3, 3), textcoords="offset points")
+        for _, row in front.iterrows():  # numeric knob values (named in the legend), else k=v
+            values = ",".join(_short(k) for k in str(row.variant).split(" ")[1:])
+            ax.annotate(values, (row[x], row[y]), fontsize=6.5, xytext=(3, 3), textcoords="offset points")
         out.append(_points(g, x, y, panel, mask))
     return out
 
 
 def plot_pareto_latency(results: pd.DataFrame, stem: Path, title: str = "") -> list[Path]:
     """P99 TTFT vs P99 TBT across knobs, one panel per rate_scale; lower-left is better."""
-    ok = results[(results.status == "ok") & (results.kind == "grid")]
+    ok = _base_slo(results)
     rates = sorted(ok.rate_scale.unique())
     fig, axes = _panels(len(rates))
     points = []
@@ -146,7 +167,7 @@ def plot_pareto_latency(results: pd.DataFrame, stem: Path, title: str = "") -> l
 
 def plot_pareto_throughput(results: pd.DataFrame, stem: Path, title: str = "") -> list[Path]:
     """Output tokens/s per user vs per GPU over every knob and rate; upper-right is better."""
-    ok = results[results.status == "ok"]
+    ok = _base_slo(results)
     fig, (ax,) = _panels(1, 6.5, 4.8)
     points = _frontier_by_policy(ax, ok, "tokens_per_s_per_user", "tokens_per_s_per_gpu", True, "all")
     ax.set(xlabel="tokens/s/user (output tok/s per concurrent request)",
@@ -169,7 +190,7 @@ def plot_goodput_vs_rate(results: pd.DataFrame, search: pd.DataFrame | None, ste
                          title: str = "") -> list[Path]:
     """Request goodput and SLO attainment vs offered rate, per configuration; the searched
     goodput rate (DistServe) is starred on the attainment panel."""
-    ok = results[results.status == "ok"].drop_duplicates("run_hash")
+    ok = _base_slo(results, grid_only=False).drop_duplicates("run_hash")
     fig, (a1, a2) = _panels(2, 6.0, 4.4)
     points = _lines(a1, ok, "offered_request_rate", "request_goodput", "goodput")
     points += _lines(a2, ok, "offered_request_rate", "slo_attainment", "attainment")
@@ -183,20 +204,35 @@ def plot_goodput_vs_rate(results: pd.DataFrame, search: pd.DataFrame | None, ste
                         ms=12, color=colors[row.variant], markeredgecolor="black")
         threshold = float(found.threshold.iloc[0].split(">=")[1]) if len(found) else 0.9
         a2.axhline(threshold, color="black", ls="--", lw=0.8)
+        _mark_capacity(a1, ok, search, colors)
     a1.set(xlabel="offered request rate (req/s)", ylabel="request goodput (req/s meeting all SLOs)")
     a2.set(xlabel="offered request rate (req/s)", ylabel="SLO attainment (fraction of requests)",
            ylim=(-0.02, 1.02))
     for ax in (a1, a2):
         ax.grid(True, alpha=0.3)
-    a2.legend(fontsize=6, loc="lower left")
-    fig.suptitle(f"{title}: goodput vs rate (star: searched max rate meeting the target; ^: above the range searched)")
+    a2.legend(fontsize=6, loc="best")
+    fig.suptitle(f"{title}: goodput vs rate\n(star: DistServe goodput rate, ^ if above the range searched; "
+                 "diamond: Sarathi-Serve capacity)")
     return save_figure(fig, stem, pd.concat(points))
 
 
+def _mark_capacity(ax: Axes, ok: pd.DataFrame, search: pd.DataFrame,
+                   colors: Mapping[str, Any]) -> None:
+    """Diamonds on the goodput curves at each configuration's Sarathi-Serve capacity."""
+    found = search[(search.criterion == "capacity") & (search.request_rate > 0)]
+    for _, row in found.iterrows():
+        rec = ok[ok.run_hash == row.run_hash]
+        if len(rec) and row.variant in colors:
+            ax.plot(row.request_rate, rec.request_goodput.iloc[0], "D", ms=7,
+                    color=colors[row.variant], markeredgecolor="black")
+
+
 def plot_slo_vs_scale(results: pd.DataFrame, stem: Path, title: str = "") -> list[Path]:
-    """SLO attainment vs SLO scale (all targets multiplied), one panel per rate_scale."""
-    ok = results[results.status == "ok"]
-    rates = sorted(ok.rate_scale.unique())
+    """SLO attainment vs SLO scale (all targets multiplied), a panel per rate_scale swept
+    over more than one SLO scale."""
+    ok = results[(results.status == "ok") & (results.kind == "grid")]
+    scales = ok.groupby("rate_scale").slo_scale.nunique()
+    rates = sorted(scales.index[scales > 1])
     fig, axes = _panels(len(rates))
     points = []
     for ax, rate in zip(axes, rates, strict=True):
@@ -212,7 +248,7 @@ def plot_slo_vs_scale(results: pd.DataFrame, stem: Path, title: str = "") -> lis
 def plot_latency_cdf(results: pd.DataFrame, cdfs: pd.DataFrame, stem: Path, title: str = "",
                      rate_scale: float | None = None) -> list[Path]:
     """TTFT and TBT CDFs of every configuration at one rate_scale (default: the highest)."""
-    ok = results[(results.status == "ok") & (results.kind == "grid")]
+    ok = _base_slo(results)
     rate = float(rate_scale if rate_scale is not None else ok.rate_scale.max())
     frame = ok[np.isclose(ok.rate_scale, rate)].drop_duplicates("variant")
     colors = series_colors(frame)
@@ -224,9 +260,9 @@ def plot_latency_cdf(results: pd.DataFrame, cdfs: pd.DataFrame, stem: Path, titl
             ax.plot(c.value_ms, c["quantile"], color=colors[row.variant], label=row.variant, lw=1.3)
             points.append(pd.DataFrame({"panel": metric, "variant": row.variant, "x": c.value_ms,
                                         "y": c["quantile"], "run_hash": row.run_hash}))
-        _log_axes(ax)
-        ax.set(yscale="linear", xlabel=f"{name} (ms)", ylabel="CDF (fraction)", ylim=(0, 1.01))
-    axes[1].legend(fontsize=6, loc="lower right")
+        _log_axes(ax, y=False)
+        ax.set(xlabel=f"{name} (ms)", ylabel="CDF (fraction)", ylim=(0, 1.01))
+    axes[1].legend(fontsize=6, loc="best")
     fig.suptitle(f"{title}: latency CDFs at rate x{rate:g}")
     return save_figure(fig, stem, pd.concat(points))
 
@@ -238,7 +274,7 @@ def _can_draw(kind: str, results: pd.DataFrame) -> str:
         return "no successful runs"
     if kind == "goodput_vs_rate" and ok.offered_request_rate.nunique() < 2:
         return "needs at least two rates"
-    if kind == "slo_vs_scale" and ok.slo_scale.nunique() < 2:
+    if kind == "slo_vs_scale" and (ok.groupby("rate_scale").slo_scale.nunique() < 2).all():
         return "needs a slo_scale axis"
     return ""
 

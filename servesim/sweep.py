@@ -22,6 +22,9 @@ latency quantiles, status, error, wall_s) lands whole in OUT/runs/<hash>.json, w
 the driver, so a killed worker cannot corrupt anything and a rerun skips every recorded run.
 OUT/results.parquet (one row per run, in sweep order) and OUT/cdfs.parquet are rebuilt from
 those records; they are identical between identical sweeps except the `wall_s` column.
+`search` bisects rate_scale per configuration (a grid point without its rate and SLO scale,
+at the base SLOs; servesim.goodput) and writes OUT/search.parquet; its probe runs join the
+results table with kind=search.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ import copy
 import hashlib
 import itertools
 import json
-from collections.abc import Hashable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,7 +43,7 @@ import yaml
 
 from servesim.config import Config, apply_overrides, from_mapping, read_yaml, to_dict
 from servesim.errors import InputError
-from servesim.goodput import Criterion, SearchSettings, search_many
+from servesim.goodput import SearchSettings
 from servesim.outputs import write_parquet, write_yaml
 from servesim.sweep_runs import (
     Point,
@@ -48,16 +51,15 @@ from servesim.sweep_runs import (
     RunSpec,
     SweepInterrupted,
     clean_partial_writes,
-    load_record,
+    describe,
     run_all,
-    variant_label,
+    search_rates,
     write_tables,
 )
 
 CONFIG_KEYS = ("model", "hardware", "cost_model", "engine", "workload", "policy", "slo", "seed")
 SWEEP_KEYS = ("name", "description", "base", "axes", "search", "plots")
 PLOT_KINDS = ("pareto_latency", "pareto_throughput", "goodput_vs_rate", "slo_vs_scale", "latency_cdf")
-RATE_KEY = "workload.rate_scale"
 VOLATILE_COLUMNS = ("wall_s",)  # differ between identical sweeps; leave out of comparisons
 __all__ = ["Pool", "RunSpec", "SweepInterrupted", "load_sweep", "plan", "run_sweep"]
 
@@ -232,10 +234,6 @@ def _scaled(slo: Any, scale: float) -> Any:
     return slo * scale if isinstance(slo, int | float) and not isinstance(slo, bool) else slo
 
 
-def describe(point: Point) -> str:
-    return ", ".join(f"{k}={v}" for k, v in point) or "base"
-
-
 def plan_point(spec: SweepSpec, point: Point) -> RunSpec:
     """Check one point's config and name it by the hash of its resolved form."""
     where = f"{spec.source}: run {describe(point)}"
@@ -277,50 +275,10 @@ def run_sweep(spec: SweepSpec, out: Path, executor: str = "local", workers: int 
         with Pool(executor, workers, spec.base_dir) as pool:
             ran = run_all(runs, pool, out, retry_failed, progress)
             if spec.search is not None:
-                search, ran_search = run_search(spec, spec.search, runs, pool, out, probes)
+                search, ran_search = search_rates(runs, lambda pt: plan_point(spec, pt), spec.search,
+                                                  pool, out, probes)
                 ran += ran_search
                 write_parquet(out / "search.parquet", search)
     finally:
         results = write_tables(out, [("grid", r) for r in runs] + [("search", r) for r in probes])
     return SweepOutcome(results, search, len(runs), ran)
-
-
-def run_search(spec: SweepSpec, s: SearchSettings, runs: list[RunSpec], pool: Pool, out: Path,
-               probes: list[RunSpec]) -> tuple[pd.DataFrame, int]:
-    """Bisect rate_scale for every configuration (the grid's points without their rate)."""
-    variants = {describe(v): v for v in (tuple(kv for kv in r.axes if kv[0] != RATE_KEY) for r in runs)}
-    criteria: dict[Hashable, Criterion] = {
-        (v, c): _guarded(check) for v in variants for c, check in s.checks().items()}
-    ran = 0
-
-    def evaluate_round(wanted: list[tuple[Hashable, float]]) -> list[Mapping[str, Any]]:
-        nonlocal ran
-        batch = [plan_point(spec, variants[_key(k)[0]] + ((RATE_KEY, rate),)) for k, rate in wanted]
-        probes.extend(batch)
-        ran += run_all(batch, pool, out, retry_failed=False)
-        return [load_record(out, r.run_hash) or {} for r in batch]
-
-    found = search_many(criteria, evaluate_round, s)
-    rows = []
-    for key, res in found.items():
-        variant, criterion = _key(key)
-        best = plan_point(spec, variants[variant] + ((RATE_KEY, res.best),)) if res.best else None
-        rec = load_record(out, best.run_hash) if best else None
-        rows.append({
-            "variant": variant_label(plan_point(spec, variants[variant])), "criterion": criterion,
-            "threshold": s.threshold(criterion), "rate_scale": res.best,
-            "request_rate": rec["derived"]["offered_request_rate"] if rec else 0.0,
-            "run_hash": best.run_hash if best else "", "first_fail_rate_scale": res.first_fail,
-            "censored": res.censored, "rel_tol": s.rel_tol,
-            "rates_tried": res.rates_tried(), "num_probes": len(res.probes)})
-    return pd.DataFrame(rows), ran
-
-
-def _key(key: Hashable) -> tuple[str, str]:
-    assert isinstance(key, tuple)
-    return str(key[0]), str(key[1])
-
-
-def _guarded(check: Criterion) -> Criterion:
-    """A failed run (no summary) fails the criterion."""
-    return lambda rec: rec.get("status") == "ok" and check(rec["summary"])

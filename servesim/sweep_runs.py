@@ -11,7 +11,7 @@ import json
 import math
 import os
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
@@ -25,10 +25,12 @@ from tqdm import tqdm
 
 from servesim.config import from_mapping
 from servesim.errors import InputError
+from servesim.goodput import Criterion, SearchSettings, search_many
 from servesim.outputs import write_json, write_parquet
 from servesim.runner import run
 from servesim.sim.metrics import pooled_itl_s
 
+RATE_KEY = "workload.rate_scale"
 QUANTILES = np.linspace(0.0, 1.0, 201)  # latency quantiles kept per run, for CDF plots
 Point = tuple[tuple[str, Any], ...]
 
@@ -186,7 +188,7 @@ def _finished(out: Path, run_hash: str, retry_failed: bool) -> bool:
     return rec is not None and not (retry_failed and rec["status"] != "ok")
 
 
-def variant_label(spec: RunSpec, hidden: tuple[str, ...] = ("workload.rate_scale", "slo_scale")) -> str:
+def variant_label(spec: RunSpec, hidden: tuple[str, ...] = (RATE_KEY, "slo_scale")) -> str:
     """'sarathi token_budget=512': the policy and every axis value but load and SLO scale."""
     parts = [str(spec.config["policy"]["name"])]
     for key, value in spec.axes:
@@ -246,3 +248,51 @@ def write_tables(out: Path, runs: Iterable[tuple[str, RunSpec]]) -> pd.DataFrame
     cdf_cols = ["run_hash", "metric", "quantile", "value_ms"]
     write_parquet(out / "cdfs.parquet", pd.concat(cdfs) if cdfs else pd.DataFrame(columns=cdf_cols))
     return results
+
+
+def describe(point: Point) -> str:
+    return ", ".join(f"{k}={v}" for k, v in point) or "base"
+
+
+def search_rates(runs: list[RunSpec], plan: Callable[[Point], RunSpec], s: SearchSettings,
+                 pool: Pool, out: Path, probes: list[RunSpec]) -> tuple[pd.DataFrame, int]:
+    """Bisect rate_scale for every configuration: the grid's points without their rate and
+    SLO scale (searches hold the base SLOs). Probe runs are appended to `probes`; returns
+    one row per configuration and criterion, and how many runs were simulated."""
+    variants = {describe(v): v for v in
+                (tuple(kv for kv in r.axes if kv[0] not in (RATE_KEY, "slo_scale")) for r in runs)}
+    criteria: dict[Hashable, Criterion] = {
+        (v, c): _guarded(check) for v in variants for c, check in s.checks().items()}
+    ran = 0
+
+    def evaluate_round(wanted: list[tuple[Hashable, float]]) -> list[Mapping[str, Any]]:
+        nonlocal ran
+        batch = [plan(variants[_key(k)[0]] + ((RATE_KEY, rate),)) for k, rate in wanted]
+        probes.extend(batch)
+        ran += run_all(batch, pool, out, retry_failed=False)
+        return [load_record(out, r.run_hash) or {} for r in batch]
+
+    found = search_many(criteria, evaluate_round, s)
+    rows = []
+    for key, res in found.items():
+        variant, criterion = _key(key)
+        best = plan(variants[variant] + ((RATE_KEY, res.best),)) if res.best else None
+        rec = load_record(out, best.run_hash) if best else None
+        rows.append({
+            "variant": variant_label(plan(variants[variant])), "criterion": criterion,
+            "threshold": s.threshold(criterion), "rate_scale": res.best,
+            "request_rate": rec["derived"]["offered_request_rate"] if rec else 0.0,
+            "run_hash": best.run_hash if best else "", "first_fail_rate_scale": res.first_fail,
+            "censored": res.censored, "rel_tol": s.rel_tol,
+            "rates_tried": res.rates_tried(), "num_probes": len(res.probes)})
+    return pd.DataFrame(rows), ran
+
+
+def _key(key: Hashable) -> tuple[str, str]:
+    assert isinstance(key, tuple)
+    return str(key[0]), str(key[1])
+
+
+def _guarded(check: Criterion) -> Criterion:
+    """A failed run (no summary) fails the criterion."""
+    return lambda rec: rec.get("status") == "ok" and check(rec["summary"])
