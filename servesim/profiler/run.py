@@ -1,0 +1,216 @@
+"""`servesim profile`: time every operator of a model on this GPU and write its profile.
+
+    python -m servesim.profiler.run --model llama-3.1-8b [--model ...] [--out profiles/]
+        [--quick] [--validate] [--warm-workers 12] [--device cuda|cpu]
+
+writes OUT/<gpu>/<model>/{ops,sm_shares,contention,validation_*}.parquet + meta.json. A run
+that stops part way (Ctrl-C, a crash, a time limit) resumes from its journal when started again
+with the same arguments. `--device cpu` is a dry run under TRITON_INTERPRET=1 (tiny grid).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+from tqdm import tqdm
+
+from servesim.models.arch import ModelArch, load_model
+from servesim.models.profile_schema import SCHEMA_VERSION, TABLES
+from servesim.profiler import provenance
+from servesim.profiler.forward import Forward, IterationIO
+from servesim.profiler.grid import SPECS, all_points, contention_targets, corunner_ops
+from servesim.profiler.measure import Measurer
+from servesim.profiler.operators import OperatorFactory
+from servesim.profiler.partitions import Partitions
+from servesim.profiler.store import Journal, write_meta, write_tables
+from servesim.profiler.timing import Timer, summarize
+from servesim.profiler.validate import MixedBatch, held_out_points, random_batches
+from servesim.profiler.warm import kv_tokens, specs_of, warm_compile
+
+
+class ModelProfiler:
+    """The whole profile of one model: grid, partitions, contention, then --validate."""
+
+    def __init__(self, arch: ModelArch, out_root: Path, mode: str, device: torch.device,
+                 validate: bool = False, per_op: int = 8, iterations: int = 12) -> None:
+        self.arch, self.mode, self.device, self.validate = arch, mode, device, validate
+        self.per_op, self.iterations = per_op, iterations
+        self.partitions = Partitions(device)
+        self.gpu = provenance.device_key(device)
+        self.out_dir = out_root / self.gpu / arch.name
+        self.points = all_points(arch, mode, self.partitions.num_sms)
+        if not self.partitions.disjoint:
+            self.points = [p for p in self.points if p.table != "contention"]
+        self.held_out = held_out_points(arch, mode, per_op) if validate else []
+        self.batches = random_batches(iterations, mode) if validate else []
+        quick = mode != "full"
+        self.timer = Timer(device, target_us=2000.0 if quick else 5000.0, max_reps=20 if quick else 30)
+        self.failures: list[str] = []
+        self.interrupted = False
+
+    def specs(self) -> list[Any]:
+        return specs_of(self.points + self.held_out, contention_targets(self.arch, self.mode),
+                        corunner_ops(self.arch, self.mode))
+
+    def run(self, commit: str) -> dict[str, Any]:
+        started = time.perf_counter()
+        grid_id = f"{self.arch.name}|{self.mode}|{self.gpu}|{SCHEMA_VERSION}|validate={self.validate}"
+        journal = Journal(self.out_dir, grid_id)
+        kv_need = max(kv_tokens((p.op, p.a, p.b, p.c, None)) for p in self.points + self.held_out)
+        factory = OperatorFactory(self.arch, self.device, kv_need)
+        measurer = Measurer(factory, self.timer, self.partitions, SPECS[self.mode].split_sms,
+                            targets=contention_targets(self.arch, self.mode),
+                            corunners=corunner_ops(self.arch, self.mode))
+        if any(p.table != "ops" for p in self.points if p.key not in journal):
+            measurer.graphs_on_partitions = self._graphs_stay_in_partition(factory)
+        todo = [p for p in self.points + self.held_out if p.key not in journal]
+        total = len(self.points) + len(self.held_out) + len(self.batches)
+        bar = tqdm(total=total, initial=total - len(todo) - len(self.batches), mininterval=15,
+                   desc=self.arch.name, file=sys.stderr)
+        try:
+            for p in todo:
+                try:
+                    journal.add(p.key, p.table, measurer.measure(p))
+                except Exception as exc:  # noqa: BLE001 - recorded in meta.json, retried on resume
+                    self.failures.append(f"{p.key}: {type(exc).__name__}: {exc}"[:300])
+                    self.timer.sync()
+                bar.update()
+            grid_s = time.perf_counter() - started
+            factory.free()
+            for batch in self.batches:
+                key = f"validation_iters|{batch.batch_id}"
+                if key not in journal:
+                    journal.add(key, "validation_iters", self._iteration(factory, batch))
+                bar.update()
+        except KeyboardInterrupt:
+            # Stopped (Ctrl-C, a time limit): write what exists; a rerun resumes the rest.
+            self.interrupted = True
+            grid_s = time.perf_counter() - started
+        bar.close()
+        tables = self._tables(journal)
+        write_tables(self.out_dir, tables)
+        meta = provenance.meta(self.arch, self.mode, self.device, commit, self.partitions, tables)
+        meta.update({"profile_seconds": round(time.perf_counter() - started, 1),
+                     "grid_seconds": round(grid_s, 1), "failures": self.failures,
+                     "partition_graphs": measurer.graphs_on_partitions,
+                     "contention_uncovered": measurer.uncovered, "interrupted": self.interrupted})
+        write_meta(self.out_dir, meta)
+        journal.close()
+        return meta
+
+    def _graphs_stay_in_partition(self, factory: OperatorFactory) -> bool:
+        """A graph replayed on a partition's stream must run as slowly as eager launches
+        there (a memory-bound op on the smallest partition); else time partitions eagerly."""
+        if not self.timer.cuda:
+            return True
+        sms = min(SPECS[self.mode].sm_counts)
+        part, _ = self.partitions.pair(sms)
+        build, _ = factory.builder("rmsnorm", 16384, 0, 0, None)
+        eager = self.timer.measure(build, False, part.stream, graph=False).median_us
+        graph = self.timer.measure(build, False, part.stream, graph=True).median_us
+        return graph >= 0.8 * eager
+
+    def _iteration(self, factory: OperatorFactory, batch: MixedBatch) -> dict[str, Any]:
+        forward = Forward(factory, list(batch.chunks), list(batch.decode_context), batch.num_logits)
+        io = IterationIO(self.device)
+        forward.run()
+        self.timer.sync()
+        run, method = forward.run, "eager" if self.timer.cuda else "cpu"
+        if self.timer.cuda:
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                forward.run()
+            self.timer.sync()
+            run, method = graph.replay, "graph"
+        build = lambda g: [lambda: io.step(run, forward.sampled)]  # noqa: E731
+        prepared = self.timer.prepare(build, graph=False)
+        pairs = self.timer.enqueue(prepared, 5, flush=False)
+        self.timer.sync()
+        timing = summarize(self.timer.elapsed_us(pairs, 1), method)
+        return {**batch.row(), **timing.row()}
+
+    def _tables(self, journal: Journal) -> dict[str, pd.DataFrame]:
+        keys = {p.key for p in self.points + self.held_out}
+        keys |= {f"validation_iters|{b.batch_id}" for b in self.batches}
+        tables = {name: journal.table(name, keys) for name in TABLES}
+        tables["ops"] = pd.concat([tables["ops"], moe_combine_rows(tables["ops"])], ignore_index=True)
+        return {name: frame for name, frame in tables.items() if len(frame) or name in ("ops", "sm_shares", "contention")}
+
+
+def moe_combine_rows(ops: pd.DataFrame) -> pd.DataFrame:
+    """The combine kernel is private to servesim.kernels.moe: its time is fused MoE minus the
+    parts (align, grouped gate_up, SiLU-mul, grouped down), uniform routing, floored at 1 us."""
+    cols = list(TABLES["ops"])
+    if "moe_fused" not in set(ops.op):
+        return pd.DataFrame(columns=cols)
+    t = {op: ops[(ops.op == op) & (ops.b == 0)].set_index("a").median_us
+         for op in ("moe_fused", "moe_align", "moe_gate_up", "moe_silu_mul", "moe_down")}
+    parts = t["moe_align"] + t["moe_gate_up"] + t["moe_silu_mul"] + t["moe_down"]
+    combine = (t["moe_fused"] - parts).dropna().clip(lower=1.0)
+    return pd.DataFrame({"op": "moe_combine", "a": combine.index, "b": 0.0, "c": 0.0,
+                         "median_us": combine.values, "p20_us": combine.values, "p80_us": combine.values,
+                         "reps": 0, "method": "derived"})[cols]
+
+
+def profile_models(models: Sequence[str], out_root: Path, mode: str, device_name: str,
+                   validate: bool, warm_workers: int, commit: str | None = None,
+                   per_op: int = 8, iterations: int = 12) -> list[dict[str, Any]]:
+    """Profile each model (compiling all kernels first, in parallel); returns each meta."""
+    device = torch.device(device_name)
+    if device.type == "cpu" and os.environ.get("TRITON_INTERPRET", "0") in ("", "0"):
+        raise SystemExit("servesim profile: --device cpu needs TRITON_INTERPRET=1 in the environment")
+    profilers = {m: ModelProfiler(load_model(m), out_root, mode, device, validate, per_op, iterations)
+                 for m in models}
+    warm: dict[str, Any] = {}
+    if warm_workers > 0:
+        try:
+            warm = warm_compile({m: p.specs() for m, p in profilers.items()}, warm_workers)
+            print(f"compiled kernels in {warm['warm_compile_s']:.0f} s ({warm['warm_ran']} calls, "
+                  f"{warm['warm_failed']} failed)", file=sys.stderr)
+        except (RuntimeError, OSError) as exc:  # a broken worker pool: timing compiles instead
+            print(f"parallel compile failed ({type(exc).__name__}: {exc}); compiling while timing", file=sys.stderr)
+    metas = []
+    for prof in profilers.values():
+        if metas and metas[-1].get("interrupted"):
+            break
+        meta = prof.run(commit or provenance.git_commit())
+        meta.update(warm)
+        write_meta(prof.out_dir, meta)
+        print(f"{prof.arch.name}: {meta['profile_seconds']:.0f} s, {len(prof.failures)} failures -> {prof.out_dir}",
+              file=sys.stderr)
+        metas.append(meta)
+    return metas
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="servesim profile", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", action="append", required=True, help="preset name or config.json (repeatable)")
+    p.add_argument("--out", default="profiles", help="root of <gpu>/<model>/ profile directories")
+    p.add_argument("--quick", action="store_true", help="coarser grid and fewer partitions")
+    p.add_argument("--validate", action="store_true", help="also time held-out shapes and whole iterations")
+    p.add_argument("--device", default="cuda", help="cuda, or cpu for a dry run (TRITON_INTERPRET=1)")
+    p.add_argument("--warm-workers", type=int, default=min(12, os.cpu_count() or 1),
+                   help="processes compiling kernels before timing (0 = none)")
+    p.add_argument("--commit", help="project commit to record (default: git rev-parse HEAD)")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    mode = "tiny" if args.device == "cpu" else ("quick" if args.quick else "full")
+    profile_models(args.model, Path(args.out), mode, args.device, args.validate,
+                   args.warm_workers, args.commit)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

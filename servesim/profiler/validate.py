@@ -1,0 +1,103 @@
+"""`--validate`: measurements the profile was not built from.
+
+1. Held-out operator shapes: per operator table, random points inside the grid's bounding box
+   whose first axis is off the grid (log-uniform integers), timed exactly like the grid.
+2. Whole-model iterations of random mixed batches (prefill chunks with prefixes + decodes, or
+   decodes only), every layer of the real layer count (forward.py), timed as one engine step.
+The prediction errors are computed torch-free from these tables by `servesim.sim.profiled`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from servesim.models.arch import ModelArch
+from servesim.models.profile_schema import OP_AXES
+from servesim.profiler.grid import Point, ops_points
+
+_NOT_HELD_OUT = {"iteration_fixed", "attn_prefill_packed"}
+_DISCRETE_AXES = {"skew"}
+
+
+def held_out_points(arch: ModelArch, mode: str, per_op: int, seed: int = 1) -> list[Point]:
+    """`per_op` random off-grid shapes for every operator table of the grid."""
+    rng = np.random.default_rng(seed)
+    grid: dict[str, list[Point]] = {}
+    for p in ops_points(arch, mode):
+        grid.setdefault(p.op, []).append(p)
+    out = []
+    for op, pts in grid.items():
+        if op in _NOT_HELD_OUT:
+            continue
+        axes = OP_AXES[op]
+        columns = [sorted({getattr(p, f) for p in pts}) for f in "abc"[: len(axes)]]
+        on_grid = set(columns[0])
+        for _ in range(per_op):
+            values = []
+            for name, col in zip(axes, columns, strict=True):
+                if name in _DISCRETE_AXES and op != "attn_decode":
+                    values.append(float(rng.choice(col)))
+                elif name == "skew":
+                    values.append(float(round(rng.uniform(col[0], col[-1]), 2)))
+                else:
+                    values.append(float(_off_grid(rng, col[0], col[-1], on_grid if not values else set())))
+            out.append(Point("validation_ops", op, *values))
+    return out
+
+
+def _off_grid(rng: np.random.Generator, lo: float, hi: float, avoid: set[float]) -> int:
+    """A log-uniform integer in [lo, hi] (0 allowed as lo) not in `avoid`."""
+    for _ in range(100):
+        x = int(round(math.exp(rng.uniform(math.log(max(lo, 1)), math.log(max(hi, 1))))))
+        if lo == 0 and rng.random() < 0.2:
+            x = 0
+        if x not in avoid and lo <= x <= hi:
+            return x
+    return int(hi)
+
+
+@dataclass(frozen=True, slots=True)
+class MixedBatch:
+    batch_id: int
+    chunks: tuple[tuple[int, int], ...]
+    """(new tokens, prefix) per prefill chunk."""
+    decode_context: tuple[int, ...]
+
+    @property
+    def num_logits(self) -> int:
+        return len(self.chunks) + len(self.decode_context)
+
+    def row(self) -> dict[str, object]:
+        return {"batch_id": self.batch_id,
+                "prefill_tokens": " ".join(str(q) for q, _ in self.chunks),
+                "prefill_prefix": " ".join(str(p) for _, p in self.chunks),
+                "num_decodes": len(self.decode_context),
+                "decode_context": sum(self.decode_context),
+                "max_decode_context": max(self.decode_context, default=0),
+                "num_logits": self.num_logits}
+
+
+def random_batches(count: int, mode: str, seed: int = 2) -> list[MixedBatch]:
+    """Half decode-only (1-256 decodes), half mixed (1-3 chunks of 16-2048 tokens, half of them
+    with a prefix of 16-16384 tokens, plus 0-128 decodes); contexts log-uniform 32-8192."""
+    rng = np.random.default_rng(seed)
+    tiny = mode == "tiny"
+    max_q, max_prefix, max_ctx, max_dec = (32, 32, 48, 4) if tiny else (2048, 16384, 8192, 256)
+
+    def loguni(lo: int, hi: int) -> int:
+        return int(round(math.exp(rng.uniform(math.log(lo), math.log(hi)))))
+
+    out = []
+    for i in range(count):
+        mixed = i % 2 == 1
+        n_dec = loguni(1, max_dec) if not mixed else int(rng.integers(0, max_dec // 2 + 1))
+        contexts = tuple(loguni(min(32, max_ctx), max_ctx) for _ in range(n_dec))
+        chunks: tuple[tuple[int, int], ...] = ()
+        if mixed:
+            chunks = tuple((loguni(min(16, max_q), max_q), loguni(16, max_prefix) if rng.random() < 0.5 else 0)
+                           for _ in range(int(rng.integers(1, 4))))
+        out.append(MixedBatch(i, chunks, contexts))
+    return out
