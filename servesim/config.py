@@ -51,9 +51,13 @@ class CostModelConfig(DictConfig):
     per_decode_s: float = _help(0.0, "constant model: seconds per decoding sequence")
     per_context_token_s: float = _help(0.0, "constant model: seconds per decode context token")
     per_chunk_s: float = _help(0.0, "constant model: seconds per prefill chunk")
+    host_launch_us: float = _help(
+        0.0, "host time per kernel launch; >0 models an engine without CUDA graphs (microseconds)")
+    host_step_us: float = _help(0.0, "host time per iteration before its first launch (microseconds)")
 
     def __post_init__(self) -> None:
-        for f in ("fixed_s", "per_prefill_token_s", "per_decode_s", "per_context_token_s", "per_chunk_s"):
+        for f in ("fixed_s", "per_prefill_token_s", "per_decode_s", "per_context_token_s", "per_chunk_s",
+                  "host_launch_us", "host_step_us"):
             if getattr(self, f) < 0:
                 raise InputError(f"{f}: must be >= 0")
 

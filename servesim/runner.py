@@ -20,6 +20,7 @@ from servesim.request import Request
 from servesim.sim.cost_model import CostModel, make_cost_model
 from servesim.sim.engine import SimResult, simulate
 from servesim.sim.hardware import GpuSpec, get_gpu
+from servesim.sim.host_overhead import HostOverheadCostModel
 from servesim.sim.kv_cache import num_kv_blocks
 from servesim.sim.metrics import request_table, summarize
 from servesim.traces import load_workload
@@ -53,12 +54,16 @@ def engine_limits(config: Config, arch: ModelArch, gpu: GpuSpec) -> EngineLimits
 def build_cost_model(config: Config, arch: ModelArch, gpu: GpuSpec) -> CostModel:
     cm = config.cost_model
     if cm.kind == "constant":
-        return make_cost_model(
+        model = make_cost_model(
             "constant", arch, gpu, fixed_s=cm.fixed_s, per_prefill_token_s=cm.per_prefill_token_s,
             per_decode_s=cm.per_decode_s, per_context_token_s=cm.per_context_token_s,
             per_chunk_s=cm.per_chunk_s,
         )
-    return make_cost_model(cm.kind, arch, gpu)
+    else:
+        model = make_cost_model(cm.kind, arch, gpu)
+    if cm.host_launch_us or cm.host_step_us:
+        return HostOverheadCostModel(model, arch, cm.host_launch_us * 1e-6, cm.host_step_us * 1e-6)
+    return model
 
 
 def build_requests(table: pd.DataFrame, config: Config) -> list[Request]:
