@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import sys
 import time
@@ -14,7 +15,7 @@ from servesim import __version__, plots
 from servesim.config import load_config, to_dict
 from servesim.errors import InputError
 from servesim.models.arch import list_models, load_model
-from servesim.outputs import write_json, write_parquet, write_yaml
+from servesim.outputs import write_json, write_parquet, write_text, write_yaml
 from servesim.policies import REGISTRY
 from servesim.runner import run
 from servesim.sim.trace_export import chrome_trace
@@ -106,6 +107,26 @@ def cmd_plot(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_validate(args: argparse.Namespace) -> int:
+    # torch is an optional dependency (the `gpu` extra): only this command needs it, so the
+    # runtime is loaded here and `servesim simulate` works without it.
+    try:
+        validation = importlib.import_module("servesim.validate")
+    except ImportError as e:
+        raise InputError(f"validate needs torch and triton (pip install -e '.[gpu]'): {e}") from None
+    config = load_config(args.config, args.set or [])
+    out = Path(args.out)
+    result = validation.validate(config, Path(args.config).resolve().parent, args.device,
+                                 args.max_kv_blocks)
+    write_json(out / "report.json", result.report)
+    write_text(out / "report.md", validation.report_markdown(result.report))
+    write_parquet(out / "requests_measured.parquet", result.measured)
+    write_parquet(out / "requests_predicted.parquet", result.predicted)
+    write_yaml(out / "config.resolved.yaml", to_dict(config))
+    print(validation.report_markdown(result.report))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="servesim", description=__doc__)
     parser.add_argument("--version", action="version", version=f"servesim {__version__}")
@@ -130,6 +151,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("dir", help="a sweep's output directory")
     p.add_argument("--out", help="figure directory (default DIR/figures)")
     p.set_defaults(func=cmd_plot)
+    p = sub.add_parser("validate", help="on a GPU: measure the real runtime and compare the simulator")
+    p.add_argument("config", help="run config (YAML)")
+    p.add_argument("--out", required=True, help="report directory")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key")
+    p.add_argument("--device", default="cuda", help="cuda, or cpu with TRITON_INTERPRET=1 (tiny models)")
+    p.add_argument("--max-kv-blocks", type=int, help="cap the KV cache (both sides use the cap)")
+    p.set_defaults(func=cmd_validate)
     sub.add_parser("models", help="list built-in models").set_defaults(func=cmd_models)
     sub.add_parser("policies", help="list policies and their knobs").set_defaults(func=cmd_policies)
     return parser
