@@ -45,12 +45,12 @@ class RuntimeModel:
     def __init__(self, arch: ModelArch, num_blocks: int, block_size: int, device: torch.device,
                  dtype: torch.dtype = torch.bfloat16, seed: int = 0, num_sms: int | None = None) -> None:
         self.arch, self.device, self.dtype, self.num_sms = arch, device, dtype, num_sms
-        gen = torch.Generator(device="cpu").manual_seed(seed)
+        gen = torch.Generator(device=device).manual_seed(seed)  # drawn on the device: fast
         h, q, kv = arch.hidden_size, arch.q_size, arch.kv_size
 
         def w(*shape: int) -> torch.Tensor:
-            scale = shape[-1] ** -0.5
-            return (torch.randn(*shape, generator=gen) * scale).to(device=device, dtype=dtype)
+            out = torch.empty(shape, device=device, dtype=dtype)
+            return out.normal_(0.0, shape[-1] ** -0.5, generator=gen)
 
         self.embed = w(arch.vocab_size, h)
         self.lm_head = self.embed if arch.tie_word_embeddings else w(arch.vocab_size, h)
