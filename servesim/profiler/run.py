@@ -26,7 +26,7 @@ from servesim.models.arch import ModelArch, load_model
 from servesim.models.profile_schema import SCHEMA_VERSION, TABLES
 from servesim.profiler import provenance
 from servesim.profiler.forward import Forward, IterationIO
-from servesim.profiler.grid import SPECS, all_points, contention_targets, corunner_ops
+from servesim.profiler.grid import SPECS, Point, all_points, contention_targets, corunner_ops
 from servesim.profiler.measure import Measurer
 from servesim.profiler.operators import OperatorFactory
 from servesim.profiler.partitions import Partitions
@@ -40,7 +40,7 @@ class ModelProfiler:
     """The whole profile of one model: grid, partitions, contention, then --validate."""
 
     def __init__(self, arch: ModelArch, out_root: Path, mode: str, device: torch.device,
-                 validate: bool = False, per_op: int = 8, iterations: int = 12) -> None:
+                 validate: bool = False, per_op: int = 6, iterations: int = 8) -> None:
         self.arch, self.mode, self.device, self.validate = arch, mode, device, validate
         self.per_op, self.iterations = per_op, iterations
         self.partitions = Partitions(device)
@@ -55,6 +55,8 @@ class ModelProfiler:
         self.timer = Timer(device, target_us=2000.0 if quick else 5000.0, max_reps=20 if quick else 30)
         self.failures: list[str] = []
         self.interrupted = False
+        self.poisoned = False
+        """A CUDA error broke the context: stop measuring, still write the tables."""
 
     def specs(self) -> list[Any]:
         return specs_of(self.points + self.held_out, contention_targets(self.arch, self.mode),
@@ -71,29 +73,27 @@ class ModelProfiler:
                             corunners=corunner_ops(self.arch, self.mode))
         if any(p.table != "ops" for p in self.points if p.key not in journal):
             measurer.graphs_on_partitions = self._graphs_stay_in_partition(factory)
-        todo = [p for p in self.points + self.held_out if p.key not in journal]
+        # Most valuable first: whole-GPU ops, held-out shapes, iterations, SM shares, contention.
+        first = [p for p in self.points if p.table == "ops"] + self.held_out
+        later = [p for p in self.points if p.table != "ops"]
         total = len(self.points) + len(self.held_out) + len(self.batches)
-        bar = tqdm(total=total, initial=total - len(todo) - len(self.batches), mininterval=15,
-                   desc=self.arch.name, file=sys.stderr)
+        done = sum(p.key in journal for p in self.points + self.held_out)
+        bar = tqdm(total=total, initial=done, mininterval=15, desc=self.arch.name, file=sys.stderr)
+        grid_s = 0.0
         try:
-            for p in todo:
-                try:
-                    journal.add(p.key, p.table, measurer.measure(p))
-                except Exception as exc:  # noqa: BLE001 - recorded in meta.json, retried on resume
-                    self.failures.append(f"{p.key}: {type(exc).__name__}: {exc}"[:300])
-                    self.timer.sync()
-                bar.update()
-            grid_s = time.perf_counter() - started
+            self._measure_all([p for p in first if p.key not in journal], measurer, journal, bar)
             factory.free()
             for batch in self.batches:
                 key = f"validation_iters|{batch.batch_id}"
-                if key not in journal:
-                    journal.add(key, "validation_iters", self._iteration(factory, batch))
+                if key not in journal and not self.poisoned:
+                    self._guarded(key, lambda b=batch, k=key: journal.add(k, "validation_iters", self._iteration(factory, b)))
                 bar.update()
+            factory.free()
+            self._measure_all([p for p in later if p.key not in journal], measurer, journal, bar)
         except KeyboardInterrupt:
             # Stopped (Ctrl-C, a time limit): write what exists; a rerun resumes the rest.
             self.interrupted = True
-            grid_s = time.perf_counter() - started
+        grid_s = time.perf_counter() - started
         bar.close()
         tables = self._tables(journal)
         write_tables(self.out_dir, tables)
@@ -101,10 +101,30 @@ class ModelProfiler:
         meta.update({"profile_seconds": round(time.perf_counter() - started, 1),
                      "grid_seconds": round(grid_s, 1), "failures": self.failures,
                      "partition_graphs": measurer.graphs_on_partitions,
-                     "contention_uncovered": measurer.uncovered, "interrupted": self.interrupted})
+                     "contention_uncovered": measurer.uncovered, "interrupted": self.interrupted,
+                     "cuda_context_lost": self.poisoned})
         write_meta(self.out_dir, meta)
         journal.close()
         return meta
+
+    def _measure_all(self, points: list[Point], measurer: Measurer, journal: Journal, bar: Any) -> None:
+        for p in points:
+            if self.poisoned:
+                return
+            self._guarded(p.key, lambda p=p: journal.add(p.key, p.table, measurer.measure(p)))
+            bar.update()
+
+    def _guarded(self, key: str, work: Any) -> None:
+        """Run one measurement; a failure is recorded (and retried on resume). A failure that
+        leaves the CUDA context unusable (illegal address) stops the run."""
+        try:
+            work()
+        except Exception as exc:  # noqa: BLE001 - recorded in meta.json
+            self.failures.append(f"{key}: {type(exc).__name__}: {exc}"[:300])
+            try:
+                self.timer.sync()
+            except Exception:  # noqa: BLE001 - the context is gone
+                self.poisoned = True
 
     def _graphs_stay_in_partition(self, factory: OperatorFactory) -> bool:
         """A graph replayed on a partition's stream must run as slowly as eager launches
@@ -162,7 +182,7 @@ def moe_combine_rows(ops: pd.DataFrame) -> pd.DataFrame:
 
 def profile_models(models: Sequence[str], out_root: Path, mode: str, device_name: str,
                    validate: bool, warm_workers: int, commit: str | None = None,
-                   per_op: int = 8, iterations: int = 12) -> list[dict[str, Any]]:
+                   per_op: int = 6, iterations: int = 8, warm_only: bool = False) -> list[dict[str, Any]]:
     """Profile each model (compiling all kernels first, in parallel); returns each meta."""
     device = torch.device(device_name)
     if device.type == "cpu" and os.environ.get("TRITON_INTERPRET", "0") in ("", "0"):
@@ -177,7 +197,9 @@ def profile_models(models: Sequence[str], out_root: Path, mode: str, device_name
                   f"{warm['warm_failed']} failed)", file=sys.stderr)
         except (RuntimeError, OSError) as exc:  # a broken worker pool: timing compiles instead
             print(f"parallel compile failed ({type(exc).__name__}: {exc}); compiling while timing", file=sys.stderr)
-    metas = []
+    metas: list[dict[str, Any]] = []
+    if warm_only:
+        return metas
     for prof in profilers.values():
         if metas and metas[-1].get("interrupted"):
             break
@@ -201,6 +223,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--warm-workers", type=int, default=min(12, os.cpu_count() or 1),
                    help="processes compiling kernels before timing (0 = none)")
     p.add_argument("--commit", help="project commit to record (default: git rev-parse HEAD)")
+    p.add_argument("--warm-only", action="store_true", help="only compile the kernels (then exit)")
     return p
 
 
@@ -208,7 +231,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     mode = "tiny" if args.device == "cpu" else ("quick" if args.quick else "full")
     profile_models(args.model, Path(args.out), mode, args.device, args.validate,
-                   args.warm_workers, args.commit)
+                   args.warm_workers, args.commit, warm_only=args.warm_only)
     return 0
 
 
