@@ -18,6 +18,10 @@ from servesim.models.arch import list_models, load_model
 from servesim.outputs import write_json, write_parquet, write_text, write_yaml
 from servesim.policies import REGISTRY
 from servesim.runner import run
+from servesim.sim import profile_report
+from servesim.sim.hardware import get_gpu, list_gpus
+from servesim.sim.profile_tables import shipped_profiles
+from servesim.sim.profiled import ProfiledCostModel
 from servesim.sim.trace_export import chrome_trace
 from servesim.sweep import SweepInterrupted, load_sweep, read_plot_specs, run_sweep
 
@@ -58,11 +62,14 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 
 
 def cmd_models(args: argparse.Namespace) -> int:
-    print(f"{'model':<16} {'layers':>6} {'params (B)':>10} {'moe':>9}  KV bytes/token")
+    profiles = shipped_profiles()
+    print(f"{'model':<16} {'layers':>6} {'params (B)':>10} {'moe':>9}  {'KV bytes/token':>14}  profiles")
     for name in list_models():
         arch = load_model(name)
         moe = f"{arch.num_experts}x{arch.num_experts_per_tok}" if arch.is_moe else "-"
-        print(f"{name:<16} {arch.num_layers:>6} {arch.params / 1e9:>10.2f} {moe:>9}  {arch.kv_bytes_per_token}")
+        gpus = ",".join(g for g, m in profiles if m == name) or "-"
+        print(f"{name:<16} {arch.num_layers:>6} {arch.params / 1e9:>10.2f} {moe:>9}  "
+              f"{arch.kv_bytes_per_token:>14}  {gpus}")
     return 0
 
 
@@ -123,7 +130,31 @@ def cmd_validate(args: argparse.Namespace) -> int:
     write_parquet(out / "requests_measured.parquet", result.measured)
     write_parquet(out / "requests_predicted.parquet", result.predicted)
     write_yaml(out / "config.resolved.yaml", to_dict(config))
+    plots.plot_validation_cdf(result.measured, result.predicted, result.measured_itl_s,
+                              result.predicted_itl_s, out / "cdf",
+                              f"{config.policy.name} on {config.model}: runtime vs simulator")
     print(validation.report_markdown(result.report))
+    return 0
+
+
+def cmd_profile(args: argparse.Namespace) -> int:
+    # torch is an optional dependency (the `gpu` extra): only this command needs it, so the
+    # profiler is loaded here and the rest of servesim works without it.
+    try:
+        profiler = importlib.import_module("servesim.profiler.run")
+    except ImportError as e:
+        raise InputError(f"profile needs torch and triton (pip install -e '.[gpu]'): {e}") from None
+    mode = "tiny" if args.device == "cpu" else ("quick" if args.quick else "full")
+    metas = profiler.profile_models(args.model, Path(args.out), mode, args.device, args.validate,
+                                    args.warm_workers)
+    for model, meta in zip(args.model, metas, strict=False):
+        where = Path(args.out) / meta["gpu"] / meta["model"]
+        print(f"{meta['model']} on {meta['gpu']}: {meta['profile_seconds']:.0f} s -> {where}")
+        if args.validate and meta["gpu"] in list_gpus():
+            rep = profile_report.report(ProfiledCostModel(load_model(model), get_gpu(meta["gpu"]), where))
+            write_json(where / "validation_report.json", rep)
+            write_text(where / "validation_report.md", profile_report.markdown(rep))
+            print(profile_report.markdown(rep))
     return 0
 
 
@@ -158,7 +189,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cuda", help="cuda, or cpu with TRITON_INTERPRET=1 (tiny models)")
     p.add_argument("--max-kv-blocks", type=int, help="cap the KV cache (both sides use the cap)")
     p.set_defaults(func=cmd_validate)
-    sub.add_parser("models", help="list built-in models").set_defaults(func=cmd_models)
+    p = sub.add_parser("profile", help="on a GPU: time every operator of a model into a profile")
+    p.add_argument("--model", action="append", required=True, help="preset or config.json (repeatable)")
+    p.add_argument("--out", default="profiles", help="root of <gpu>/<model>/ profile directories")
+    p.add_argument("--quick", action="store_true", help="coarser grid, fewer SM partitions")
+    p.add_argument("--validate", action="store_true", help="also time held-out shapes and iterations")
+    p.add_argument("--device", default="cuda", help="cuda, or cpu with TRITON_INTERPRET=1 (tiny grid)")
+    p.add_argument("--warm-workers", type=int, default=min(12, os.cpu_count() or 1),
+                   help="processes compiling the kernels before timing (0 = none)")
+    p.set_defaults(func=cmd_profile)
+    sub.add_parser("models", help="list built-in models and their shipped profiles").set_defaults(func=cmd_models)
     sub.add_parser("policies", help="list policies and their knobs").set_defaults(func=cmd_policies)
     return parser
 

@@ -302,3 +302,24 @@ def draw(out: Path, plots: Sequence[tuple[str, Mapping[str, Any]]] | None = None
             continue
         written += draw_fns[kind](figures / str(options.get("name", kind)), options)
     return written, notes
+
+
+def plot_validation_cdf(measured: pd.DataFrame, predicted: pd.DataFrame, measured_itl_s: np.ndarray,
+                        predicted_itl_s: np.ndarray, stem: Path, title: str = "") -> list[Path]:
+    """`servesim validate`: measured vs predicted CDFs of TTFT and of every token gap."""
+    fig, axes = _panels(2, 6.0, 4.4)
+    points = []
+    series = (("ttft", "TTFT", measured.ttft_s.dropna(), predicted.ttft_s.dropna()),
+              ("itl", "TBT (every token gap)", pd.Series(measured_itl_s), pd.Series(predicted_itl_s)))
+    for ax, (metric, name, meas, pred) in zip(axes, series, strict=True):
+        for label, values, style in (("measured (runtime)", meas, "-"), ("predicted (simulator)", pred, "--")):
+            x = np.sort(np.asarray(values, dtype=float)) * 1000.0
+            y = np.arange(1, len(x) + 1) / max(len(x), 1)
+            ax.plot(x, y, style, lw=1.4, label=label, color="black" if style == "-" else "#1f77b4")
+            points.append(pd.DataFrame({"panel": metric, "series": label, "x": x, "y": y}))
+        _log_axes(ax, y=False)
+        ax.set(xlabel=f"{name} (ms)", ylabel="CDF (fraction)", ylim=(0, 1.01))
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=7, loc="lower right")
+    fig.suptitle(title or "measured vs predicted")
+    return save_figure(fig, stem, pd.concat(points))

@@ -23,6 +23,7 @@ from servesim.sim.hardware import GpuSpec, get_gpu
 from servesim.sim.host_overhead import HostOverheadCostModel
 from servesim.sim.kv_cache import num_kv_blocks
 from servesim.sim.metrics import request_table, summarize
+from servesim.sim.profiled import ProfiledCostModel
 from servesim.traces import load_workload
 
 
@@ -59,6 +60,8 @@ def build_cost_model(config: Config, arch: ModelArch, gpu: GpuSpec) -> CostModel
             per_decode_s=cm.per_decode_s, per_context_token_s=cm.per_context_token_s,
             per_chunk_s=cm.per_chunk_s,
         )
+    elif cm.kind == "profile":
+        model = ProfiledCostModel(arch, gpu, cm.profile)
     else:
         model = make_cost_model(cm.kind, arch, gpu)
     if cm.host_launch_us or cm.host_step_us:
@@ -113,9 +116,12 @@ def run(config: Config, base_dir: Path | None = None) -> RunOutput:
     workload = load_workload(config.workload, rng, base_dir or Path.cwd())
     check_fits(workload, limits, config)
     requests = build_requests(workload, config)
-    result = simulate(
-        requests, make_policy(config, limits), build_cost_model(config, arch, gpu), limits, arch=arch
-    )
+    cost_model = build_cost_model(config, arch, gpu)
+    result = simulate(requests, make_policy(config, limits), cost_model, limits, arch=arch)
     table = request_table(result.requests, config.slo.classes, config.slo.default)
     summary = summarize(result, table)
+    # Lookups outside a profile's grid (ProfiledCostModel counts them; never silent).
+    profiled = getattr(cost_model, "inner", cost_model)
+    if hasattr(profiled, "extrapolated"):
+        summary["cost_model_extrapolations"] = summary["cost_model_extrapolations"] + profiled.extrapolated
     return RunOutput(summary, table, result)

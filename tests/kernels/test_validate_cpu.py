@@ -8,6 +8,7 @@ from pathlib import Path
 import pandas as pd
 
 from servesim.config import from_mapping
+from servesim.plots import plot_validation_cdf
 from servesim.validate import COMPARED, report_markdown, validate
 
 TINY = Path(__file__).parent.parent / "data" / "tiny" / "llama.json"
@@ -29,3 +30,9 @@ def test_validate_reports_every_metric(tmp_path: Path) -> None:
     assert list(out.measured.num_generated_tokens) == list(out.predicted.num_generated_tokens)
     assert len(out.measured_itl_s) == len(out.predicted_itl_s) == 4
     assert "| median_ttft_ms |" in report_markdown(report)
+    paths = plot_validation_cdf(out.measured, out.predicted, out.measured_itl_s, out.predicted_itl_s,
+                                tmp_path / "cdf")
+    assert all(p.stat().st_size > 0 for p in paths)
+    points = pd.read_csv(tmp_path / "cdf.points.csv")
+    assert set(points.series) == {"measured (runtime)", "predicted (simulator)"}
+    assert len(points[points.panel == "itl"]) == 8

@@ -1,0 +1,229 @@
+"""Reading a profile directory (servesim.models.profile_schema) for the profiled cost model:
+meta.json checks, the parquet tables, and one interpolating `OpTable` per operator.
+
+An operator's rows form a full cartesian grid over its axes; `Grid` interpolates multilinearly
+(prefill attention per attended position, so its quadratic growth in the chunk length
+interpolates well). Beyond the top of a grid an `OpTable` uses a least-squares fit of the whole
+table on roofline-like terms (FLOPs and bytes in the axes), never less than the clamped grid
+value; the caller counts every such lookup. No torch anywhere.
+"""
+
+from __future__ import annotations
+
+import bisect
+import itertools
+import json
+from importlib import resources
+from importlib.resources.abc import Traversable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from servesim.errors import InputError
+from servesim.models.arch import ModelArch
+from servesim.models.profile_schema import META_FILE, OP_AXES, SCHEMA_VERSION, TABLES
+from servesim.sim.hardware import GpuSpec
+
+_W0 = 65536.0
+"""Attended positions added to prefill work before interpolating time per position (its
+launch-bound floor), so tiny chunks interpolate as smoothly as large ones."""
+
+
+def shipped_root() -> Traversable:
+    return resources.files("servesim").joinpath("profiles")
+
+
+def shipped_profiles() -> list[tuple[str, str]]:
+    """(gpu, model) pairs with a profile inside the package."""
+    root = shipped_root()
+    if not root.is_dir():
+        return []
+    return sorted((g.name, m.name) for g in root.iterdir() if g.is_dir()
+                  for m in g.iterdir() if m.joinpath(META_FILE).is_file())
+
+
+def _work(op: str, x: tuple[float, ...]) -> float:
+    """What time is interpolated per: attended positions for prefill attention, else 1."""
+    if op.startswith("attn_prefill"):
+        q, p = x[0], x[1]
+        return (q * p + q * (q + 1) / 2 + _W0) * (x[2] if len(x) > 2 else 1.0)
+    return 1.0
+
+
+def _features(op: str, x: tuple[float, ...]) -> list[float]:
+    """Roofline-like terms the out-of-grid fit is linear in."""
+    if op.startswith("attn_prefill"):
+        n = x[2] if len(x) > 2 else 1.0
+        return [1.0, n * (x[0] * x[1] + x[0] * x[0] / 2), n * (x[0] + x[1])]
+    if op == "attn_decode":
+        return [1.0, x[0] * x[1], x[0]]
+    return [1.0, x[0]] if x else [1.0]
+
+
+class Grid:
+    """Multilinear interpolation over a full cartesian grid; values flat, row-major."""
+
+    def __init__(self, axes: list[list[float]], values: list[float]) -> None:
+        self.axes, self.values = axes, values
+        self.strides = [int(np.prod([len(a) for a in axes[i + 1:]])) for i in range(len(axes))]
+
+    def at(self, x: tuple[float, ...]) -> tuple[float, bool]:
+        """(value, whether x lies outside the grid on some axis; then it is clamped)."""
+        spans, outside = [], False
+        for axis, v, stride in zip(self.axes, x, self.strides, strict=False):
+            if v <= axis[0] or len(axis) == 1:
+                outside |= v < axis[0] or (len(axis) == 1 and v > axis[0])
+                spans.append((0, 0, 0.0, stride))
+            elif v >= axis[-1]:
+                outside |= v > axis[-1]
+                spans.append((len(axis) - 1, 0, 0.0, stride))
+            else:
+                j = bisect.bisect_right(axis, v) - 1
+                spans.append((j, 1, (v - axis[j]) / (axis[j + 1] - axis[j]), stride))
+        total = 0.0
+        for bits in itertools.product((0, 1), repeat=len(spans)):
+            weight, index = 1.0, 0
+            for bit, (j, step, w, stride) in zip(bits, spans, strict=True):
+                weight *= w if bit else 1.0 - w
+                index += (j + bit * step) * stride
+            if weight:
+                total += weight * self.values[index]
+        return total, outside
+
+
+def _grid(frame: pd.DataFrame, cols: list[str], value: np.ndarray) -> tuple[list[list[float]], np.ndarray]:
+    axes = [sorted(set(frame[c].astype(float))) for c in cols]
+    cube = np.full([len(a) for a in axes], np.nan)
+    for row, v in zip(frame[cols].astype(float).itertuples(index=False), value, strict=True):
+        cube[tuple(a.index(x) for a, x in zip(axes, row, strict=True))] = v
+    return axes, cube
+
+
+class OpTable:
+    """One operator's measured times (seconds) with its out-of-grid fit."""
+
+    def __init__(self, op: str, rows: pd.DataFrame) -> None:
+        self.op = op
+        cols = ["a", "b", "c"][: len(OP_AXES[op])]
+        xs = [tuple(r) for r in rows[cols].astype(float).itertuples(index=False)]
+        seconds = rows.median_us.to_numpy(float) * 1e-6
+        features = np.array([_features(op, x) for x in xs])
+        self.coef = np.maximum(np.linalg.lstsq(features, seconds, rcond=None)[0], 0.0)
+        axes, cube = _grid(rows, cols, seconds / np.array([_work(op, x) for x in xs]))
+        self.gaps = int(np.isnan(cube).sum())
+        if self.gaps:  # unmeasured cells (failed points): the fit fills them
+            for idx in zip(*np.nonzero(np.isnan(cube)), strict=True):
+                x = tuple(a[i] for a, i in zip(axes, idx, strict=True))
+                cube[idx] = self.fit(x) / _work(op, x)
+        self.top = [a[-1] for a in axes]
+        self.grid = Grid(axes, cube.ravel().tolist()) if cols else None
+        self.scalar = float(seconds[0]) if not cols else 0.0
+
+    def fit(self, x: tuple[float, ...]) -> float:
+        return float(np.dot(self.coef, _features(self.op, x)))
+
+    def seconds(self, x: tuple[float, ...]) -> tuple[float, bool]:
+        if self.grid is None:
+            return self.scalar, False
+        value, outside = self.grid.at(x)
+        t = value * _work(self.op, x)
+        if outside and any(v > top for v, top in zip(x, self.top, strict=False)):
+            t = max(t, self.fit(x))
+        return t, outside
+
+
+def read_meta(path: Path | Traversable) -> dict[str, Any]:
+    meta_path = path.joinpath(META_FILE)
+    if not meta_path.is_file():
+        raise InputError(f"{meta_path}: no profile here (run `servesim profile` to make one)")
+    try:
+        meta = json.loads(meta_path.read_text())
+    except json.JSONDecodeError as err:
+        raise InputError(f"{meta_path}: not valid JSON ({err.msg})") from None
+    return dict(meta)
+
+
+def check_meta(meta: dict[str, Any], where: str, arch: ModelArch, gpu: GpuSpec) -> None:
+    if meta.get("schema_version") != SCHEMA_VERSION:
+        raise InputError(f"{where}: profile schema version {meta.get('schema_version')!r}; this servesim "
+                         f"reads version {SCHEMA_VERSION}: profile the model again")
+    if meta.get("gpu") != gpu.name or meta.get("sm_count") != gpu.num_sms:
+        raise InputError(f"{where}: profile of GPU {meta.get('gpu')!r} ({meta.get('sm_count')} SMs), "
+                         f"but the run simulates {gpu.name!r} ({gpu.num_sms} SMs)")
+    if meta.get("model") != arch.name or meta.get("arch", {}).get("num_layers") != arch.num_layers:
+        raise InputError(f"{where}: profile of model {meta.get('model')!r}, but the run uses {arch.name!r}")
+
+
+def load_tables(path: Path | Traversable) -> dict[str, pd.DataFrame]:
+    out = {}
+    for name in TABLES:
+        f = path.joinpath(f"{name}.parquet")
+        if f.is_file():
+            with f.open("rb") as fh:
+                out[name] = pd.read_parquet(fh)
+    return out
+
+
+class RatioTable:
+    """Time on `sms` SMs over time on the whole GPU, per shape of one operator."""
+
+    def __init__(self, op: str, rows: pd.DataFrame, full: OpTable, num_sms: int) -> None:
+        cols = ["a", "b", "c"][: len(OP_AXES[op])]
+        xs = [tuple(r) for r in rows[cols].astype(float).itertuples(index=False)]
+        ratio = rows.median_us.to_numpy(float) * 1e-6 / np.array([full.seconds(x)[0] for x in xs])
+        whole = rows.drop_duplicates(cols).assign(sms=num_sms)
+        frame = pd.concat([rows.assign(ratio=ratio), whole.assign(ratio=1.0)], ignore_index=True)
+        axes, cube = _grid(frame, [*cols, "sms"], frame.ratio.to_numpy(float))
+        for j in range(cube.shape[-1]):  # a failed point: the mean ratio at that SM count
+            layer = cube[..., j]
+            layer[np.isnan(layer)] = np.nanmean(layer) if np.isfinite(layer).any() else 1.0
+        self.min_sms = axes[-1][0]
+        self.grid = Grid(axes, cube.ravel().tolist())
+
+    def ratio(self, x: tuple[float, ...], sms: int) -> tuple[float, bool]:
+        """(ratio, whether sms is below the smallest profiled partition: scaled as 1/sms)."""
+        if sms < self.min_sms:
+            return self.grid.at((*x, self.min_sms))[0] * self.min_sms / sms, True
+        return self.grid.at((*x, float(sms)))[0], False
+
+
+def contention_curves(frame: pd.DataFrame) -> dict[tuple[str, str], tuple[list[float], list[float]]]:
+    """(target class, co-runner class) -> (target SMs, median slowdown at each)."""
+    out = {}
+    for (target, corunner), rows in frame.groupby(["op", "corunner"]):
+        by_sms = rows.groupby("sms").slowdown.median().sort_index()
+        out[(str(target), str(corunner))] = ([float(s) for s in by_sms.index], by_sms.tolist())
+    return out
+
+
+def lerp(xs: list[float], ys: list[float], x: float) -> float:
+    """Piecewise-linear in x, clamped at both ends."""
+    if x <= xs[0]:
+        return ys[0]
+    if x >= xs[-1]:
+        return ys[-1]
+    j = bisect.bisect_right(xs, x) - 1
+    w = (x - xs[j]) / (xs[j + 1] - xs[j])
+    return ys[j] * (1.0 - w) + ys[j + 1] * w
+
+
+class Profile:
+    """Every table of one profile directory, checked against the run's model and GPU."""
+
+    def __init__(self, path: Path | Traversable, arch: ModelArch, gpu: GpuSpec) -> None:
+        self.path = path
+        self.meta = read_meta(path)
+        check_meta(self.meta, str(path.joinpath(META_FILE)), arch, gpu)
+        self.tables = load_tables(path)
+        if "ops" not in self.tables:
+            raise InputError(f"{path}: ops.parquet is missing")
+        ops = self.tables["ops"].dropna(subset=["median_us"])
+        self.ops = {str(op): OpTable(str(op), rows) for op, rows in ops.groupby("op")}
+        shares = self.tables.get("sm_shares", pd.DataFrame(columns=TABLES["sm_shares"]))
+        self.ratios = {str(op): RatioTable(str(op), rows, self.ops[str(op)], gpu.num_sms)
+                       for op, rows in shares.dropna(subset=["median_us"]).groupby("op") if op in self.ops}
+        corun = self.tables.get("contention", pd.DataFrame(columns=TABLES["contention"]))
+        self.contention = contention_curves(corun.dropna(subset=["slowdown"]))
+        self.gaps = sum(t.gaps for t in self.ops.values())

@@ -1,0 +1,329 @@
+"""ProfiledCostModel: every operator of a pass priced from a measured profile.
+
+time(op) = table(op, shape) x sm_ratio(op, shape, sms) x slowdown(class(op), co-runner mix), plus
+the profile's per-iteration fixed cost once per step. Prefill chunks packed into one launch take
+the measured packing factor of `attn_prefill_packed`. Co-runners are priced on their own
+partition and split into the profile's co-runner classes by time; the target's slowdown is the
+time-weighted measured slowdown. Lookups off a grid, below the smallest partition, or for
+co-runner pairs the profile lacks (then the roofline model's HBM contention, hardware.py) are
+counted in `extrapolated`; the run's summary reports them. Groups of operators are priced once
+per shape and cached, so a decode step costs a few dict lookups and two interpolations.
+"""
+
+from __future__ import annotations
+
+from importlib.resources.abc import Traversable
+from pathlib import Path
+from typing import NamedTuple
+
+from servesim.errors import InputError
+from servesim.models import ops as model_ops
+from servesim.models.arch import ModelArch
+from servesim.models.ops import OpSpec
+from servesim.models.profile_schema import CONTENTION_TARGETS, CORUNNERS, SMALL_GEMM_ROWS, table_for
+from servesim.models.shapes import BatchCost, BatchShape, Corunner, OpCost
+from servesim.sim.hardware import CORUN_BASE, CORUN_PER_DEMAND, GpuSpec
+from servesim.sim.profile_tables import Profile, lerp, shipped_root
+
+_SM_PROXY = {"moe_combine": "moe_silu_mul", "attn_prefill_packed": "attn_prefill"}
+_NO_SLOWDOWN = (1.0,) * len(CONTENTION_TARGETS)
+_MAX_CACHE = 200_000
+_Curves = tuple[list[float], list[float], list[list[float]]]
+"""Decode attention at a fixed batch: (mean contexts, skews, seconds per skew per context)."""
+
+
+class _Priced(NamedTuple):
+    """Ops priced together: seconds per contention target class and per co-runner class,
+    HBM bytes, and how many lookups fell off the grid."""
+
+    total: float
+    by_target: tuple[float, ...]
+    by_corunner: tuple[float, ...]
+    hbm_bytes: float
+    extrapolated: int
+
+    def seconds(self, slowdown: tuple[float, ...] | None = None) -> float:
+        if slowdown is None:
+            return self.total
+        return sum(t * s for t, s in zip(self.by_target, slowdown, strict=True))
+
+
+def profile_dir(gpu: GpuSpec, arch: ModelArch, path: str | Path | None) -> Path | Traversable:
+    """The profile to read: `path`, else the one shipped for (gpu, model)."""
+    if path is not None:
+        return Path(path)
+    shipped = shipped_root().joinpath(gpu.name).joinpath(arch.name)
+    if not shipped.joinpath("meta.json").is_file():
+        raise InputError(f"no shipped profile for {arch.name} on {gpu.name}: run `servesim profile "
+                         f"--model {arch.name}` on that GPU and set cost_model.profile, or use "
+                         f"cost_model.kind: roofline")
+    return shipped
+
+
+class ProfiledCostModel:
+    """The CostModel protocol over a profile of `arch` on `gpu` (refused for any other)."""
+
+    def __init__(self, arch: ModelArch, gpu: GpuSpec, path: str | Path | None = None,
+                 moe_skew: float = 0.0) -> None:
+        self.arch, self.gpu, self.moe_skew = arch, gpu, moe_skew
+        self.profile = Profile(profile_dir(gpu, arch, path), arch, gpu)
+        self.extrapolated = 0
+        self.fixed_s = self.profile.ops["iteration_fixed"].scalar
+        self._groups: dict[tuple[int, ...], _Priced] = {}
+        self._decode: dict[tuple[int, int], _Curves | None] = {}
+        self._slowdowns: dict[tuple[Corunner, int], tuple[tuple[float, ...], int]] = {}
+
+    # -- one operator ---------------------------------------------------------------------
+    def lookup(self, op: OpSpec) -> tuple[str, tuple[float, ...]]:
+        """The table and axis values that price an operator of servesim.models.ops."""
+        a, s, kind = self.arch, op.shape, op.kind
+        k = max(a.num_experts_per_tok, 1)
+        if kind == "gemm":
+            return op.name, (s["m"],)
+        if kind == "attn_prefill":
+            return "attn_prefill", (s["q"], s["prefix"])
+        if kind == "attn_decode":
+            n, ctx = s["num_decodes"], s["context"]
+            mean = ctx / n
+            return "attn_decode", (n, mean, s["max_context"] / mean if mean else 1.0)
+        if kind == "moe_gemm":
+            return op.name, (s["rows"] / k, self.moe_skew)
+        if kind == "router":
+            return op.name, ((s["tokens"] if "tokens" in s else s["rows"] / k),)
+        if kind == "sample":
+            return "sample", (s["rows"],)
+        per_token = {"qk_norm": a.q_size + a.kv_size, "rope": a.q_size + a.kv_size,
+                     "kv_write": 2 * a.kv_size, "embedding": a.hidden_size,
+                     "silu_mul": 2 * a.intermediate_size,
+                     "shared_silu_mul": 2 * a.shared_expert_intermediate_size,
+                     "moe_silu_mul": 2 * k * a.moe_intermediate_size, "moe_combine": k * a.hidden_size}
+        return table_for(op.name), (s["read"] / per_token.get(op.name, 2 * a.hidden_size),)
+
+    def table_seconds(self, table: str, x: tuple[float, ...], sms: int | None = None) -> tuple[float, bool]:
+        """(seconds, off the grid) of one table lookup on `sms` SMs (None = whole GPU)."""
+        if table not in self.profile.ops:
+            raise InputError(f"{self.profile.path}: no '{table}' table for this model's operators")
+        t, outside = self.profile.ops[table].seconds(x)
+        if sms is not None and sms < self.gpu.num_sms:
+            ratios = self.profile.ratios.get(_SM_PROXY.get(table, table))
+            if ratios is None:
+                return t * self.gpu.num_sms / sms, True
+            r, below = ratios.ratio(x, sms)
+            t, outside = t * r, outside or below
+        return t, outside
+
+    def _op(self, op: OpSpec, sms: int) -> tuple[float, bool]:
+        table, x = self.lookup(op)
+        return self.table_seconds(table, x, sms)
+
+    # -- groups of operators --------------------------------------------------------------
+    def _price(self, ops: list[OpSpec], sms: int, packed: int = 1) -> _Priced:
+        by_target, by_corunner = [0.0] * len(CONTENTION_TARGETS), [0.0] * len(CORUNNERS)
+        extrapolated = 0
+        for op in ops:
+            t, outside = self._op(op, sms)
+            if op.kind == "attn_prefill" and packed > 1:
+                t *= self._packing(op, packed)
+            by_target[CONTENTION_TARGETS.index(_target_class(op))] += t
+            by_corunner[CORUNNERS.index(_corunner_class(op))] += t
+            extrapolated += outside
+        return _Priced(sum(by_target), tuple(by_target), tuple(by_corunner),
+                       sum(o.hbm_bytes for o in ops), extrapolated)
+
+    def _packing(self, op: OpSpec, chunks: int) -> float:
+        """Measured time of `chunks` equal chunks in one launch over chunks x one alone."""
+        packed = self.profile.ops.get("attn_prefill_packed")
+        q, p = op.shape["q"], op.shape["prefix"]
+        if packed is None or packed.grid is None or q > packed.top[0]:
+            return 1.0
+        together, _ = packed.seconds((q, min(p, packed.top[1]), min(chunks, packed.top[2])))
+        alone, _ = self.profile.ops["attn_prefill"].seconds((q, min(p, packed.top[1])))
+        return min(1.0, together / (min(chunks, packed.top[2]) * alone))
+
+    def _cached(self, key: tuple[int, ...], sms: int, packed: int = 1) -> _Priced:
+        priced = self._groups.get(key)
+        if priced is None:
+            if len(self._groups) >= _MAX_CACHE:
+                self._groups.clear()
+            priced = self._groups[key] = self._price(self._group_ops(key), sms, packed)
+        return priced
+
+    def _group_ops(self, key: tuple[int, ...]) -> list[OpSpec]:
+        arch = self.arch
+        if key[0] == 0:
+            return model_ops.dense_layer_ops(arch, key[1])
+        if key[0] == 1:
+            return model_ops.embedding_ops(arch, key[1]) + model_ops.head_ops(arch, key[2], key[3])
+        return [model_ops.prefill_attention(arch, key[1], key[2])] if key[1] else []
+
+    def _dense(self, tokens: int, sms: int) -> _Priced:
+        return self._cached((0, tokens, sms), sms)
+
+    def _ends(self, entering: int, leaving: int, logits: int, sms: int) -> _Priced:
+        return self._cached((1, entering, leaving, logits, sms), sms)
+
+    def _chunk(self, q: int, prefix: int, chunks: int, sms: int) -> _Priced:
+        return self._cached((2, q, prefix, chunks, sms), sms, chunks)
+
+    def _decode_attn(self, batch: BatchShape, sms: int) -> _Priced:
+        t = self._decode_s(batch.num_decodes, batch.decode_context, batch.max_decode_context, sms)
+        if t is None:
+            return self._price([model_ops.decode_attention(self.arch, batch)], sms)
+        return _Priced(t, _one(CONTENTION_TARGETS, "attn_decode", t), _one(CORUNNERS, "decode_attn", t),
+                       batch.decode_context * self.arch.kv_bytes_per_token_per_layer, 0)
+
+    def _decode_s(self, n: int, ctx: int, max_ctx: int, sms: int) -> float | None:
+        """Decode attention inside the grid, from per-(decodes, SMs) curves over the mean
+        context (one per skew value): a few bisections, no per-context cache; None outside."""
+        key = (n, sms)
+        if key not in self._decode:
+            if len(self._decode) >= _MAX_CACHE:
+                self._decode.clear()
+            self._decode[key] = self._decode_curves(n, sms)
+        curves = self._decode[key]
+        if curves is None or not ctx:
+            return None
+        mean = ctx / n
+        contexts, skews, values = curves
+        if not contexts[0] <= mean <= contexts[-1] or max_ctx > skews[-1] * mean:
+            return None
+        at = [lerp(contexts, row, mean) for row in values]
+        return lerp(skews, at, max_ctx / mean) if len(skews) > 1 else at[0]
+
+    def _decode_curves(self, n: int, sms: int) -> _Curves | None:
+        table = self.profile.ops["attn_decode"]
+        if table.grid is None or not table.grid.axes[0][0] <= n <= table.grid.axes[0][-1]:
+            return None
+        _, contexts, skews = table.grid.axes
+        values = [[self.table_seconds("attn_decode", (n, c, s), sms)[0] for c in contexts] for s in skews]
+        return contexts, skews, values
+
+    # -- the protocol ---------------------------------------------------------------------
+    def step_time(self, batch: BatchShape, sms: int | None = None, corunner: Corunner | None = None) -> float:
+        num_sms = self._check_sms(sms)
+        if corunner is None and not batch.prefill_tokens:
+            n = batch.num_decodes
+            if not n:
+                return 0.0
+            ends = self._groups.get((1, n, n, batch.num_logits, num_sms)) or self._ends(n, n, batch.num_logits, num_sms)
+            dense = self._groups.get((0, n, num_sms)) or self._dense(n, num_sms)
+            layers = self.arch.num_layers
+            attn_s = self._decode_s(n, batch.decode_context, batch.max_decode_context, num_sms)
+            if attn_s is None:
+                attn = self._decode_attn(batch, num_sms)
+                attn_s = attn.total
+                self.extrapolated += layers * attn.extrapolated
+            if ends.extrapolated or dense.extrapolated:
+                self.extrapolated += ends.extrapolated + layers * dense.extrapolated
+            return self.fixed_s + ends.total + layers * (dense.total + attn_s)
+        return self._total(batch, num_sms, corunner)
+
+    def _parts(self, batch: BatchShape, sms: int) -> list[tuple[int, _Priced]]:
+        """(times, group) of the pass: ends, prefill layers, decode-only layers."""
+        layers, n = self.arch.num_layers, batch.num_decodes
+        start, end = (batch.prefill_layers or (0, layers)) if batch.prefill_tokens else (0, 0)
+        if not 0 <= start <= end <= layers:
+            raise ValueError(f"prefill_layers {batch.prefill_layers} outside 0..{layers}")
+        entering, leaving = model_ops.boundary_tokens(self.arch, batch)
+        parts = [(1, self._ends(entering, leaving, batch.num_logits, sms))]
+        attn = [self._decode_attn(batch, sms)] if n else []
+        if end > start:
+            chunks = len(batch.prefill_tokens)
+            attn_p = [self._chunk(q, p, chunks, sms) for q, p in zip(batch.prefill_tokens, batch.prefill_prefix, strict=True)]
+            parts += [(end - start, g) for g in [self._dense(batch.num_prefill_tokens + n, sms), *attn_p, *attn]]
+        if n and layers - (end - start):
+            parts += [(layers - (end - start), g) for g in [self._dense(n, sms), *attn]]
+        return parts
+
+    def _total(self, batch: BatchShape, sms: int, corunner: Corunner | None) -> float:
+        if batch.is_empty:
+            return 0.0
+        slowdown, fallback = self._slowdown(corunner, sms)
+        parts = self._parts(batch, sms)
+        self.extrapolated += sum(times * g.extrapolated for times, g in parts) + fallback
+        return self.fixed_s + sum(times * g.seconds(slowdown) for times, g in parts)
+
+    def _slowdown(self, corunner: Corunner | None, sms: int) -> tuple[tuple[float, ...], int]:
+        """Per target class: 1 + sum over co-runner classes of (time share x (slowdown - 1))."""
+        if corunner is None or corunner.batch.is_empty:
+            return _NO_SLOWDOWN, 0
+        cached = self._slowdowns.get((corunner, sms))
+        if cached is None:
+            other = self._check_sms(corunner.sms)
+            parts = self._parts(corunner.batch, other)
+            by_class = [sum(t * g.by_corunner[i] for t, g in parts) for i in range(len(CORUNNERS))]
+            total = sum(by_class) or 1.0
+            demand = min(1.0, sum(t * g.hbm_bytes for t, g in parts) / total / self.gpu.hbm_bytes_per_s)
+            out, missing = [], 0
+            for target in CONTENTION_TARGETS:
+                extra = 0.0
+                for cls, secs in zip(CORUNNERS, by_class, strict=True):
+                    curve = self.profile.contention.get((target, cls))
+                    missing += curve is None and secs > 0
+                    s = lerp(*curve, float(sms)) if curve else 1.0 + CORUN_BASE + CORUN_PER_DEMAND * demand
+                    extra += secs / total * (s - 1.0)
+                out.append(1.0 + extra)
+            cached = self._slowdowns[(corunner, sms)] = (tuple(out), missing)
+        return cached
+
+    def batch_cost(self, batch: BatchShape, sms: int | None = None, corunner: Corunner | None = None) -> BatchCost:
+        """Every op priced as step_time prices it; total_s is step_time's (plus the fixed
+        per-iteration cost as an op after the last layer)."""
+        num_sms, layers = self._check_sms(sms), self.arch.num_layers
+        slowdown, _ = self._slowdown(corunner, num_sms)
+        out: list[OpCost] = []
+        extrapolated = 0
+        chunks = len(batch.prefill_tokens)
+        for layer, op in model_ops.forward_ops(self.arch, batch):
+            if op.kind == "attn_decode":  # the same curves as step_time's
+                priced = self._decode_attn(batch, num_sms)
+                t, outside = priced.total, priced.extrapolated > 0
+            else:
+                t, outside = self._op(op, num_sms)
+            if op.kind == "attn_prefill" and chunks > 1:
+                t *= self._packing(op, chunks)
+            t *= slowdown[CONTENTION_TARGETS.index(_target_class(op))]
+            extrapolated += outside
+            out.append(OpCost(layer, op.name, t, op.flops, op.hbm_bytes))
+        if out:
+            out.append(OpCost(layers, "iteration_fixed", self.fixed_s, 0.0, 0.0))
+        layer_s = [0.0] * layers
+        for c in out:
+            if 0 <= c.layer < layers:
+                layer_s[c.layer] += c.seconds
+        specs = [op for _, op in model_ops.forward_ops(self.arch, batch)]
+        return BatchCost(self.step_time(batch, sms, corunner), tuple(layer_s), tuple(out),
+                         sum(o.flops for o in specs), sum(o.hbm_bytes for o in specs),
+                         sum(o.weight_bytes for o in specs if o.kind == "moe_gemm"), extrapolated)
+
+    def _check_sms(self, sms: int | None) -> int:
+        if sms is None:
+            return self.gpu.num_sms
+        if not 0 < sms <= self.gpu.num_sms:
+            raise ValueError(f"sms={sms} outside 1..{self.gpu.num_sms} on {self.gpu.name}")
+        return sms
+
+
+def _one(classes: tuple[str, ...], name: str, seconds: float) -> tuple[float, ...]:
+    return tuple(seconds if c == name else 0.0 for c in classes)
+
+
+def _rows(op: OpSpec) -> float:
+    return op.shape.get("m", op.shape.get("rows", op.shape.get("tokens", op.shape.get("read", 0.0))))
+
+
+def _target_class(op: OpSpec) -> str:
+    if op.kind in ("attn_decode", "attn_prefill"):
+        return op.kind
+    if op.kind in ("gemm", "moe_gemm"):
+        return "gemm_small" if _rows(op) <= SMALL_GEMM_ROWS else "gemm_large"
+    return "elementwise"
+
+
+def _corunner_class(op: OpSpec) -> str:
+    if op.kind == "attn_decode":
+        return "decode_attn"
+    if op.kind == "attn_prefill":
+        return "prefill_attn"
+    rows = _rows(op) if op.kind in ("gemm", "moe_gemm") else op.hbm_bytes / 8192
+    return "decode_gemm" if rows <= SMALL_GEMM_ROWS else "prefill_gemm"

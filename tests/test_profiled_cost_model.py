@@ -1,0 +1,159 @@
+"""ProfiledCostModel on the shipped H200 profiles and on doctored copies of them."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from servesim.config import from_mapping
+from servesim.errors import InputError
+from servesim.models.arch import load_model
+from servesim.models.shapes import BatchShape, Corunner
+from servesim.runner import run
+from servesim.sim.cost_model import RooflineCostModel
+from servesim.sim.hardware import H100, H200
+from servesim.sim.profile_tables import Grid, shipped_profiles, shipped_root
+from servesim.sim.profiled import ProfiledCostModel
+
+MODELS = ("llama-3.1-8b", "qwen2.5-32b", "mixtral-8x7b", "qwen3-30b-a3b")
+DECODE = BatchShape(num_decodes=32, decode_context=32 * 1500, max_decode_context=3000, num_logits=32)
+MIXED = BatchShape(prefill_tokens=(512, 300), prefill_prefix=(0, 2048), num_decodes=16,
+                   decode_context=16 * 1000, max_decode_context=2500, num_logits=18)
+
+
+@pytest.fixture(scope="module")
+def llama() -> ProfiledCostModel:
+    return ProfiledCostModel(load_model("llama-3.1-8b"), H200)
+
+
+def _copy(tmp_path: Path, model: str = "llama-3.1-8b") -> Path:
+    dst = tmp_path / model
+    shutil.copytree(Path(str(shipped_root().joinpath("h200").joinpath(model))), dst)
+    return dst
+
+
+def test_all_four_h200_profiles_ship_small() -> None:
+    assert {(g, m) for g, m in shipped_profiles()} >= {("h200", m) for m in MODELS}
+    root = Path(str(shipped_root()))
+    total = sum(f.stat().st_size for f in root.rglob("*") if f.is_file())
+    assert total < 10 * 2**20
+    for m in MODELS:
+        assert sum(f.stat().st_size for f in (root / "h200" / m).iterdir()) < 2 * 2**20
+
+
+def test_grid_is_exact_for_bilinear_functions() -> None:
+    xs, ys = [1.0, 2.0, 5.0], [0.0, 10.0]
+    grid = Grid([xs, ys], [x * y + x for x in xs for y in ys])
+    for x, y in [(1.5, 3.0), (4.0, 9.0), (2.0, 0.0)]:
+        assert grid.at((x, y)) == (pytest.approx(x * y + x), False)
+    assert grid.at((6.0, 5.0))[1] and grid.at((0.5, 5.0))[1]
+
+
+def test_interpolation_is_exact_on_grid_points(llama: ProfiledCostModel) -> None:
+    ops = llama.profile.tables["ops"]
+    for row in ops[ops.op.isin(["qkv", "gate_up", "attn_prefill", "attn_decode", "rmsnorm"])].itertuples():
+        x = (row.a, row.b, row.c)[: {"attn_prefill": 2, "attn_decode": 3}.get(row.op, 1)]
+        t, outside = llama.table_seconds(row.op, x)
+        assert not outside and t == pytest.approx(row.median_us * 1e-6, rel=1e-9)
+
+
+def test_interpolation_is_monotone_between_neighbours(llama: ProfiledCostModel) -> None:
+    rows = llama.profile.tables["ops"].query("op == 'gate_up'").sort_values("a")
+    for (a0, t0), (a1, t1) in zip(rows[["a", "median_us"]].values[:-1], rows[["a", "median_us"]].values[1:],
+                                  strict=True):
+        for m in np.linspace(a0, a1, 5)[1:-1]:
+            t = llama.table_seconds("gate_up", (m,))[0] * 1e6
+            assert min(t0, t1) - 1e-9 <= t <= max(t0, t1) + 1e-9
+
+
+def test_off_grid_queries_fall_back_and_are_counted(llama: ProfiledCostModel) -> None:
+    top = llama.profile.ops["gate_up"].top[0]
+    inside = llama.table_seconds("gate_up", (top,))[0]
+    beyond, outside = llama.table_seconds("gate_up", (2 * top,))
+    assert outside and beyond > 1.5 * inside  # the fit keeps growing past the grid
+    before = llama.extrapolated
+    long_ctx = BatchShape(num_decodes=4, decode_context=4 * 100_000, max_decode_context=100_000, num_logits=4)
+    llama.step_time(long_ctx)
+    assert llama.extrapolated > before
+    assert llama.batch_cost(long_ctx).extrapolated > 0
+    before = llama.extrapolated
+    llama.step_time(DECODE)
+    assert llama.extrapolated == before
+
+
+def test_batch_cost_sums_to_step_time(llama: ProfiledCostModel) -> None:
+    for batch, sms, cor in [(DECODE, None, None), (MIXED, None, None), (MIXED, 64, None),
+                            (DECODE, 48, Corunner(MIXED, 84))]:
+        cost = llama.batch_cost(batch, sms, cor)
+        assert sum(op.seconds for op in cost.ops) == pytest.approx(cost.total_s, rel=1e-9)
+        assert cost.total_s == llama.step_time(batch, sms, cor)
+    assert llama.step_time(BatchShape()) == 0.0
+
+
+def test_sm_share_and_corunner_slow_a_step_down(llama: ProfiledCostModel) -> None:
+    full = llama.step_time(MIXED)
+    assert llama.step_time(MIXED, 64) > full
+    assert llama.step_time(MIXED, 16) > llama.step_time(MIXED, 64)
+    alone = llama.step_time(DECODE, 48)
+    assert llama.step_time(DECODE, 48, Corunner(MIXED, 84)) >= alone
+    with pytest.raises(ValueError, match="sms"):
+        llama.step_time(DECODE, 500)
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_shipped_profiles_are_within_a_plausible_factor_of_the_roofline(model: str) -> None:
+    arch = load_model(model)
+    profiled, roofline = ProfiledCostModel(arch, H200), RooflineCostModel(arch, H200)
+    for batch in (DECODE, MIXED, BatchShape(prefill_tokens=(4096,), prefill_prefix=(0,), num_logits=1)):
+        ratio = profiled.step_time(batch) / roofline.step_time(batch)
+        assert 0.5 < ratio < 2.0, (model, batch, ratio)
+
+
+def _edit_meta(path: Path, **changes: object) -> None:
+    meta = json.loads((path / "meta.json").read_text())
+    meta.update(changes)
+    (path / "meta.json").write_text(json.dumps(meta))
+
+
+def test_profile_of_another_gpu_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(InputError, match="no shipped profile for llama-3.1-8b on h100"):
+        ProfiledCostModel(load_model("llama-3.1-8b"), H100)
+    path = _copy(tmp_path)
+    with pytest.raises(InputError, match=r"meta\.json: profile of GPU 'h200'.*'h100'"):
+        ProfiledCostModel(load_model("llama-3.1-8b"), H100, path)
+    _edit_meta(path, gpu="a100", sm_count=108)
+    with pytest.raises(InputError, match=r"meta\.json.*a100"):
+        ProfiledCostModel(load_model("llama-3.1-8b"), H200, path)
+
+
+def test_profile_of_another_schema_or_model_is_refused(tmp_path: Path) -> None:
+    path = _copy(tmp_path)
+    _edit_meta(path, schema_version=99)
+    with pytest.raises(InputError, match=r"meta\.json.*schema version 99"):
+        ProfiledCostModel(load_model("llama-3.1-8b"), H200, path)
+    with pytest.raises(InputError, match="qwen2.5-32b"):
+        ProfiledCostModel(load_model("qwen2.5-32b"), H200, _copy(tmp_path / "x"))
+    with pytest.raises(InputError, match="no profile"):
+        ProfiledCostModel(load_model("llama-3.1-8b"), H200, tmp_path / "nowhere")
+
+
+def test_missing_grid_cells_are_filled_not_fatal(tmp_path: Path) -> None:
+    path = _copy(tmp_path)
+    ops = pd.read_parquet(path / "ops.parquet")
+    ops = ops.drop(ops[ops.op == "attn_prefill"].index[3])
+    ops.to_parquet(path / "ops.parquet", index=False)
+    model = ProfiledCostModel(load_model("llama-3.1-8b"), H200, path)
+    assert model.profile.gaps == 1 and model.step_time(MIXED) > 0
+
+
+def test_runner_reports_extrapolations_with_the_profile_model() -> None:
+    raw = {"workload": {"trace": "azure_conv", "max_requests": 30},
+           "policy": {"name": "sarathi", "token_budget": 512}, "engine": {"max_model_len": 16384},
+           "cost_model": {"kind": "profile"}}
+    summary = run(from_mapping(raw, "profiled")).summary
+    assert summary["completed"] == 30 and summary["cost_model_extrapolations"] >= 0
