@@ -297,11 +297,10 @@ class ProfiledCostModel:
                          sum(o.weight_bytes for o in specs if o.kind == "moe_gemm"), extrapolated)
 
     def _check_sms(self, sms: int | None) -> int:
-        if sms is None:
-            return self.gpu.num_sms
-        if not 0 < sms <= self.gpu.num_sms:
-            raise ValueError(f"sms={sms} outside 1..{self.gpu.num_sms} on {self.gpu.name}")
-        return sms
+        num_sms = self.gpu.num_sms if sms is None else sms
+        if 0 < num_sms <= self.gpu.num_sms:
+            return num_sms
+        raise ValueError(f"sms={sms} outside 1..{self.gpu.num_sms} on {self.gpu.name}")
 
 
 def _one(classes: tuple[str, ...], name: str, seconds: float) -> tuple[float, ...]:
