@@ -1,0 +1,50 @@
+"""Prediction error of the shipped profiles on their own --validate measurements (CPU only).
+
+For each shipped (GPU, model) profile: held-out operator shapes and whole-model iterations of
+random mixed batches, measured on the GPU by `servesim profile --validate`, against what
+ProfiledCostModel predicts from the grid tables. Writes the report beside the profile
+(validation_report.json/.md) and to benchmarks/results/<gpu>-profile-<model>.json|md, plus
+<gpu>-profile-summary.md.
+
+    PYTHONPATH=. python benchmarks/profile_accuracy.py
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from servesim.models.arch import load_model
+from servesim.sim import profile_report
+from servesim.sim.hardware import get_gpu
+from servesim.sim.profile_tables import shipped_profiles, shipped_root
+from servesim.sim.profiled import ProfiledCostModel
+
+RESULTS = Path(__file__).parent / "results"
+
+
+def pct(s: dict, key: str) -> str:
+    return f"{100 * s[key]:.1f}" if s.get("n") else "-"
+
+
+def main() -> None:
+    RESULTS.mkdir(exist_ok=True)
+    summary = ["| GPU | model | grid | op median % | op p95 % | op max % | iter median % | iter p95 % | "
+               "iter max % | targets |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for gpu, model in shipped_profiles():
+        rep = profile_report.report(ProfiledCostModel(load_model(model), get_gpu(gpu)))
+        text, md = json.dumps(rep, indent=1) + "\n", profile_report.markdown(rep)
+        profile_dir = Path(str(shipped_root().joinpath(gpu).joinpath(model)))
+        for out in (profile_dir / "validation_report", RESULTS / f"{gpu}-profile-{model}"):
+            Path(f"{out}.json").write_text(text)
+            Path(f"{out}.md").write_text(md)
+        o, i = rep["operators"], rep["iterations"]
+        met = ", ".join(f"{k} {'ok' if v else 'MISS'}" for k, v in rep["met"].items())
+        summary.append(f"| {gpu} | {model} | {rep['grid']} | {pct(o, 'median')} | {pct(o, 'p95')} | "
+                       f"{pct(o, 'max')} | {pct(i, 'median')} | {pct(i, 'p95')} | {pct(i, 'max')} | {met} |")
+        print(summary[-1])
+    (RESULTS / "h200-profile-summary.md").write_text("\n".join(summary) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,50 @@
+"""The profiler's GPU machinery on the device: timing, green-context partitions, co-runs."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from servesim.models.arch import load_model
+from servesim.profiler.grid import Point
+from servesim.profiler.measure import Measurer
+from servesim.profiler.operators import OperatorFactory
+from servesim.profiler.partitions import Partitions
+from servesim.profiler.timing import Timer
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+@pytest.fixture(scope="module")
+def parts() -> tuple[OperatorFactory, Timer, Partitions]:
+    device = torch.device("cuda")
+    return (OperatorFactory(load_model("llama-3.1-8b"), device, kv_tokens=1 << 18),
+            Timer(device, target_us=1000.0), Partitions(device))
+
+
+def test_timing_is_ordered_and_weights_stream(parts) -> None:
+    factory, timer, _ = parts
+    build, flush = factory.builder("gate_up", 1, 0, 0, None)
+    t = timer.measure(build, flush)
+    assert t.p20_us <= t.median_us <= t.p80_us and t.method == "graph"
+    weight_bytes = 2 * 14336 * 4096 * 2
+    assert 1.0e12 < weight_bytes / (t.median_us * 1e-6) < 4.8e12  # below the HBM datasheet
+
+
+def test_driver_split_gives_disjoint_slower_partitions(parts) -> None:
+    factory, timer, partitions = parts
+    small, rest = partitions.pair(16)
+    assert small.sms == 16 and rest is not None and rest.sms == 116 and partitions.disjoint
+    build, flush = factory.builder("rmsnorm", 16384, 0, 0, None)
+    whole = timer.measure(build, flush).median_us
+    build16, _ = factory.builder("rmsnorm", 16384, 0, 0, 16)
+    assert timer.measure(build16, flush, small.stream).median_us > 2 * whole
+
+
+def test_corun_row_has_a_slowdown(parts) -> None:
+    factory, timer, partitions = parts
+    targets = {"attn_decode": Point("ops", "attn_decode", 64, 4096, 1)}
+    corunners = {"decode_attn": Point("ops", "attn_decode", 128, 4096, 1)}
+    m = Measurer(factory, timer, partitions, (32,), targets=targets, corunners=corunners)
+    row = m.measure(Point("contention", "attn_decode", 64, 4096, 1, 32, "decode_attn", 100))
+    assert row["sms"] == 32 and row["corunner_sms"] == 100 and 0.8 < row["slowdown"] < 5

@@ -1,0 +1,178 @@
+"""The profiler on the CPU: grids, the resumable journal, the schema pin, derived tables and a
+few points timed for real under TRITON_INTERPRET=1 on a toy model."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+
+os.environ.setdefault("TRITON_INTERPRET", "1")  # before servesim.kernels is imported
+
+import pandas as pd  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from servesim.models.arch import load_model  # noqa: E402
+from servesim.models.profile_schema import (  # noqa: E402
+    CONTENTION_TARGETS,
+    CORUNNERS,
+    OP_AXES,
+    SCHEMA_VERSION,
+    TABLES,
+    gpu_key,
+    table_for,
+)
+from servesim.profiler import run as profiler_run  # noqa: E402
+from servesim.profiler.grid import (  # noqa: E402
+    SPECS,
+    _gemm_step_key,
+    all_points,
+    contention_points,
+    gemm_rows,
+    gemm_shapes,
+    ops_points,
+    share_points,
+)
+from servesim.profiler.measure import Measurer  # noqa: E402
+from servesim.profiler.operators import OperatorFactory, decode_contexts  # noqa: E402
+from servesim.profiler.partitions import Partitions  # noqa: E402
+from servesim.profiler.run import moe_combine_rows  # noqa: E402
+from servesim.profiler.store import Journal, write_tables  # noqa: E402
+from servesim.profiler.timing import Timer  # noqa: E402
+from servesim.profiler.validate import held_out_points, random_batches  # noqa: E402
+
+TINY = "tests/data/profiler/tiny-dense.json"
+TINY_MOE = "tests/data/profiler/tiny-moe.json"
+PRESETS = ("llama-3.1-8b", "qwen2.5-32b", "mixtral-8x7b", "qwen3-30b-a3b")
+
+
+def test_schema_is_pinned() -> None:
+    # Changing any of this breaks every shipped profile: bump SCHEMA_VERSION and re-profile.
+    assert SCHEMA_VERSION == 1
+    assert TABLES["ops"] == ("op", "a", "b", "c", "median_us", "p20_us", "p80_us", "reps", "method")
+    assert TABLES["sm_shares"] == ("op", "a", "b", "c", "sms", "median_us", "p20_us", "p80_us", "reps", "method")
+    assert TABLES["contention"] == ("op", "a", "b", "c", "sms", "corunner", "corunner_sms", "alone_us",
+                                    "corun_us", "slowdown")
+    assert TABLES["validation_iters"][:7] == ("batch_id", "prefill_tokens", "prefill_prefix", "num_decodes",
+                                              "decode_context", "max_decode_context", "num_logits")
+    assert OP_AXES["attn_decode"] == ("batch", "context", "skew")
+    assert OP_AXES["attn_prefill"] == ("q", "prefix")
+    assert CONTENTION_TARGETS == ("attn_decode", "gemm_small", "elementwise", "gemm_large", "attn_prefill")
+    assert CORUNNERS == ("decode_attn", "decode_gemm", "prefill_gemm", "prefill_attn")
+    assert table_for("input_norm") == table_for("final_norm") == "rmsnorm"
+    assert gpu_key("NVIDIA H200") == "h200"
+
+
+@pytest.mark.parametrize("model", PRESETS)
+@pytest.mark.parametrize("mode", ["quick", "full"])
+def test_ops_grid_is_cartesian_and_shares_are_a_subset(model: str, mode: str) -> None:
+    arch = load_model(model)
+    ops = ops_points(arch, mode)
+    assert all(p.op in OP_AXES for p in ops)
+    by_op: dict[str, set[tuple[float, ...]]] = {}
+    for p in ops:
+        by_op.setdefault(p.op, set()).add((p.a, p.b, p.c)[: len(OP_AXES[p.op])])
+    for op, pts in by_op.items():
+        axes = [sorted({x[i] for x in pts}) for i in range(len(OP_AXES[op]))]
+        assert len(pts) == len(list(itertools.product(*axes))), op
+    on_grid = {(p.op, p.a, p.b, p.c) for p in ops}
+    shares = share_points(arch, mode)
+    assert shares and all((p.op, p.a, p.b, p.c) in on_grid for p in shares)
+    assert {p.sms for p in shares} == set(SPECS[mode].sm_counts)
+    assert len({p.key for p in all_points(arch, mode)}) == len(all_points(arch, mode))
+
+
+def test_gemm_rows_catch_both_sides_of_every_early_step() -> None:
+    spec = SPECS["quick"]
+    n, k = gemm_shapes(load_model("llama-3.1-8b"))["qkv"]
+    rows = set(gemm_rows(n, k, spec, 4096))
+    steps = [m for m in range(2, 4097)
+             if _gemm_step_key(m, n, k, 132) != _gemm_step_key(m - 1, n, k, 132)
+             and _gemm_step_key(m, n, k, 132)[-1] <= spec.max_waves]
+    assert steps and all({m - 1, m} <= rows for m in steps)
+    assert {1, 16, 64, 1024, 4096} <= rows
+    assert len(gemm_rows(n, k, SPECS["full"], 32768)) > len(gemm_rows(n, k, spec, 32768))
+
+
+def test_contention_covers_both_sides_of_each_split() -> None:
+    pts = contention_points(load_model("llama-3.1-8b"), "quick")
+    for n in SPECS["quick"].split_sms:
+        sides = {(p.sms, p.corunner_sms) for p in pts if n in (p.sms, p.corunner_sms)}
+        assert {(n, 132 - n), (132 - n, n)} <= sides
+    assert {p.corunner for p in pts} == set(CORUNNERS)
+    assert {p.op for p in pts} == set(CONTENTION_TARGETS)
+
+
+def test_journal_resumes_and_sets_other_grids_aside(tmp_path) -> None:
+    j = Journal(tmp_path, "grid-A")
+    j.add("k1", "ops", {"op": "qkv", "a": 1, "b": 0, "c": 0, "median_us": 5.0, "p20_us": 4.0,
+                        "p80_us": 6.0, "reps": 5, "method": "graph"})
+    j.close()
+    with (tmp_path / "journal.jsonl").open("a") as fh:
+        fh.write('{"key": "k2", "tab')  # cut short by an interruption
+    again = Journal(tmp_path, "grid-A")
+    assert "k1" in again and "k2" not in again
+    assert again.table("ops").median_us.tolist() == [5.0]
+    again.close()
+    other = Journal(tmp_path, "grid-B")
+    assert "k1" not in other and (tmp_path / "journal.other-grid.jsonl").exists()
+    other.close()
+
+
+def test_write_tables_checks_the_schema(tmp_path) -> None:
+    with pytest.raises(ValueError, match="schema"):
+        write_tables(tmp_path, {"ops": pd.DataFrame({"op": ["x"]})})
+
+
+def test_moe_combine_is_fused_minus_parts() -> None:
+    rows = [("moe_fused", 8, 0, 50.0), ("moe_align", 8, 0, 5.0), ("moe_gate_up", 8, 0, 20.0),
+            ("moe_silu_mul", 8, 0, 3.0), ("moe_down", 8, 0, 12.0), ("moe_fused", 8, 1, 70.0)]
+    ops = pd.DataFrame([{"op": o, "a": a, "b": b, "c": 0.0, "median_us": t, "p20_us": t, "p80_us": t,
+                         "reps": 5, "method": "graph"} for o, a, b, t in rows])
+    combine = moe_combine_rows(ops)
+    assert combine.median_us.tolist() == [10.0] and combine.method.tolist() == ["derived"]
+    assert tuple(combine.columns) == TABLES["ops"]
+
+
+@pytest.mark.parametrize(("batch", "mean", "skew"), [(1, 100, 4), (4, 100, 1), (4, 100, 8), (64, 512, 4)])
+def test_decode_contexts_keep_mean_and_straggler(batch: int, mean: int, skew: float) -> None:
+    lens = decode_contexts(batch, mean, skew)
+    assert len(lens) == batch and min(lens) >= 1
+    assert max(lens) == (mean if batch == 1 or skew <= 1 else int(min(skew, batch) * mean))
+    assert abs(sum(lens) / batch - mean) <= 1 + (1 if skew >= batch else 0)
+
+
+def test_held_out_points_are_off_the_grid_and_batches_are_mixed() -> None:
+    arch = load_model("qwen3-30b-a3b")
+    grid = {(p.op, p.a) for p in ops_points(arch, "quick")}
+    held = held_out_points(arch, "quick", 4)
+    assert held and all(p.table == "validation_ops" for p in held)
+    assert sum((p.op, p.a) in grid for p in held) <= len(held) // 10
+    batches = random_batches(10, "quick")
+    assert any(b.chunks for b in batches) and any(not b.chunks for b in batches)
+    assert all(b.num_logits == len(b.chunks) + len(b.decode_context) for b in batches)
+
+
+def test_points_measure_on_the_cpu_interpreter() -> None:
+    arch = load_model(TINY_MOE)
+    factory = OperatorFactory(arch, torch.device("cpu"), kv_tokens=512)
+    timer = Timer(torch.device("cpu"), target_us=1.0, min_reps=2, max_reps=2)
+    measurer = Measurer(factory, timer, Partitions(torch.device("cpu")), SPECS["tiny"].split_sms)
+    for p in ops_points(arch, "tiny"):
+        if p.op in ("qkv", "attn_decode", "moe_fused", "rmsnorm", "sample") and p.a <= 8:
+            row = measurer.measure(p)
+            assert set(row) == set(TABLES["ops"]) and row["median_us"] > 0 and row["method"] == "cpu"
+
+
+def test_profile_dry_run_writes_every_table(tmp_path) -> None:
+    prof = profiler_run.ModelProfiler(load_model(TINY), tmp_path, "tiny", torch.device("cpu"))
+    prof.points = [p for p in prof.points if p.a <= 1 or p.op == "iteration_fixed"][:12]
+    prof.timer = Timer(torch.device("cpu"), target_us=1.0, min_reps=2, max_reps=2)
+    meta = prof.run("test")
+    out = tmp_path / "cpu" / "tiny-dense"
+    assert json.loads((out / "meta.json").read_text())["schema_version"] == SCHEMA_VERSION
+    assert meta["tables"]["ops"] >= 1 and (out / "ops.parquet").exists()
+    again = profiler_run.ModelProfiler(load_model(TINY), tmp_path, "tiny", torch.device("cpu"))
+    again.points = prof.points
+    assert again.run("test")["profile_seconds"] < meta["profile_seconds"] + 5
