@@ -67,6 +67,9 @@ class EngineConfig(DictConfig):
     block_size: int = _help(16, "tokens per KV block")
     watermark: float = _help(0.01, "fraction of KV blocks admission keeps free (vLLM: 1 %)")
     max_model_len: int | None = _help(None, "longest request (prompt + output); None = the model's")
+    role: Literal["colocated", "prefill"] = _help(
+        "colocated", "prefill: a disaggregated prefill instance; each request ends at its first token"
+    )
     oversized: Literal["error", "reject"] = _help(
         "error", "a request that can never fit: stop with an error naming it, or reject it and count it"
     )

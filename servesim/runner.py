@@ -80,6 +80,8 @@ def build_requests(table: pd.DataFrame, config: Config) -> list[Request]:
     for rid, arrival_s, prompt, output, cls, priority in columns:
         slo = config.slo.for_class(cls)
         tbt_s = slo.tbt_s if slo.tbt_s is not None else slo.tpot_s
+        if config.engine.role == "prefill":  # the decode happens on another instance
+            output = 1
         out.append(Request(int(rid), float(arrival_s), int(prompt), int(output), cls, int(priority),
                            slo.ttft_s, tbt_s))
     return out

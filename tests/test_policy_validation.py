@@ -213,3 +213,11 @@ def test_v20_kv_pressure_preempts_the_latest_arrivals() -> None:
         elif what == "preempt":
             assert rid == max(running), (rid, sorted(running)[-3:])
             running.discard(rid)
+
+
+def test_flowprefill_as_a_prefill_only_instance(hol_trace: dict[str, Any]) -> None:
+    out = sim({"name": "flowprefill"}, hol_trace, slo=HOL_SLO, engine={"role": "prefill"})
+    assert list(out.requests.num_generated_tokens) == [1, 1]
+    own = LLAMA.step_time(BatchShape((100,), (0,), num_logits=1))
+    assert out.requests.ttft_s[1] <= own + 0.0055
+    assert out.summary["max_itl_ms"] == 0.0
