@@ -149,8 +149,8 @@ def test_v14_latency_vs_sm_share() -> None:
 
 
 def test_v16_nexus_ablation_spf_and_sm_adaptation() -> None:
-    # Measured (rate 4/s, LDC-like prompts): mean TTFT spf+adaptive 1371 ms, fcfs+adaptive 1461;
-    # at rate 3/s: adaptive 581 ms vs static 64/68 split 1686 ms.
+    # Measured (rate 4/s, LDC-like prompts): mean / median TTFT spf 2190 / 1326 ms, fcfs
+    # 2315 / 1419 ms; at rate 3/s: adaptive 523 ms vs static 64/68 split 2328 ms.
     heavy = synthetic(4.0, 5900, 180, 400, prompt_sigma=0.6)
     spf = sim({"name": "nexus"}, heavy).summary
     fcfs = sim({"name": "nexus", "prefill_order": "fcfs"}, heavy).summary
