@@ -17,12 +17,12 @@ from typing import Any, Literal
 
 import yaml
 
+from servesim.dictconfig import DictConfig, coerce
 from servesim.errors import InputError
 from servesim.policies import REGISTRY
 from servesim.policies.base import PolicyParams
 from servesim.sim.metrics import SloTarget
 from servesim.traces import WorkloadConfig
-from servesim.traces._config import DictConfig, coerce
 
 
 def _help(default: Any, text: str) -> Any:

@@ -20,8 +20,8 @@ from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from servesim.dictconfig import DictConfig
 from servesim.errors import InputError
-from servesim.traces._config import DictConfig
 
 Summary = Mapping[str, Any]
 Criterion = Callable[[Summary], bool]

@@ -22,8 +22,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from servesim.dictconfig import DictConfig, show
 from servesim.errors import InputError
-from servesim.traces._config import DictConfig, show
 
 DEFAULT_CLASS = "default"
 _OPS = {"<": np.less, "<=": np.less_equal, ">": np.greater, ">=": np.greater_equal,

@@ -19,8 +19,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from servesim.dictconfig import show
 from servesim.errors import InputError
-from servesim.traces._config import show
 
 FORMATS = ("azure", "mooncake", "burstgpt", "csv", "jsonl")
 SAMPLES = {

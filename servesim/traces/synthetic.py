@@ -14,8 +14,8 @@ from typing import Literal
 
 import numpy as np
 
+from servesim.dictconfig import DictConfig
 from servesim.errors import InputError
-from servesim.traces._config import DictConfig
 
 ArrivalKind = Literal["poisson", "gamma"]
 LengthDist = Literal["fixed", "uniform", "lognormal", "trace"]

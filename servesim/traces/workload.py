@@ -21,8 +21,8 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 
+from servesim.dictconfig import DictConfig
 from servesim.errors import InputError
-from servesim.traces._config import DictConfig
 from servesim.traces.classes import ClassesConfig, assign_classes
 from servesim.traces.readers import load_trace
 from servesim.traces.synthetic import (

@@ -1,4 +1,4 @@
-"""Building the frozen workload config dataclasses from YAML mappings, checking keys and types.
+"""Building frozen config dataclasses (run config, workload, sweep) from YAML mappings, checking keys and types.
 
 Each config class subclasses `DictConfig` and gets `from_dict(d, where)`: an unknown key or a
 value of the wrong type is an `InputError` naming `where` and the key; value checks live in the
