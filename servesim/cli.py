@@ -17,6 +17,7 @@ from servesim.errors import InputError
 from servesim.models.arch import list_models, load_model
 from servesim.outputs import write_json, write_parquet, write_text, write_yaml
 from servesim.policies import REGISTRY
+from servesim.profiler.options import add_profile_arguments
 from servesim.runner import run
 from servesim.sim import profile_report
 from servesim.sim.hardware import get_gpu, list_gpus
@@ -114,13 +115,18 @@ def cmd_plot(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_validate(args: argparse.Namespace) -> int:
-    # torch is an optional dependency (the `gpu` extra): only this command needs it, so the
-    # runtime is loaded here and `servesim simulate` works without it.
+def _gpu_module(name: str, command: str) -> Any:
+    """Import a module that needs torch and triton. They are an optional dependency (the `gpu`
+    extra) that only `validate` and `profile` use, so they are loaded here, on demand, and the
+    rest of servesim works without them."""
     try:
-        validation = importlib.import_module("servesim.validate")
+        return importlib.import_module(name)
     except ImportError as e:
-        raise InputError(f"validate needs torch and triton (pip install -e '.[gpu]'): {e}") from None
+        raise InputError(f"{command} needs torch and triton (pip install -e '.[gpu]'): {e}") from None
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    validation = _gpu_module("servesim.validate", "validate")
     config = load_config(args.config, args.set or [])
     out = Path(args.out)
     result = validation.validate(config, Path(args.config).resolve().parent, args.device,
@@ -138,12 +144,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_profile(args: argparse.Namespace) -> int:
-    # torch is an optional dependency (the `gpu` extra): only this command needs it, so the
-    # profiler is loaded here and the rest of servesim works without it.
-    try:
-        profiler = importlib.import_module("servesim.profiler.run")
-    except ImportError as e:
-        raise InputError(f"profile needs torch and triton (pip install -e '.[gpu]'): {e}") from None
+    profiler = _gpu_module("servesim.profiler.run", "profile")
     mode = "tiny" if args.device == "cpu" else ("quick" if args.quick else "full")
     metas = profiler.profile_models(args.model, Path(args.out), mode, args.device, args.validate,
                                     args.warm_workers)
@@ -190,13 +191,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-kv-blocks", type=int, help="cap the KV cache (both sides use the cap)")
     p.set_defaults(func=cmd_validate)
     p = sub.add_parser("profile", help="on a GPU: time every operator of a model into a profile")
-    p.add_argument("--model", action="append", required=True, help="preset or config.json (repeatable)")
-    p.add_argument("--out", default="profiles", help="root of <gpu>/<model>/ profile directories")
-    p.add_argument("--quick", action="store_true", help="coarser grid, fewer SM partitions")
-    p.add_argument("--validate", action="store_true", help="also time held-out shapes and iterations")
-    p.add_argument("--device", default="cuda", help="cuda, or cpu with TRITON_INTERPRET=1 (tiny grid)")
-    p.add_argument("--warm-workers", type=int, default=min(12, os.cpu_count() or 1),
-                   help="processes compiling the kernels before timing (0 = none)")
+    add_profile_arguments(p)
     p.set_defaults(func=cmd_profile)
     sub.add_parser("models", help="list built-in models and their shipped profiles").set_defaults(func=cmd_models)
     sub.add_parser("policies", help="list policies and their knobs").set_defaults(func=cmd_policies)

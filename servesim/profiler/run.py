@@ -29,6 +29,7 @@ from servesim.profiler.forward import Forward, IterationIO
 from servesim.profiler.grid import SPECS, Point, all_points, contention_targets, corunner_ops
 from servesim.profiler.measure import Measurer
 from servesim.profiler.operators import OperatorFactory
+from servesim.profiler.options import add_profile_arguments
 from servesim.profiler.partitions import Partitions
 from servesim.profiler.store import Journal, write_meta, write_tables
 from servesim.profiler.timing import Timer, summarize
@@ -215,13 +216,7 @@ def profile_models(models: Sequence[str], out_root: Path, mode: str, device_name
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="servesim profile", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", action="append", required=True, help="preset name or config.json (repeatable)")
-    p.add_argument("--out", default="profiles", help="root of <gpu>/<model>/ profile directories")
-    p.add_argument("--quick", action="store_true", help="coarser grid and fewer partitions")
-    p.add_argument("--validate", action="store_true", help="also time held-out shapes and whole iterations")
-    p.add_argument("--device", default="cuda", help="cuda, or cpu for a dry run (TRITON_INTERPRET=1)")
-    p.add_argument("--warm-workers", type=int, default=min(12, os.cpu_count() or 1),
-                   help="processes compiling kernels before timing (0 = none)")
+    add_profile_arguments(p)
     p.add_argument("--commit", help="project commit to record (default: git rev-parse HEAD)")
     p.add_argument("--warm-only", action="store_true", help="only compile the kernels (then exit)")
     return p

@@ -1,0 +1,17 @@
+"""The options of `servesim profile`, shared by the CLI and `python -m servesim.profiler.run`.
+Torch-free, so the CLI can build its parser without the `gpu` extra installed."""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+
+def add_profile_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", action="append", required=True, help="preset or config.json (repeatable)")
+    p.add_argument("--out", default="profiles", help="root of <gpu>/<model>/ profile directories")
+    p.add_argument("--quick", action="store_true", help="coarser grid, fewer SM partitions")
+    p.add_argument("--validate", action="store_true", help="also time held-out shapes and whole iterations")
+    p.add_argument("--device", default="cuda", help="cuda, or cpu with TRITON_INTERPRET=1 (tiny grid)")
+    p.add_argument("--warm-workers", type=int, default=min(12, os.cpu_count() or 1),
+                   help="processes compiling the kernels before timing (0 = none)")
