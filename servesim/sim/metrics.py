@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass
+from itertools import chain
 from typing import Any
 
 import numpy as np
@@ -33,14 +34,28 @@ class SloTarget:
     e2el_s: float | None = None
 
 
-def _max_gap(times: list[float]) -> float:
-    return max(b - a for a, b in zip(times, times[1:], strict=False)) if len(times) > 1 else 0.0
+def _token_gaps(requests: list[Request]) -> tuple[list[Request], np.ndarray, np.ndarray]:
+    """(completed requests with >= 2 tokens, every gap of theirs pooled in order, the index of
+    each one's first gap): one vectorised pass over all token times."""
+    done = [r for r in requests if r.state is State.FINISHED and len(r.token_times_s) > 1]
+    if not done:
+        return done, np.zeros(0), np.zeros(0, dtype=np.int64)
+    lengths = np.fromiter((len(r.token_times_s) for r in done), dtype=np.int64, count=len(done))
+    flat = np.fromiter(chain.from_iterable(r.token_times_s for r in done), dtype=np.float64,
+                       count=int(lengths.sum()))
+    ends = np.cumsum(lengths)[:-1] - 1  # gaps that cross request borders
+    starts = np.concatenate(([0], np.cumsum(lengths - 1)[:-1]))
+    return done, np.delete(np.diff(flat), ends), starts
 
 
 def request_table(
     requests: list[Request], slos: Mapping[str, SloTarget], default: SloTarget = SloTarget()
 ) -> pd.DataFrame:
     """One row per request, in request_id order; classes not in `slos` get `default`."""
+    with_gaps, gaps, starts = _token_gaps(requests)
+    max_gaps: dict[int, float] = {}
+    if len(gaps):
+        max_gaps = dict(zip(map(id, with_gaps), np.maximum.reduceat(gaps, starts).tolist(), strict=True))
     rows = []
     for r in sorted(requests, key=lambda r: r.request_id):
         done = r.state is State.FINISHED
@@ -49,7 +64,7 @@ def request_table(
         e2el = r.finish_s - r.arrival_s if done and r.finish_s is not None else np.nan
         n = r.num_generated_tokens
         tpot = (e2el - ttft) / (n - 1) if done and n > 1 else np.nan
-        max_tbt = _max_gap(r.token_times_s) if done else np.nan
+        max_tbt = max_gaps.get(id(r), 0.0) if done else np.nan
         slo = slos.get(r.slo_class, default)
         ttft_ok = done and (slo.ttft_s is None or ttft <= slo.ttft_s)
         tpot_ok = done and (slo.tpot_s is None or n <= 1 or tpot <= slo.tpot_s)
@@ -76,13 +91,7 @@ def request_table(
 
 def pooled_itl_s(requests: list[Request]) -> np.ndarray:
     """Every inter-token gap of every completed request, in seconds."""
-    times = [r.token_times_s for r in requests if r.state is State.FINISHED and len(r.token_times_s) > 1]
-    if not times:
-        return np.zeros(0)
-    flat = np.fromiter((t for ts in times for t in ts), dtype=np.float64)
-    gaps = np.diff(flat)
-    ends = np.cumsum([len(ts) for ts in times])[:-1] - 1  # gaps that cross request borders
-    return np.delete(gaps, ends)
+    return _token_gaps(requests)[1]
 
 
 def _stats(prefix: str, values_s: np.ndarray, out: dict[str, Any]) -> None:
