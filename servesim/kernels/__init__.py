@@ -6,6 +6,7 @@ Each module holds private `_x_kernel`s, a public launcher that checks shapes, st
 and the standard library.
 """
 
+from servesim.kernels._common import resolve_num_sms
 from servesim.kernels.activation import silu_and_mul, silu_and_mul_ref
 from servesim.kernels.attention_decode import (
     decode_attention,
@@ -31,6 +32,7 @@ __all__ = [
     "decode_attention",
     "decode_attention_ref",
     "decode_num_splits",
+    "resolve_num_sms",
     "fused_moe",
     "fused_moe_ref",
     "gemm",

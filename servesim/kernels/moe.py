@@ -209,9 +209,10 @@ def moe_grouped_gemm(a, w, sorted_ids, expert_ids, total, num_entries, row_div, 
 
 
 def fused_moe(x: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor, topk_weights: torch.Tensor,
-              topk_ids: torch.Tensor) -> torch.Tensor:
+              topk_ids: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
     """MoE MLP of x [T, H]: sum_j topk_weights[t, j] * down_e(silu(gate_e) * up_e) over the
-    experts e = topk_ids[t, j]; w13: [E, 2I, H] (gate rows then up rows), w2: [E, H, I]."""
+    experts e = topk_ids[t, j]; w13: [E, 2I, H] (gate rows then up rows), w2: [E, H, I].
+    `out` [T, H] may be given (it must not overlap x)."""
     check_tensor("x", x, 2)
     check_tensor("w13", w13, 3, (x.dtype,))
     check_tensor("w2", w2, 3, (x.dtype,))
@@ -225,7 +226,12 @@ def fused_moe(x: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor, topk_weights
     if topk_ids.shape != topk_weights.shape or topk_ids.shape[0] != t:
         raise ValueError(f"topk_ids {tuple(topk_ids.shape)} and topk_weights {tuple(topk_weights.shape)} must be [{t}, k]")
     top_k = topk_ids.shape[1]
-    out = torch.empty_like(x)
+    if out is None:
+        out = torch.empty_like(x)
+    check_tensor("out", out, 2, (x.dtype,))
+    if out.shape != x.shape or out.stride(0) != h:
+        raise ValueError(f"out must be a contiguous {tuple(x.shape)}, got {tuple(out.shape)} "
+                         f"with strides {out.stride()}")
     if t == 0:
         return out
     block = moe_block_config(t, top_k, e, x.device.type == "cuda")

@@ -33,14 +33,24 @@ def _rmsnorm_kernel(
     tl.store(out_ptr + row * stride_o + offs, (h * inv_rms * w).to(out_ptr.dtype.element_ty), mask=mask)
 
 
+def _check_like(name: str, t: torch.Tensor, x: torch.Tensor) -> None:
+    check_tensor(name, t, 2)
+    check_same(f"shapes of x and {name}", {"x": tuple(x.shape), name: tuple(t.shape)})
+    check_same(f"dtypes of x and {name}", {"x": x.dtype, name: t.dtype})
+
+
 def rmsnorm(
     x: torch.Tensor,
     weight: torch.Tensor,
     eps: float = 1e-6,
     residual: torch.Tensor | None = None,
+    out: torch.Tensor | None = None,
+    residual_out: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """RMSNorm of x (or of x + residual). Returns (out, new_residual); new_residual is None
-    without a residual, else x + residual in x's dtype."""
+    without a residual, else x + residual in x's dtype. `out` and `residual_out` may be given
+    (preallocated, e.g. the static buffers of a CUDA graph); residual_out may be residual itself
+    (each row is read before it is written)."""
     check_tensor("x", x, 2)
     check_tensor("weight", weight, 1)
     t, h = x.shape
@@ -48,13 +58,13 @@ def rmsnorm(
         raise ValueError(f"weight must be [{h}], got {tuple(weight.shape)}")
     if h > 65536:
         raise ValueError(f"hidden size {h} > 65536 is not supported by the one-row kernel")
-    out = torch.empty_like(x)
+    out = torch.empty_like(x) if out is None else out
+    _check_like("out", out, x)
     res_out = None
     if residual is not None:
-        check_tensor("residual", residual, 2)
-        check_same("shapes of x and residual", {"x": tuple(x.shape), "residual": tuple(residual.shape)})
-        check_same("dtypes of x and residual", {"x": x.dtype, "residual": residual.dtype})
-        res_out = torch.empty_like(x)
+        _check_like("residual", residual, x)
+        res_out = torch.empty_like(x) if residual_out is None else residual_out
+        _check_like("residual_out", res_out, x)
     if t == 0:
         return out, res_out
     block = next_pow2(h)

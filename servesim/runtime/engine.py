@@ -6,8 +6,10 @@ the only difference between a prediction and a measurement is time itself.
 Iteration- and layer-level policies run each step as one forward pass. Operator-level policies
 (FlowPrefill) run a prefill step block by block: after each attention or MLP block the stream is
 synchronised and the policy asked whether to suspend; a suspended pass is a paused generator
-that resumes where it stopped, its KV and activations kept. SM-partitioned policies (Nexus)
-are not supported yet.
+that resumes where it stopped, its KV and activations kept. With CUDA graphs captured
+(`RuntimeModel.capture_graphs`) a pass replays its non-attention pieces, so the host launches
+about four things per layer and the GPU, not Python, sets the pace, as in production engines.
+SM-partitioned policies (Nexus) are not supported yet.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from servesim.runtime.model import RuntimeModel
 from servesim.runtime.plan import build_plan
 from servesim.sim.state import ServingState, SimResult, admission_reject_reason
 
-Pass = Generator[str, None, torch.Tensor]
+Pass = Generator[str, str | None, torch.Tensor]
 
 
 class Runtime:
@@ -44,6 +46,9 @@ class Runtime:
         self.pending: list[Request] = []
         self.next_arrival = 0  # index into pending
         self.t0 = 0.0
+        self.steps: list[tuple[float, float, float, BatchShape]] = []
+        """Each executed step: (start, inputs ready, end, shape). `start` is the scheduling
+        point; from `inputs ready` (plan built, first launch next) to `end` the GPU works."""
 
     def now(self) -> float:
         return time.perf_counter() - self.t0
@@ -111,8 +116,10 @@ class Runtime:
                 req.prefill_run, req.chunk_tokens, req.prefill_progress_s = self.next_run_id, n, 0.0
             self.next_run_id += 1
         used = state.kv.used_blocks
+        ready = self.now()
         done = self._drive(run, step, key)
         end = self.sync()
+        self.steps.append((start, ready, end, shape))
         for req, _ in step.prefills:
             req.prefill_progress_s += end - start
         if done:
@@ -139,6 +146,7 @@ class Runtime:
             now = self.sync()
             self._admit_arrivals(now)
             if self.policy.should_preempt(self.state.view(now), step, since):
+                run.send("suspend")  # the pass keeps its rows while others use the buffers
                 self.suspended[key] = run
                 self.state.log.preempted_ops += 1
                 return False

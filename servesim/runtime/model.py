@@ -2,19 +2,32 @@
 
 Only timing is validated, so weights are random (scaled so activations stay finite) and the
 sampled token ids are not fed back as text; every operator the cost model prices runs here with
-its real shapes. `forward` is a generator that yields after each operator group, so a caller can
-stop (preempt) a pass between operators and resume it later.
+its real shapes. `forward` is a generator that yields after each attention and MLP block, so a
+caller can stop (preempt) a pass between operators and resume it later.
+
+A pass is a chain of pieces over a `Workspace` (the activations of its rows): per layer, the
+pre-attention piece (norm, QKV, RoPE, KV write), attention, and the post-attention piece
+(O projection, norm, MLP). Like vLLM's piecewise CUDA graphs, `capture_graphs` records the two
+non-attention pieces of every layer once per padded row count, so a pass replays 2 graphs per
+layer and launches only attention (whose shapes follow the batch) from the host; without graphs
+(CPU, or more rows than the largest capture) the same pieces run eagerly.
 """
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Generator
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import torch
 
 from servesim import kernels as K
 from servesim.models.arch import ModelArch
+
+GRAPH_SIZES = (1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 160, 192, 224, 256, 320, 384, 448, 512,
+               *range(640, 2049, 128))
+"""Padded row counts with captured graphs: fine steps where GEMM tiles change (padding within a
+64- or 128-row tile costs nothing), none above 2048 rows (a pass that large is GPU-bound)."""
 
 
 @dataclass
@@ -37,6 +50,25 @@ class Plan:
     prefill_ids: tuple[int, ...] = ()
     """Request ids of the prefill chunks, in row order (layered prefill parks rows by id)."""
     prefill_lens: tuple[int, ...] = ()
+
+
+@dataclass
+class Workspace:
+    """The activations of a pass over up to `size` rows: row inputs (token ids, positions, KV
+    slots) and the hidden state, residual, QKV and attention output. Under CUDA graphs these are
+    the static buffers the captured pieces read and write, shared by every pass of that size."""
+
+    ids: torch.Tensor  # [size] int64
+    positions: torch.Tensor  # [size] int64
+    slots: torch.Tensor  # [size] int64
+    x: torch.Tensor  # [size, hidden]
+    res: torch.Tensor  # [size, hidden]
+    qkv: torch.Tensor  # [size, q + 2 kv]
+    attn: torch.Tensor  # [size, q]
+
+    @property
+    def size(self) -> int:
+        return self.ids.shape[0]
 
 
 class RuntimeModel:
@@ -69,89 +101,213 @@ class RuntimeModel:
                 layer |= {"w_gate_up": w(2 * arch.intermediate_size, h),
                           "w_down": w(h, arch.intermediate_size)}
             self.layers.append(layer)
-        cache_shape = (num_blocks, block_size, arch.num_kv_heads, arch.head_dim)
+        # One block more than the engine hands out: padded graph rows write their K/V there.
+        cache_shape = (num_blocks + 1, block_size, arch.num_kv_heads, arch.head_dim)
+        self.scratch_slot = num_blocks * block_size
         self.k_cache = [torch.zeros(cache_shape, device=device, dtype=dtype) for _ in self.layers]
         self.v_cache = [torch.zeros(cache_shape, device=device, dtype=dtype) for _ in self.layers]
         self.inv_freq = K.rope_inv_freq(arch.head_dim, 500000.0, device)
         self.saved: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
         """Layered prefill: a request's hidden and residual rows between its layer groups."""
+        self.spaces: dict[int, Workspace] = {}
+        """Padded row count -> the workspace shared by every pass of that size."""
+        self.graphs: dict[int, list[torch.cuda.CUDAGraph]] = {}
+        """Padded row count -> its graphs [pre 0, post 0, pre 1, post 1, ...]."""
+        self._sizes: list[int] = []
 
-    def forward(self, plan: Plan) -> Generator[str, None, torch.Tensor]:
-        """Run the pass, yielding after each attention and MLP block; returns the logits of
-        `plan.logit_rows` [R, vocab] (the caller samples)."""
-        start, end = plan.prefill_layers
-        num_layers, p = self.arch.num_layers, plan.num_prefill_tokens
-        rows = plan.input_ids if start == 0 else plan.input_ids[p:]
-        x = self.embed.index_select(0, rows)
-        residual: torch.Tensor | None = None
-        for index, layer in enumerate(self.layers):
-            if index == start and start > 0 and p:  # the cohort rejoins with its saved state
-                parked = [self.saved.pop(rid) for rid in plan.prefill_ids]
-                x = torch.cat([*(px for px, _ in parked), x])
-                res = [pr for _, pr in parked] + ([residual] if residual is not None else [])
-                residual = torch.cat(res)
-            with_prefill = start <= index < end and p > 0
-            if x.shape[0]:  # (empty: a layer outside the cohort's group, with no decodes)
-                x, residual = self._attention(index, layer, x, residual, plan, with_prefill)
-            yield "attention"
-            if x.shape[0]:
-                assert residual is not None
-                x, residual = self._mlp(layer, x, residual)
-            yield "mlp"
-            if index == end - 1 and end < num_layers and p:  # park the cohort until next step
-                assert residual is not None
-                for rid, xs, rs in zip(plan.prefill_ids, x[:p].split(plan.prefill_lens),
-                                       residual[:p].split(plan.prefill_lens), strict=True):
-                    self.saved[rid] = (xs, rs)
-                x, residual = x[p:], residual[p:]
-        if not len(plan.logit_rows):
-            return torch.empty((0, self.arch.vocab_size), dtype=self.dtype, device=self.device)
-        out, _ = K.rmsnorm(x, self.final_norm, residual=residual)
-        local = plan.logit_rows if end == num_layers else plan.logit_rows - p
-        return K.gemm(out.index_select(0, local), self.lm_head, num_sms=self.num_sms)
+    # -- workspaces and pieces ---------------------------------------------------------------
 
-    def _attention(self, index: int, layer: dict[str, torch.Tensor], x: torch.Tensor,
-                   residual: torch.Tensor | None, plan: Plan, with_prefill: bool
-                   ) -> tuple[torch.Tensor, torch.Tensor]:
-        arch, p = self.arch, plan.num_prefill_tokens
-        if residual is None:
-            h, residual = K.rmsnorm(x, layer["ln1"])[0], x
+    def _new_workspace(self, size: int) -> Workspace:
+        a, dev, dt = self.arch, self.device, self.dtype
+
+        def rows(*shape: int, dtype: torch.dtype = dt) -> torch.Tensor:
+            return torch.zeros((size, *shape), device=dev, dtype=dtype)
+
+        ws = Workspace(rows(dtype=torch.int64), rows(dtype=torch.int64), rows(dtype=torch.int64),
+                       rows(a.hidden_size), rows(a.hidden_size), rows(a.q_size + 2 * a.kv_size),
+                       rows(a.q_size))
+        ws.slots.fill_(self.scratch_slot)
+        return ws
+
+    def _workspace(self, plan: Plan, lo: int) -> tuple[Workspace, int]:
+        """A workspace for rows [lo, T) of the plan with their ids, positions and slots loaded:
+        the smallest captured one that holds them (padding rows point at the scratch slot), or a
+        private one of the exact size. Returns it and the row count."""
+        n = plan.input_ids.shape[0] - lo
+        i = bisect.bisect_left(self._sizes, n)
+        ws = self.spaces[self._sizes[i]] if i < len(self._sizes) else self._new_workspace(n)
+        ws.ids[:n].copy_(plan.input_ids[lo:])
+        ws.positions[:n].copy_(plan.positions[lo:])
+        ws.slots[:n].copy_(plan.slot_mapping[lo:])
+        if n < ws.size:
+            ws.slots[n:].fill_(self.scratch_slot)
+            ws.positions[n:].zero_()
+        return ws, n
+
+    def _pre(self, index: int, ws: Workspace) -> None:
+        """Norm, QKV projection, per-head norms (Qwen3), RoPE and KV write of every row."""
+        arch, layer = self.arch, self.layers[index]
+        if index == 0:
+            torch.index_select(self.embed, 0, ws.ids, out=ws.x)
+            h = K.rmsnorm(ws.x, layer["ln1"])[0]
+            ws.res.copy_(ws.x)
         else:
-            h, new_residual = K.rmsnorm(x, layer["ln1"], residual=residual)
-            assert new_residual is not None
-            residual = new_residual
-        lo = 0 if with_prefill else p  # rows of this layer: [lo, T) of the plan
-        qkv = K.gemm(h, layer["wqkv"], num_sms=self.num_sms)  # [T, (Hq + 2 Hkv) D]
-        t, d = qkv.shape[0], arch.head_dim
-        q = qkv[:, : arch.q_size].view(t, arch.num_heads, d)
-        k = qkv[:, arch.q_size: arch.q_size + arch.kv_size].view(t, arch.num_kv_heads, d)
-        v = qkv[:, arch.q_size + arch.kv_size:].view(t, arch.num_kv_heads, d)
+            h = K.rmsnorm(ws.x, layer["ln1"], residual=ws.res, residual_out=ws.res)[0]
+        K.gemm(h, layer["wqkv"], out=ws.qkv, num_sms=self.num_sms)
+        t, d = ws.size, arch.head_dim
+        q = ws.qkv[:, : arch.q_size].view(t, arch.num_heads, d)
+        k = ws.qkv[:, arch.q_size: arch.q_size + arch.kv_size].view(t, arch.num_kv_heads, d)
+        v = ws.qkv[:, arch.q_size + arch.kv_size:].view(t, arch.num_kv_heads, d)
         if arch.qk_norm:
-            q = K.rmsnorm(q.reshape(-1, d), layer["q_norm"])[0].view(t, arch.num_heads, d)
-            k = K.rmsnorm(k.reshape(-1, d), layer["k_norm"])[0].view(t, arch.num_kv_heads, d)
-        K.rope(q, k, plan.positions[lo:], self.inv_freq)
-        K.kv_cache_write(k, v, self.k_cache[index], self.v_cache[index], plan.slot_mapping[lo:])
-        out = torch.empty_like(q)
-        if with_prefill:
-            K.prefill_attention(q[:p], self.k_cache[index], self.v_cache[index],
-                                plan.prefill_block_tables, plan.cu_seqlens_q, plan.prefix_lens,
-                                plan.max_seqlen_q, out=out[:p])
-        if t > (p if with_prefill else 0):
-            dq = q[p:] if with_prefill else q
-            K.decode_attention(dq, self.k_cache[index], self.v_cache[index],
-                               plan.decode_block_tables, plan.decode_context_lens,
-                               plan.max_decode_context, num_sms=self.num_sms,
-                               out=out[p:] if with_prefill else out)
-        o = K.gemm(out.view(t, arch.q_size), layer["wo"], num_sms=self.num_sms)
-        return o, residual
+            q.copy_(K.rmsnorm(q.reshape(-1, d), layer["q_norm"])[0].view(q.shape))
+            k.copy_(K.rmsnorm(k.reshape(-1, d), layer["k_norm"])[0].view(k.shape))
+        K.rope(q, k, ws.positions, self.inv_freq)
+        K.kv_cache_write(k, v, self.k_cache[index], self.v_cache[index], ws.slots)
 
-    def _mlp(self, layer: dict[str, torch.Tensor], x: torch.Tensor, residual: torch.Tensor
-             ) -> tuple[torch.Tensor, torch.Tensor]:
-        h, new_residual = K.rmsnorm(x, layer["ln2"], residual=residual)
-        assert new_residual is not None
+    def _post(self, index: int, ws: Workspace) -> None:
+        """O projection, norm with the residual, and the MLP; leaves the layer's output in x."""
+        layer = self.layers[index]
+        o = K.gemm(ws.attn, layer["wo"], num_sms=self.num_sms)
+        h = K.rmsnorm(o, layer["ln2"], residual=ws.res, residual_out=ws.res)[0]
         if self.arch.is_moe:
             logits = K.gemm(h, layer["router"], num_sms=self.num_sms)
             weights, ids = K.topk_softmax(logits, self.arch.num_experts_per_tok)
-            return K.fused_moe(h, layer["w13"], layer["w2"], weights, ids), new_residual
-        act = K.silu_and_mul(K.gemm(h, layer["w_gate_up"], num_sms=self.num_sms))
-        return K.gemm(act, layer["w_down"], num_sms=self.num_sms), new_residual
+            K.fused_moe(h, layer["w13"], layer["w2"], weights, ids, out=ws.x)
+        else:
+            act = K.silu_and_mul(K.gemm(h, layer["w_gate_up"], num_sms=self.num_sms))
+            K.gemm(act, layer["w_down"], out=ws.x, num_sms=self.num_sms)
+
+    def _attend(self, index: int, ws: Workspace, n: int, plan: Plan, with_prefill: bool) -> None:
+        """Attention of the first n rows (the prefill chunks first if `with_prefill`, then the
+        decodes), launched from the host with the batch's own shapes."""
+        arch, p = self.arch, plan.num_prefill_tokens if with_prefill else 0
+        q = ws.qkv[:n, : arch.q_size].view(n, arch.num_heads, arch.head_dim)
+        out = ws.attn[:n].view(n, arch.num_heads, arch.head_dim)
+        if p:
+            K.prefill_attention(q[:p], self.k_cache[index], self.v_cache[index],
+                                plan.prefill_block_tables, plan.cu_seqlens_q, plan.prefix_lens,
+                                plan.max_seqlen_q, out=out[:p])
+        if n > p:
+            K.decode_attention(q[p:], self.k_cache[index], self.v_cache[index],
+                               plan.decode_block_tables, plan.decode_context_lens,
+                               plan.max_decode_context, num_sms=self.num_sms, out=out[p:])
+
+    def _piece(self, kind: int, index: int, ws: Workspace) -> None:
+        """Run piece `kind` (0 pre, 1 post) of layer `index`: replayed if captured for ws."""
+        graphs = self.graphs.get(ws.size)
+        if graphs is not None and self.spaces[ws.size] is ws:
+            graphs[2 * index + kind].replay()
+        elif kind == 0:
+            self._pre(index, ws)
+        else:
+            self._post(index, ws)
+
+    # -- CUDA graphs -------------------------------------------------------------------------
+
+    def share_workspaces(self, max_rows: int) -> list[int]:
+        """Give every pass of up to max_rows rows a shared workspace of the next size of
+        GRAPH_SIZES (what graphs need: fixed buffers, padded rows). Returns the sizes."""
+        for size in (s for s in GRAPH_SIZES if s <= max_rows):
+            self.spaces.setdefault(size, self._new_workspace(size))
+        self._sizes = sorted(self.spaces)
+        return self._sizes
+
+    def capture_graphs(self, max_rows: int) -> int:
+        """Record the pieces of every layer for each size of GRAPH_SIZES up to max_rows (run
+        once eagerly first, which also compiles their kernels). Returns the number of graphs."""
+        if self.device.type != "cuda" or max_rows < 1:
+            return 0
+        pool = torch.cuda.graph_pool_handle()
+        for size in self.share_workspaces(max_rows):
+            ws = self.spaces[size]
+            if size in self.graphs:
+                continue
+            side = torch.cuda.Stream(self.device)
+            side.wait_stream(torch.cuda.current_stream(self.device))
+            with torch.cuda.stream(side):
+                for index in range(self.arch.num_layers):
+                    self._pre(index, ws)
+                    self._post(index, ws)
+            torch.cuda.current_stream(self.device).wait_stream(side)
+            graphs = []
+            for index in range(self.arch.num_layers):
+                for piece in (self._pre, self._post):
+                    graph = torch.cuda.CUDAGraph()
+                    with torch.cuda.graph(graph, pool=pool):
+                        piece(index, ws)
+                    graphs.append(graph)
+            self.graphs[size] = graphs
+        torch.cuda.synchronize(self.device)
+        return sum(len(g) for g in self.graphs.values())
+
+    # -- the pass ----------------------------------------------------------------------------
+
+    def forward(self, plan: Plan) -> Generator[str, str | None, torch.Tensor]:
+        """Run the pass, yielding after each attention and MLP block; returns the logits of
+        `plan.logit_rows` [R, vocab] (the caller samples). Sending "suspend" at a yield makes
+        the pass save its rows (a shared workspace is reused by other passes meanwhile) and
+        yield "suspended"; the next `next()` restores them and goes on."""
+        start, end = plan.prefill_layers
+        num_layers, p = self.arch.num_layers, plan.num_prefill_tokens
+        lo = 0 if start == 0 else p  # before the cohort's group only the decode rows run
+        ws, n = self._workspace(plan, lo) if plan.input_ids.shape[0] > lo else (None, 0)
+        for index in range(num_layers):
+            if index == start and start > 0 and p:  # the cohort rejoins with its saved state
+                ws, n = self._rejoin(plan, ws, n)
+            if ws is not None and n:
+                self._piece(0, index, ws)
+                self._attend(index, ws, n, plan, start <= index < end and p > 0)
+            if (yield "attention") == "suspend":
+                yield from self._suspend(ws, n)
+            if ws is not None and n:
+                self._piece(1, index, ws)
+            if (yield "mlp") == "suspend":
+                yield from self._suspend(ws, n)
+            if index == end - 1 and end < num_layers and p:  # park the cohort until next step
+                ws, n = self._park(plan, ws, n)
+        if not len(plan.logit_rows):
+            return torch.empty((0, self.arch.vocab_size), dtype=self.dtype, device=self.device)
+        assert ws is not None
+        out, _ = K.rmsnorm(ws.x[:n], self.final_norm, residual=ws.res[:n])
+        local = plan.logit_rows if end == num_layers else plan.logit_rows - p
+        return K.gemm(out.index_select(0, local), self.lm_head, num_sms=self.num_sms)
+
+    def _rejoin(self, plan: Plan, ws: Workspace | None, n: int) -> tuple[Workspace, int]:
+        """Rows of the cohort's saved state, then the decodes' rows, in one workspace."""
+        p = plan.num_prefill_tokens
+        decodes = (ws.x[:n].clone(), ws.res[:n].clone()) if ws is not None and n else None
+        parked = [self.saved.pop(rid) for rid in plan.prefill_ids]
+        joined, total = self._workspace(plan, 0)
+        torch.cat([px for px, _ in parked], out=joined.x[:p])
+        torch.cat([pr for _, pr in parked], out=joined.res[:p])
+        if decodes is not None:
+            joined.x[p:total].copy_(decodes[0])
+            joined.res[p:total].copy_(decodes[1])
+        return joined, total
+
+    def _park(self, plan: Plan, ws: Workspace | None, n: int) -> tuple[Workspace | None, int]:
+        """Save the cohort's rows per request; go on with the decodes' rows alone."""
+        assert ws is not None
+        p = plan.num_prefill_tokens
+        for rid, xs, rs in zip(plan.prefill_ids, ws.x[:p].split(plan.prefill_lens),
+                               ws.res[:p].split(plan.prefill_lens), strict=True):
+            self.saved[rid] = (xs.clone(), rs.clone())
+        if n == p:
+            return None, 0
+        decodes = ws.x[p:n].clone(), ws.res[p:n].clone()
+        rest, m = self._workspace(plan, p)
+        rest.x[:m].copy_(decodes[0])
+        rest.res[:m].copy_(decodes[1])
+        return rest, m
+
+    def _suspend(self, ws: Workspace | None, n: int) -> Generator[str, str | None, None]:
+        """Keep the rows of a suspended pass while other passes use its workspace."""
+        if ws is None or self.spaces.get(ws.size) is not ws:  # private: nothing to save
+            yield "suspended"
+            return
+        kept = {f.name: getattr(ws, f.name)[:n].clone() for f in fields(ws) if f.name != "qkv"}
+        yield "suspended"
+        for name, rows in kept.items():
+            getattr(ws, name)[:n].copy_(rows)
+        ws.slots[n:].fill_(self.scratch_slot)
+        ws.positions[n:].zero_()

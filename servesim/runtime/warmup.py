@@ -2,12 +2,14 @@
 first use (seconds per variant), which would otherwise land inside measured iterations. The
 shapes cover the GEMM M buckets (multiples of 16 and not, since Triton specialises integer
 arguments on divisibility by 16), single and packed prefills with prefixes, and decode batches
-with short and long contexts."""
+with short and long contexts, and every split count decode attention can choose (a constexpr:
+one binary each, up to 2 x 64 of them, so a long run would otherwise compile mid-measurement)."""
 
 from __future__ import annotations
 
 import torch
 
+from servesim import kernels as K
 from servesim.policies.base import EngineLimits, Step
 from servesim.request import Request
 from servesim.runtime.blocks import BlockTables
@@ -54,5 +56,22 @@ def warm_up(model: RuntimeModel, limits: EngineLimits, max_prompt: int) -> None:
             for r in reqs:
                 r.kv_blocks = 0
                 blocks.sync(r)
+    _decode_splits(model, limits)
     if model.device.type == "cuda":
         torch.cuda.synchronize(model.device)
+
+
+def _decode_splits(model: RuntimeModel, limits: EngineLimits) -> None:
+    """Decode attention once per split count it can pick for any batch and context here:
+    one sequence whose context is just long enough for each count."""
+    arch, bs = model.arch, limits.block_size
+    sms = model.num_sms or K.resolve_num_sms(None, model.device)
+    counts = {K.decode_num_splits(1, arch.num_kv_heads, c, sms)
+              for c in range(256, limits.max_model_len + 1, 256)}
+    q = torch.zeros((1, arch.num_heads, arch.head_dim), device=model.device, dtype=model.dtype)
+    for splits in sorted(counts - {1}):
+        context = 256 * splits
+        table = torch.zeros((1, -(-context // bs)), device=model.device, dtype=torch.int32)
+        lens = torch.full((1,), context, device=model.device, dtype=torch.int32)
+        K.decode_attention(q, model.k_cache[0], model.v_cache[0], table, lens, context,
+                           num_sms=model.num_sms)

@@ -14,7 +14,7 @@ from servesim.policies import REGISTRY, EngineLimits, Step
 from servesim.request import Request, State
 from servesim.runtime.blocks import BlockTables
 from servesim.runtime.engine import Runtime
-from servesim.runtime.model import RuntimeModel
+from servesim.runtime.model import Plan, RuntimeModel
 from servesim.runtime.plan import build_plan
 
 TINY = Path(__file__).parent.parent / "data" / "tiny"
@@ -77,9 +77,10 @@ def test_decode_after_prefill_matches_a_longer_prefill() -> None:
     torch.testing.assert_close(decoded, longer, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("shared", [False, True], ids=["private", "shared-workspaces"])
 @pytest.mark.parametrize("policy", ["sarathi", "vllm", "layered", "flowprefill"])
-def test_runtime_serves_every_request(policy: str) -> None:
-    model = _model("moe" if policy == "layered" else "llama")
+def test_runtime_serves_every_request(policy: str, shared: bool) -> None:
+    model = (_shared if shared else _model)("moe" if policy == "layered" else "llama")
     limits = EngineLimits(block_size=BS, total_blocks=64, watermark_blocks=0, max_model_len=256,
                           num_layers=2, num_sms=4)
     knobs = {"sarathi": {"token_budget": 8}, "layered": {"groups": 2}, "flowprefill": {"execution_chunk": 16}}
@@ -94,3 +95,49 @@ def test_runtime_serves_every_request(policy: str) -> None:
         assert r.token_times_s == sorted(r.token_times_s)
     assert not runtime.blocks.tables and len(runtime.blocks.free) == 64
     assert runtime.state.kv.used_blocks == 0 and len(result.log.start_s) >= 3
+
+
+def _shared(name: str) -> RuntimeModel:
+    """A model whose passes run in shared, padded workspaces (the buffers CUDA graphs replay)."""
+    model = _model(name)
+    assert model.share_workspaces(64) == [1, 2, 4, 8, 16, 24, 32, 48, 64]
+    return model
+
+
+@pytest.mark.parametrize("name", ["llama", "moe"])
+def test_padded_shared_workspaces_compute_what_private_ones_do(name: str) -> None:
+    # 13 rows run padded to 16, 5 + 8 to 8 each; layered passes move rows between sizes.
+    exact, padded = _model(name), _shared(name)
+    for splits, layered in (([13], False), ([5, 8], False), ([6, 7], True), ([13], True)):
+        torch.testing.assert_close(_prefill(padded, 13, splits, layered),
+                                   _prefill(exact, 13, splits, layered), rtol=1e-4, atol=1e-4)
+    # Padded rows write their K/V to the scratch block only, never to a block in use.
+    assert padded.k_cache[0][-1].abs().sum() > 0
+    assert torch.equal(padded.k_cache[0][:-1], exact.k_cache[0][:-1])
+
+
+def test_a_suspended_pass_keeps_its_rows_while_others_reuse_the_workspace() -> None:
+    model, blocks = _shared("llama"), BlockTables(64)
+    a, b = Request(0, 0.0, 13, 2), Request(1, 0.0, 14, 2)
+    for r in (a, b):
+        r.kv_blocks = 4
+        blocks.sync(r)
+
+    def plan(req: Request) -> Plan:
+        return build_plan(Step(prefills=[(req, req.num_prompt_tokens)]), blocks, BS,
+                          model.arch.num_layers, model.arch.vocab_size, model.device)
+
+    alone = _run(model, Step(prefills=[(a, 13)]), blocks)
+    run = model.forward(plan(a))
+    assert next(run) == "attention"
+    assert run.send("suspend") == "suspended"
+    other = model.forward(plan(b))  # 14 rows: the same 16-row workspace as a's 13
+    for _ in other:
+        pass
+    for _ in range(10_000):
+        try:
+            next(run)
+        except StopIteration as stop:
+            torch.testing.assert_close(stop.value, alone, rtol=1e-4, atol=1e-4)
+            return
+    raise AssertionError("the resumed pass did not finish")
