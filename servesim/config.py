@@ -52,12 +52,16 @@ class CostModelConfig(DictConfig):
     per_context_token_s: float = _help(0.0, "constant model: seconds per decode context token")
     per_chunk_s: float = _help(0.0, "constant model: seconds per prefill chunk")
     host_launch_us: float = _help(
-        0.0, "host time per kernel launch; >0 models an engine without CUDA graphs (microseconds)")
-    host_step_us: float = _help(0.0, "host time per iteration before its first launch (microseconds)")
+        0.0, "host time per launch (kernel, or graph replay under engine.cuda_graph_max_tokens) (microseconds)")
+    host_step_us: float = _help(0.0, "host time per iteration outside its launches: scheduling, inputs, "
+                                "sampling, bookkeeping (microseconds)")
+    host_per_seq_us: float = _help(0.0, "host time per iteration per sequence in the batch (microseconds)")
+    host_check_us: float = _help(0.0, "host time per preemption check of an operator-level pass: the "
+                                 "sync and the policy's decision while the GPU waits (microseconds)")
 
     def __post_init__(self) -> None:
         for f in ("fixed_s", "per_prefill_token_s", "per_decode_s", "per_context_token_s", "per_chunk_s",
-                  "host_launch_us", "host_step_us"):
+                  "host_launch_us", "host_step_us", "host_per_seq_us", "host_check_us"):
             if getattr(self, f) < 0:
                 raise InputError(f"{f}: must be >= 0")
 
@@ -73,6 +77,10 @@ class EngineConfig(DictConfig):
     oversized: Literal["error", "reject"] = _help(
         "error", "a request that can never fit: stop with an error naming it, or reject it and count it"
     )
+    cuda_graph_max_tokens: int = _help(
+        0, "passes of up to this many tokens replay CUDA graphs of everything but attention "
+        "(servesim's runtime does; the host-overhead model counts launches so); 0 = all eager"
+    )
 
     def __post_init__(self) -> None:
         if self.block_size < 1:
@@ -81,6 +89,8 @@ class EngineConfig(DictConfig):
             raise InputError("watermark: must be in [0, 1)")
         if self.max_model_len is not None and self.max_model_len < 2:
             raise InputError("max_model_len: must be >= 2")
+        if self.cuda_graph_max_tokens < 0:
+            raise InputError("cuda_graph_max_tokens: must be >= 0")
 
 
 @dataclass(frozen=True)

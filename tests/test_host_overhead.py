@@ -3,6 +3,7 @@ their GPU time, and the op breakdown still sums to the total."""
 
 from __future__ import annotations
 
+import pandas as pd
 import pytest
 
 from servesim.models import ops as model_ops
@@ -40,3 +41,43 @@ def test_breakdown_sums_to_the_total() -> None:
         cost = host.batch_cost(batch)
         assert cost.total_s == pytest.approx(host.step_time(batch))
         assert sum(op.seconds for op in cost.ops) == pytest.approx(cost.total_s, rel=1e-9)
+
+
+def test_graphed_passes_issue_replays_and_attention_only() -> None:
+    host = HostOverheadCostModel(GPU_MODEL, ARCH, 50e-6, 0.0, graph_max_tokens=2048)
+    layers = ARCH.num_layers
+    # 8 decodes of up to 1000 tokens: ceil(264 / 64) = 5 splits wanted, 1000 // 256 = 3 -> split.
+    assert host.launches(DECODE) == 2 * layers + 2 * layers + 9
+    big_batch = BatchShape((), (), 64, 64 * 1000, 1000, 64)  # one split: no merging kernel
+    assert host.launches(big_batch) == 2 * layers + layers + 9
+    mixed = BatchShape((500,), (0,), 8, 8000, 1000, 9)
+    assert host.launches(mixed) == 2 * layers + layers + 2 * layers + 9
+    layered = BatchShape((500,), (0,), 0, 0, 0, 0, prefill_layers=(8, 16))
+    assert host.launches(layered) == 2 * 8 + 8 + 9
+    # Above the largest captured pass every kernel is launched again.
+    assert host.launches(PREFILL) == host.eager_launches(PREFILL) > 4 * layers
+    assert host.launches(DECODE) < host.eager_launches(DECODE) / 2
+
+
+def test_host_time_grows_with_the_sequences_of_the_batch() -> None:
+    host = HostOverheadCostModel(GPU_MODEL, ARCH, 0.0, 1e-3, graph_max_tokens=2048, host_per_seq_s=20e-6)
+    assert host.step_time(DECODE) == pytest.approx(1e-3 + 8 * 20e-6 + GPU_MODEL.step_time(DECODE))
+    mixed = BatchShape((100, 200), (0, 0), 8, 8000, 1000, 10)
+    assert host.step_time(mixed) == pytest.approx(1e-3 + 10 * 20e-6 + GPU_MODEL.step_time(mixed))
+
+
+def test_operator_level_passes_pay_the_host_check_at_every_preemption_point(tmp_path) -> None:
+    from servesim.config import from_mapping
+    from servesim.runner import run
+
+    pd.DataFrame({"arrival_s": [0.0], "num_prompt_tokens": [1000], "num_output_tokens": [1]}).to_csv(
+        tmp_path / "one.csv", index=False)
+
+    def ttft(check_us: float) -> float:
+        config = from_mapping({"model": "llama-3.1-8b", "workload": {"trace": str(tmp_path / "one.csv")},
+                               "policy": {"name": "flowprefill"},
+                               "cost_model": {"host_step_us": 100.0, "host_check_us": check_us}}, "t")
+        return float(run(config).requests.ttft_s[0])
+
+    # FlowPrefill's sublayer spans: two per layer, plus the embedding's and the LM head's.
+    assert ttft(50.0) - ttft(0.0) == pytest.approx((2 * ARCH.num_layers + 2) * 50e-6, rel=1e-6)

@@ -1,13 +1,19 @@
-"""Host-bound iterations: an engine that launches every kernel from Python (no CUDA graphs)
-cannot issue work faster than its host loop runs. This wrapper adds that to any cost model:
+"""Host-bound iterations: an engine cannot issue work faster than its host loop runs. This
+wrapper adds that to any cost model:
 
-    iteration = host_step_s + max(gpu time, kernel launches x host_launch_s)
+    iteration = host_step_s + host_per_seq_s x sequences + max(gpu time, host launches x host_launch_s)
 
-host_step_s is the scheduler and input preparation before the first launch; the GPU starts as
-soon as the first kernel is issued, so launching and executing overlap and the slower of the
-two sets the pace. Both constants are measured on the engine being modelled
-(benchmarks/runtime_overhead.py measures servesim's own runtime); an engine with CUDA graphs
-has host_launch_s near 0. The op breakdown of `batch_cost` is stretched uniformly to the total.
+host_step_s (plus host_per_seq_s for each sequence of the batch: block tables, inputs, token
+bookkeeping) is the scheduler, input preparation and bookkeeping around a pass (the GPU idles);
+the GPU starts as soon as the first kernel is issued, so issuing and executing overlap and the
+slower of the two sets the pace. What the host launches depends on the engine: eagerly, every
+kernel of the pass; with piecewise CUDA graphs (`graph_max_tokens`: passes up to that many
+tokens, as servesim's runtime and vLLM capture them), two graph replays per layer plus the
+attention kernels, whose shapes follow the batch, plus a few per pass. The constants are
+measured on the engine being modelled (benchmarks/runtime_overhead.py measures servesim's
+runtime). The op breakdown of `batch_cost` is stretched uniformly to the total. An engine that
+runs a pass operator by operator and asks the policy at each preemption point (FlowPrefill)
+syncs there and leaves the GPU idle for host_check_s; the operator executor adds it per point.
 """
 
 from __future__ import annotations
@@ -23,14 +29,47 @@ from servesim.sim.cost_model import CostModel
 class HostOverheadCostModel:
     """`inner` plus the host's launch and step costs."""
 
-    def __init__(self, inner: CostModel, arch: ModelArch, host_launch_s: float, host_step_s: float) -> None:
+    def __init__(self, inner: CostModel, arch: ModelArch, host_launch_s: float, host_step_s: float,
+                 graph_max_tokens: int = 0, num_sms: int = 132, host_per_seq_s: float = 0.0,
+                 host_check_s: float = 0.0) -> None:
         self.inner, self.arch = inner, arch
-        self.host_launch_s, self.host_step_s = host_launch_s, host_step_s
+        self.host_launch_s, self.host_step_s, self.host_per_seq_s = host_launch_s, host_step_s, host_per_seq_s
+        self.host_check_s = host_check_s
+        """Per preemption point of an operator-level pass (the operator executor adds it)."""
+        self.graph_max_tokens, self.num_sms = graph_max_tokens, num_sms
         self._launches: dict[tuple[bool, bool, int, int], int] = {}
 
     def launches(self, batch: BatchShape) -> int:
-        """Kernels one pass launches: every op of the op list, with the prefill chunks' attention
-        in one varlen kernel per layer (as servesim's runtime and vLLM launch it)."""
+        """What the host issues for one pass: graph replays and attention kernels when the pass
+        is captured, else every kernel."""
+        if 0 < batch.num_tokens <= self.graph_max_tokens:
+            return self.graphed_launches(batch)
+        return self.eager_launches(batch)
+
+    def graphed_launches(self, batch: BatchShape) -> int:
+        """Per layer that has rows: 2 replays, the varlen prefill attention if the cohort is
+        in it, decode attention (a second, merging kernel when the context is split); per pass:
+        the inputs' copies into the static buffers (5), final norm, row gather, LM head and
+        sampling (4)."""
+        num_layers = self.arch.num_layers
+        start, end = batch.prefill_layers or (0, num_layers)
+        prefill_layers = (end - start) if batch.prefill_tokens else 0
+        decode = 0
+        if batch.num_decodes:
+            decode = 1 + (self._decode_splits(batch) > 1)
+        layers_with_rows = num_layers if batch.num_decodes else prefill_layers
+        return 2 * layers_with_rows + prefill_layers + decode * num_layers + 9
+
+    def _decode_splits(self, batch: BatchShape) -> int:
+        """The split count servesim's decode attention picks (kernels.decode_num_splits):
+        about two programs per SM, >= 256 tokens per split, at most 64."""
+        programs = max(1, batch.num_decodes * self.arch.num_kv_heads)
+        want = -(-2 * self.num_sms // programs)
+        return max(1, min(want, batch.max_decode_context // 256, 64))
+
+    def eager_launches(self, batch: BatchShape) -> int:
+        """Kernels one eager pass launches: every op of the op list, with the prefill chunks'
+        attention in one varlen kernel per layer (as servesim's runtime and vLLM launch it)."""
         start, end = batch.prefill_layers or (0, self.arch.num_layers)
         key = (bool(batch.prefill_tokens), batch.num_decodes > 0, start, end)
         count = self._launches.get(key)
@@ -45,7 +84,8 @@ class HostOverheadCostModel:
         gpu_s = self.inner.step_time(batch, sms, corunner)
         if batch.is_empty:
             return gpu_s
-        return self.host_step_s + max(gpu_s, self.launches(batch) * self.host_launch_s)
+        host_s = self.host_step_s + self.host_per_seq_s * (batch.num_decodes + len(batch.prefill_tokens))
+        return host_s + max(gpu_s, self.launches(batch) * self.host_launch_s)
 
     def batch_cost(self, batch: BatchShape, sms: int | None = None, corunner: Corunner | None = None) -> BatchCost:
         cost = self.inner.batch_cost(batch, sms, corunner)

@@ -59,6 +59,8 @@ class OperatorExecutor(Executor):
         """Per preemption: time from the event that caused it to the suspension."""
         self.granularity: str = getattr(self.policy.params, "preemption", "sublayer")
         self.switch_overhead_s: float = getattr(self.policy.params, "switch_overhead_s", 0.0)
+        self.check_s: float = getattr(self.cost_model, "host_check_s", 0.0)
+        """Host time at each preemption point (sync + decision), from a host-overhead model."""
 
     def _run_for(self, step: Step, shape: BatchShape) -> _Run:
         items = tuple((r.request_id, n) for r, n in step.prefills)
@@ -83,7 +85,7 @@ class OperatorExecutor(Executor):
         members = [r for r, _ in step.prefills]
         while run.next_block < len(run.blocks):
             started = env.now
-            seconds = run.blocks[run.next_block]
+            seconds = run.blocks[run.next_block] + self.check_s
             yield env.timeout(seconds)
             run.next_block += 1
             for req in members:
