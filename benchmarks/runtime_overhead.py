@@ -1,8 +1,11 @@
 """Host overhead of servesim's runtime, measured side by side with its GPU time: the same
-forward pass run eagerly (the host launches every kernel) and replayed from a CUDA graph (GPU
-time alone). Their gap, divided by the kernels the pass launches, is the host cost per launch
-that `cost_model.host_launch_us` feeds to the simulator; input preparation plus scheduling is
-`host_step_us`. Prints one JSON object; --out also writes it.
+forward pass run eagerly (the host launches every kernel), with the runtime's piecewise CUDA
+graphs (two graph replays per layer, attention launched from the host), and replayed whole from
+one CUDA graph (GPU time alone). For each, the wall time of the pass and the time the host took
+to issue it (before the final synchronisation): a pass is host-bound when the host's issue time
+reaches its wall time. Eager: the gap to the GPU time, divided by the kernels the pass launches,
+is the host cost per launch that `cost_model.host_launch_us` feeds to the simulator; input
+preparation plus scheduling is `host_step_us`. Prints one JSON object; --out also writes it.
 
     PYTHONPATH=. python benchmarks/runtime_overhead.py --model llama-3.1-8b --out FILE
 """
@@ -10,6 +13,7 @@ that `cost_model.host_launch_us` feeds to the simulator; input preparation plus 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import statistics
 import time
@@ -22,6 +26,7 @@ from servesim.models.shapes import BatchShape
 from servesim.policies import REGISTRY, EngineLimits, Step
 from servesim.request import Request
 from servesim.runtime.blocks import BlockTables
+from servesim.runtime.engine import Runtime
 from servesim.runtime.model import RuntimeModel
 from servesim.runtime.plan import build_plan
 from servesim.sim.cost_model import make_cost_model
@@ -46,10 +51,24 @@ def _median_ms(fn: object, reps: int = 30) -> float:
     return statistics.median(times)
 
 
+def _issue_ms(model: RuntimeModel, plan: object, reps: int = 30) -> tuple[float, float]:
+    """Median (wall, host issue) times of one pass, in ms."""
+    walls, issues = [], []
+    for _ in range(reps):
+        torch.cuda.synchronize()
+        t = time.perf_counter()
+        _drain(model, plan)
+        issued = time.perf_counter()
+        torch.cuda.synchronize()
+        walls.append((time.perf_counter() - t) * 1e3)
+        issues.append((issued - t) * 1e3)
+    return statistics.median(walls), statistics.median(issues)
+
+
 def _case(model: RuntimeModel, step: Step, blocks: BlockTables, limits: EngineLimits) -> dict[str, float]:
     plan = build_plan(step, blocks, limits.block_size, limits.num_layers, model.arch.vocab_size, model.device)
     _drain(model, plan)
-    eager = _median_ms(lambda: _drain(model, plan))
+    eager, eager_issue = _issue_ms(model, plan)
     graph = torch.cuda.CUDAGraph()
     stream = torch.cuda.Stream()
     with torch.cuda.stream(stream):
@@ -60,56 +79,135 @@ def _case(model: RuntimeModel, step: Step, blocks: BlockTables, limits: EngineLi
     replay = _median_ms(graph.replay)
     prep = _median_ms(lambda: build_plan(step, blocks, limits.block_size, limits.num_layers,
                                          model.arch.vocab_size, model.device))
-    return {"eager_ms": eager, "gpu_ms": replay, "plan_ms": prep}
+    return {"eager_ms": eager, "eager_issue_ms": eager_issue, "gpu_ms": replay, "plan_ms": prep}
+
+
+def _graphed_constants(model: RuntimeModel, limits: EngineLimits, cases: dict[str, dict[str, float]],
+                       shapes: dict[str, BatchShape]) -> dict[str, object]:
+    """The host model's constants for the runtime with graphs. host_launch_us: the host's issue
+    time of a graphed pass over what it issues (median over the cases). host_step_us: the
+    runtime's own loop serving `batch` requests that decode together (prompt = the case's
+    context), whose step interval minus the GPU time of that batch is what the host adds per
+    step (scheduling, inputs, sampling, bookkeeping)."""
+    per_launch = [1e3 * c["graphed_issue_ms"] / c["graphed_launches"] for c in cases.values()]
+    loops = {}
+    for name in ("decode_b1", "decode_b8", "decode_b32"):
+        batch, ctx = shapes[name].num_decodes, shapes[name].max_decode_context - 1
+        policy_cls = REGISTRY["vllm_v1"]
+        runtime = Runtime(model, policy_cls(policy_cls.Params(), limits), limits)
+        runtime.run([Request(i, 0.0, ctx, 40) for i in range(batch)])
+        decode_steps = [s for s in runtime.steps if s[3].num_decodes == batch and not s[3].prefill_tokens]
+        interval = statistics.median(b[0] - a[0] for a, b in itertools.pairwise(decode_steps))
+        loops[name] = {"steps": len(decode_steps), "interval_ms": 1e3 * interval,
+                       "host_ms": 1e3 * statistics.median(s[1] - s[0] for s in decode_steps),
+                       "host_step_us": 1e3 * (1e3 * interval - cases[name]["gpu_ms"])}
+    checks = [c["host_check_us"] for c in cases.values() if "host_check_us" in c]
+    return {"host_launch_us": round(statistics.median(per_launch), 2), **_per_seq_fit(loops, shapes),
+            "host_check_us": round(statistics.median(checks), 1), "loops": loops}
+
+
+def _per_seq_fit(loops: dict[str, dict[str, float]], shapes: dict[str, BatchShape]) -> dict[str, float]:
+    """host_step_us + host_per_seq_us x batch, least squares over the loops' host costs."""
+    xs = [float(shapes[name].num_decodes) for name in loops]
+    ys = [loop["host_step_us"] for loop in loops.values()]
+    slope, intercept = statistics.linear_regression(xs, ys)
+    return {"host_step_us": round(intercept, 1), "host_per_seq_us": round(slope, 2)}
+
+
+def _checked_ms(model: RuntimeModel, plan: object, step: Step, reps: int = 20) -> tuple[float, int]:
+    """Median wall time of a pass driven as an operator-level policy drives it: a sync and a
+    policy check after every attention and MLP block; and the number of blocks."""
+    policy_cls = REGISTRY["flowprefill"]
+    policy = policy_cls(policy_cls.Params(), EngineLimits(16, 1024, 0, 32768, model.arch.num_layers))
+    state = ServingState(policy.limits)
+    times, blocks = [], 0
+    for _ in range(reps):
+        torch.cuda.synchronize()
+        start = time.perf_counter()
+        blocks = 0
+        for _ in model.forward(plan):  # type: ignore[arg-type]
+            torch.cuda.synchronize()
+            policy.should_preempt(state.view(time.perf_counter()), step, start)
+            blocks += 1
+        times.append((time.perf_counter() - start) * 1e3)
+    return statistics.median(times), blocks
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--model", default="llama-3.1-8b")
     parser.add_argument("--out")
+    parser.add_argument("--checks-only", action="store_true",
+                        help="only the per-block check cost of operator-level passes (graphed)")
     args = parser.parse_args()
     arch = load_model(args.model)
-    limits = EngineLimits(16, 4096, 40, 32768, arch.num_layers, 132)
+    limits = EngineLimits(16, 16384, 160, 32768, arch.num_layers, 132)
     model = RuntimeModel(arch, limits.total_blocks, 16, torch.device("cuda"))
     blocks, host = BlockTables(limits.total_blocks), HostOverheadCostModel(
-        make_cost_model("roofline", arch, get_gpu("h200")), arch, 1.0, 0.0)
+        make_cost_model("roofline", arch, get_gpu("h200")), arch, 1.0, 0.0, 2048)
     out: dict[str, object] = {"model": args.model, "gpu": torch.cuda.get_device_name(),
                               "torch": torch.__version__}
-    cases = {}
-    for name, batch, ctx, prompt in (("decode_b1", 1, 128, 0), ("decode_b32", 32, 1024, 0),
-                                     ("prefill_512", 0, 0, 512), ("mixed_512_b32", 32, 1024, 512)):
-        decodes = [Request(i, 0.0, ctx, 2) for i in range(batch)]
+    cases: dict[str, dict[str, float]] = {}
+    steps: dict[str, Step] = {}
+    shapes: dict[str, BatchShape] = {}
+    for name, batch, ctx, prompt in (("decode_b1", 1, 128, 0), ("decode_b8", 8, 1024, 0),
+                                     ("decode_b32", 32, 1024, 0), ("decode_b128", 128, 1024, 0),
+                                     ("prefill_512", 0, 0, 512), ("prefill_2048", 0, 0, 2048),
+                                     ("mixed_512_b32", 32, 1024, 480)):
+        decodes = [Request(i + 1000 * len(steps), 0.0, ctx, 2) for i in range(batch)]
         for r in decodes:
             r.num_computed_tokens, r.num_generated_tokens, r.kv_blocks = ctx, 1, -(-(ctx + 1) // 16)
             blocks.sync(r)
         prefills = []
         if prompt:
-            p = Request(10_000, 0.0, prompt, 2)
+            p = Request(100_000 + len(steps), 0.0, prompt, 2)
             p.kv_blocks = prompt // 16
             blocks.sync(p)
             prefills = [(p, prompt)]
-        step = Step(prefills=prefills, decodes=decodes)
-        result = _case(model, step, blocks, limits)
+        if args.checks_only and not prompt:
+            continue
+        steps[name] = step = Step(prefills=prefills, decodes=decodes)
+        result = {"eager_ms": 0.0, "gpu_ms": 0.0} if args.checks_only else _case(model, step, blocks, limits)
         shape = BatchShape((prompt,) if prompt else (), (0,) if prompt else (), batch, batch * (ctx + 1),
                            ctx + 1, batch + (1 if prompt else 0))
-        result["launches"] = host.launches(shape)
+        shapes[name] = shape
+        result["launches"] = host.eager_launches(shape)
+        result["graphed_launches"] = host.graphed_launches(shape)
         result["host_launch_us"] = 1e3 * (result["eager_ms"] - result["gpu_ms"]) / result["launches"]
         cases[name] = result
-        for r in [*decodes, *(q for q, _ in prefills)]:
-            r.kv_blocks = 0
-            blocks.sync(r)
+    started = time.perf_counter()
+    out["graphs"] = model.capture_graphs(2048)
+    out["capture_s"] = round(time.perf_counter() - started, 1)
+    for name, step in steps.items():
+        plan = build_plan(step, blocks, limits.block_size, limits.num_layers, arch.vocab_size, model.device)
+        _drain(model, plan)
+        cases[name]["graphed_ms"], cases[name]["graphed_issue_ms"] = _issue_ms(model, plan)
+        if step.prefills:  # operator-level policies check after every block
+            checked, count = _checked_ms(model, plan, step)
+            cases[name]["checked_ms"] = checked
+            cases[name]["host_check_us"] = 1e3 * (checked - cases[name]["graphed_ms"]) / count
     out["cases"] = cases
-    # Host-bound decode at batch 1 gives the launch cost; scheduling + plan build the step cost.
+    if args.checks_only:
+        checks = [c["host_check_us"] for c in cases.values()]
+        out["graphed"] = {"host_check_us": round(statistics.median(checks), 1)}
+        _emit(out, args.out)
+        return
+    # Eager: host-bound decode at batch 1 gives the launch cost; scheduling + plan build the step cost.
     out["host_launch_us"] = round(cases["decode_b1"]["eager_ms"] * 1e3 / cases["decode_b1"]["launches"], 2)
     policy_cls = REGISTRY["sarathi"]
     policy = policy_cls(policy_cls.Params(), limits)
     state = ServingState(limits)
     sched_ms = _median_ms(lambda: policy.schedule(state.view(0.0)), 200)
     out["host_step_us"] = round(1e3 * (cases["decode_b32"]["plan_ms"] + sched_ms), 1)
+    out["graphed"] = _graphed_constants(model, limits, cases, shapes)
+    _emit(out, args.out)
+
+
+def _emit(out: dict[str, object], path: str | None) -> None:
     text = json.dumps(out, indent=2)
     print(text)
-    if args.out:
-        Path(args.out).write_text(text + "\n")
+    if path:
+        Path(path).write_text(text + "\n")
 
 
 if __name__ == "__main__":

@@ -1,8 +1,16 @@
 """Simulated vs measured, side by side in one run: the real runtime (servesim's kernels on the
 GPU) and the simulator serve the same trace under the same policy objects; prints the error of
-every latency percentile and writes report.json / report.md / per-request CSVs to --out.
+every latency percentile and writes report.json / report.md / per-request CSVs / the ITLs /
+the runtime's step table (with the cost model's prediction per step) to --out.
 
     PYTHONPATH=. python benchmarks/validate_runtime.py examples/validate_sarathi.yaml --out DIR
+    PYTHONPATH=. python benchmarks/validate_runtime.py --matrix examples/validate_matrix.yaml --out DIR
+    python benchmarks/validate_runtime.py --matrix examples/validate_matrix.yaml --measured DIR --out DIR2
+
+--matrix runs every policy of a matrix file at every load (a fraction of that policy's
+capacity) in one process, sharing the model, its compiled kernels and graphs; each run goes to
+DIR/<policy>-load<percent>/. --measured predicts again, on a CPU, for measurements already
+taken (another cost model or host constants in the configs): the measured side is kept as it is.
 """
 
 from __future__ import annotations
@@ -11,37 +19,120 @@ import argparse
 import json
 import subprocess
 import time
+import traceback
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import pandas as pd
+import yaml
 
-from servesim.config import load_config
-from servesim.validate import report_markdown, validate
+from servesim.config import Config, load_config
+
+
+def _matrix(path: Path, sets: list[str]) -> dict[str, Config]:
+    """Run name -> config of every (policy, load) of a matrix file."""
+    spec = yaml.safe_load(path.read_text())
+    runs = {}
+    for policy, file in spec["configs"].items():
+        for load in spec["loads"]:
+            scale = round(load * spec["capacity"][policy], 4)
+            extra = [f"workload.rate_scale={scale}", f"workload.duration_s={round(spec['wall_s'] * scale, 2)}"]
+            runs[f"{policy}-load{round(100 * load)}"] = load_config(str(path.parent / file), [*extra, *sets])
+    return runs
+
+
+def _write(out: Path, report: dict[str, Any], result: Any) -> None:
+    from servesim.validate import report_markdown
+
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    (out / "report.md").write_text(report_markdown(report))
+    if result is not None:
+        result.measured.to_csv(out / "measured_requests.csv", index=False)
+        np.savez_compressed(out / "itl.npz", measured=result.measured_itl_s, predicted=result.predicted_itl_s)
+        result.steps.to_csv(out / "steps.csv.gz", index=False)
+    print(report_markdown(report), flush=True)
+
+
+def _measure(runs: dict[str, Config], base: Path, out: Path, args: argparse.Namespace) -> None:
+    from servesim.validate import validate
+
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                            text=True).stdout.strip()
+    models: dict[tuple[Any, ...], Any] = {}
+    for name, config in runs.items():
+        started = time.perf_counter()
+        try:
+            result = validate(config, base, args.device, args.max_kv_blocks, models=models)
+        except Exception:  # noqa: BLE001 - one broken run must not cost the others theirs
+            traceback.print_exc()
+            continue
+        report = {**result.report, "commit": commit, "wall_s": time.perf_counter() - started,
+                  "config": args.matrix or args.config, "run": name, "overrides": args.set}
+        _write(out / name if len(runs) > 1 else out, report, result)
+    if len(runs) > 1:
+        _summary(out)
+
+
+def _predict_again(runs: dict[str, Config], base: Path, measured: Path, out: Path) -> None:
+    from servesim.validate import repredict
+
+    for name, config in runs.items():
+        folder = measured / name if len(runs) > 1 else measured
+        # The device's own report (its measured side) if kept beside a re-prediction.
+        source = next(f for f in (folder / "report.device.json", folder / "report.json") if f.exists())
+        report = json.loads(source.read_text())
+        steps_file = next(f for f in (folder / "steps.csv.gz", folder / "steps.csv") if f.exists())
+        steps = pd.read_csv(steps_file, dtype={"chunks": str, "prefixes": str, "layers": str})
+        new_report, new_steps = repredict(config, base, report, steps, np.load(folder / "itl.npz")["measured"])
+        target = out / name if len(runs) > 1 else out
+        target.mkdir(parents=True, exist_ok=True)
+        new_steps.to_csv(target / "steps.csv.gz", index=False)
+        _write(target, new_report, None)
+    _summary(out)
+
+
+SUMMARY = ("median_ttft_ms", "p99_ttft_ms", "median_itl_ms", "p99_itl_ms", "median_tpot_ms",
+           "request_throughput")
+
+
+def _summary(out: Path) -> None:
+    """summary.md: the relative error of the headline metrics for every run under `out`."""
+    lines = ["| run | requests | " + " | ".join(SUMMARY) + " | decode steps | steps with prefill |",
+             "|---|---:|" + "---:|" * (len(SUMMARY) + 2)]
+    for report_file in sorted(out.glob("*/report.json")):
+        r = json.loads(report_file.read_text())
+        cells = [f"{100 * r['metrics'][k]['rel_error']:+.1f}%" for k in SUMMARY]
+        steps = [f"{100 * r['steps'][k]['median_error']:+.1f}%" if k in r.get("steps", {}) else "-"
+                 for k in ("decode_only", "with_prefill")]
+        lines.append(f"| {report_file.parent.name} | {r['requests']} | " + " | ".join(cells + steps) + " |")
+    (out / "summary.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("config")
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("config", nargs="?")
+    parser.add_argument("--matrix")
     parser.add_argument("--out", required=True)
+    parser.add_argument("--measured", help="predict again for the measurements in this folder")
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--max-kv-blocks", type=int)
     parser.add_argument("--set", action="append", default=[])
+    parser.add_argument("--policies", help="with --matrix: only these policies (comma-separated)")
     args = parser.parse_args()
-    config = load_config(args.config, args.set)
-    started = time.perf_counter()
-    result = validate(config, Path(args.config).resolve().parent, args.device, args.max_kv_blocks)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                            text=True).stdout.strip()
-    report = {**result.report, "commit": commit, "wall_s": time.perf_counter() - started,
-              "config": args.config, "overrides": args.set}
-    (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
-    (out / "report.md").write_text(report_markdown(report))
-    result.measured.to_csv(out / "measured_requests.csv", index=False)
-    result.predicted.to_csv(out / "predicted_requests.csv", index=False)
-    np.savez_compressed(out / "itl.npz", measured=result.measured_itl_s, predicted=result.predicted_itl_s)
-    print(report_markdown(report))
+    if bool(args.config) == bool(args.matrix):
+        parser.error("give a config or --matrix")
+    source = Path(args.matrix or args.config)
+    runs = _matrix(source, args.set) if args.matrix else {"run": load_config(args.config, args.set)}
+    if args.policies:
+        runs = {name: c for name, c in runs.items() if c.policy.name in args.policies.split(",")}
+    base = source.resolve().parent
+    if args.measured:
+        _predict_again(runs, base, Path(args.measured), Path(args.out))
+    else:
+        _measure(runs, base, Path(args.out), args)
 
 
 if __name__ == "__main__":

@@ -135,6 +135,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
     write_text(out / "report.md", validation.report_markdown(result.report))
     write_parquet(out / "requests_measured.parquet", result.measured)
     write_parquet(out / "requests_predicted.parquet", result.predicted)
+    write_parquet(out / "steps.parquet", result.steps)
     write_yaml(out / "config.resolved.yaml", to_dict(config))
     plots.plot_validation_cdf(result.measured, result.predicted, result.measured_itl_s,
                               result.predicted_itl_s, out / "cdf",

@@ -8,6 +8,7 @@ TRITON_INTERPRET=1 (tiny models only; checks the plumbing, not the timing).
 from __future__ import annotations
 
 import dataclasses
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,11 +20,13 @@ import torch
 from servesim.config import Config
 from servesim.errors import InputError
 from servesim.models.arch import load_model
+from servesim.models.shapes import BatchShape
 from servesim.policies.base import EngineLimits
 from servesim.runner import build_cost_model, build_requests, check_fits, engine_limits, make_policy
 from servesim.runtime.engine import Runtime
 from servesim.runtime.model import RuntimeModel
 from servesim.runtime.warmup import warm_up
+from servesim.sim.cost_model import CostModel
 from servesim.sim.engine import simulate
 from servesim.sim.hardware import get_gpu
 from servesim.sim.metrics import request_table, summarize
@@ -41,6 +44,7 @@ class Validation:
     predicted: pd.DataFrame
     measured_itl_s: np.ndarray
     predicted_itl_s: np.ndarray
+    steps: pd.DataFrame
 
 
 def _device(name: str) -> torch.device:
@@ -50,9 +54,19 @@ def _device(name: str) -> torch.device:
     return device
 
 
+@dataclass
+class _Loaded:
+    model: RuntimeModel
+    warmed_prompt: int
+    setup: dict[str, Any]
+
+
 def validate(config: Config, base_dir: Path, device_name: str = "cuda",
-             max_kv_blocks: int | None = None, warmup: bool = True) -> Validation:
-    """Measure on the runtime, predict with the simulator, compare."""
+             max_kv_blocks: int | None = None, warmup: bool = True,
+             models: dict[tuple[Any, ...], Any] | None = None) -> Validation:
+    """Measure on the runtime, predict with the simulator, compare. `models` (a dict the
+    caller keeps) lets several validations of one model share its weights, compiled kernels
+    and graphs."""
     device = _device(device_name)
     arch, gpu = load_model(config.model), get_gpu(config.hardware.gpu)
     limits = engine_limits(config, arch, gpu)
@@ -62,16 +76,124 @@ def validate(config: Config, base_dir: Path, device_name: str = "cuda",
     workload = load_workload(config.workload, np.random.default_rng(config.seed), base_dir)
     check_fits(workload, limits, config)
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    model = RuntimeModel(arch, limits.total_blocks, limits.block_size, device, dtype, config.seed)
-    if warmup:
-        warm_up(model, limits, int(workload.num_prompt_tokens.max()))
-    measured = Runtime(model, make_policy(config, limits), limits).run(build_requests(workload, config))
-    predicted = simulate(build_requests(workload, config), make_policy(config, limits),
-                         build_cost_model(config, arch, gpu), limits, arch=arch)
+    key = (arch, limits, device, dtype, config.seed, config.engine.cuda_graph_max_tokens)
+    models = {} if models is None else models
+    loaded = models.get(key)
+    if loaded is None:
+        model = RuntimeModel(arch, limits.total_blocks, limits.block_size, device, dtype, config.seed)
+        loaded = models[key] = _Loaded(model, 0, {})
+    prompt = int(workload.num_prompt_tokens.max())
+    if prompt > loaded.warmed_prompt or not loaded.setup:
+        started = time.perf_counter()
+        if warmup:
+            warm_up(loaded.model, limits, prompt)
+        warmed = time.perf_counter()
+        graphs = loaded.model.capture_graphs(config.engine.cuda_graph_max_tokens)
+        loaded.warmed_prompt = prompt
+        loaded.setup = {"warm_up_s": round(warmed - started, 1), "graphs": graphs,
+                        "capture_s": round(time.perf_counter() - warmed, 1)}
+    model, setup = loaded.model, loaded.setup
+    runtime = Runtime(model, make_policy(config, limits), limits)
+    measured = runtime.run(build_requests(workload, config))
+    cost_model = build_cost_model(config, arch, gpu)
+    predicted = simulate(build_requests(workload, config), make_policy(config, limits), cost_model,
+                         limits, arch=arch)
     tables = [request_table(r.requests, config.slo.classes, config.slo.default) for r in (measured, predicted)]
     summaries = [summarize(r, t) for r, t in zip((measured, predicted), tables, strict=True)]
-    return Validation(_report(config, summaries[0], summaries[1], device, limits), tables[0],
-                      tables[1], _itl(measured.requests), _itl(predicted.requests))
+    steps = step_table(runtime.steps, cost_model)
+    report = {**_report(config, summaries[0], summaries[1], device, limits), "runtime_setup": setup,
+              "steps": step_errors(steps)}
+    return Validation(report, tables[0], tables[1], _itl(measured.requests),
+                      _itl(predicted.requests), steps)
+
+
+def repredict(config: Config, base_dir: Path, report: dict[str, Any], steps: pd.DataFrame,
+              measured_itl_s: np.ndarray) -> tuple[dict[str, Any], pd.DataFrame]:
+    """Predict again, on any machine, for a measurement already taken (a report and its step
+    table): the simulator with `config`'s cost model; the measured side is kept as it is."""
+    arch, gpu = load_model(config.model), get_gpu(config.hardware.gpu)
+    limits = dataclasses.replace(engine_limits(config, arch, gpu), total_blocks=report["kv_blocks"])
+    limits = dataclasses.replace(limits, watermark_blocks=int(config.engine.watermark * limits.total_blocks))
+    workload = load_workload(config.workload, np.random.default_rng(config.seed), base_dir)
+    cost_model = build_cost_model(config, arch, gpu)
+    predicted = simulate(build_requests(workload, config), make_policy(config, limits), cost_model,
+                         limits, arch=arch)
+    summary = summarize(predicted, request_table(predicted.requests, config.slo.classes, config.slo.default))
+    rows = {}
+    for key, row in report["metrics"].items():
+        m, p = row["measured"], float(summary[key])
+        rows[key] = {"measured": m, "predicted": p,
+                     "rel_error": (p - m) / m if m else (0.0 if p == 0 else float("inf"))}
+    inner = getattr(cost_model, "inner", cost_model)
+    shapes = step_shapes(steps)
+    steps = steps.assign(predicted_s=[cost_model.step_time(b) for b in shapes],
+                         predicted_gpu_s=[inner.step_time(b) for b in shapes])
+    new = {**report, "cost_model": config.cost_model.kind, "metrics": rows,
+           "completed_predicted": summary["completed"], "steps": step_errors(steps),
+           "predicted_again": {"cost_model": dataclasses.asdict(config.cost_model),
+                               "measured_itls": int(len(measured_itl_s))}}
+    return new, steps
+
+
+def step_table(steps: list[tuple[float, float, float, BatchShape]], cost_model: CostModel) -> pd.DataFrame:
+    """Every step the runtime ran, with its shape, its measured times and the cost model's
+    prediction for that same shape: busy = start to end (scheduling, inputs, GPU), gpu = inputs
+    ready to end, after = end to the next step's start (bookkeeping, or idling for arrivals)."""
+    inner = getattr(cost_model, "inner", cost_model)  # without the host-overhead wrapper
+    rows = []
+    for i, (start, ready, end, shape) in enumerate(steps):
+        after = steps[i + 1][0] - end if i + 1 < len(steps) else float("nan")
+        rows.append({
+            "start_s": start, "busy_s": end - start, "gpu_s": end - ready, "after_s": after,
+            "prefill_tokens": shape.num_prefill_tokens, "num_prefills": len(shape.prefill_tokens),
+            "prefix_tokens": sum(shape.prefill_prefix), "num_decodes": shape.num_decodes,
+            "chunks": " ".join(map(str, shape.prefill_tokens)),
+            "prefixes": " ".join(map(str, shape.prefill_prefix)), "num_logits": shape.num_logits,
+            "decode_context": shape.decode_context, "max_decode_context": shape.max_decode_context,
+            "layers": "-".join(map(str, shape.prefill_layers or ())),
+            "predicted_s": cost_model.step_time(shape), "predicted_gpu_s": inner.step_time(shape),
+        })
+    return pd.DataFrame(rows)
+
+
+def step_shapes(steps: pd.DataFrame) -> list[BatchShape]:
+    """The shapes of a step table back (to price them again with another cost model)."""
+    def ints(text: object) -> tuple[int, ...]:  # "512 100" (NaN or "" when empty)
+        return tuple(int(v) for v in text.replace("-", " ").split()) if isinstance(text, str) else ()
+
+    def layers(text: object) -> tuple[int, int] | None:
+        parts = ints(text)
+        return (parts[0], parts[1]) if len(parts) == 2 else None
+
+    counts = steps[["num_decodes", "decode_context", "max_decode_context", "num_logits"]].astype(int)
+    return [BatchShape(ints(chunks), ints(prefixes), int(d), int(ctx), int(max_ctx), int(logits),
+                       layers(group))
+            for chunks, prefixes, group, (d, ctx, max_ctx, logits) in zip(
+                steps.chunks, steps.prefixes, steps.layers, counts.itertuples(index=False), strict=True)]
+
+
+def step_errors(steps: pd.DataFrame) -> dict[str, Any]:
+    """Per-step accuracy, separate from queueing: the relative error of the predicted step time
+    against the measured busy time (and of the GPU-only prediction against the GPU span), by
+    kind of step: median, p90 and count."""
+    out: dict[str, Any] = {}
+    if steps.empty:
+        return out
+    kinds = {"decode_only": steps.prefill_tokens == 0, "with_prefill": steps.prefill_tokens > 0}
+    for kind, mask in kinds.items():
+        part = steps[mask]
+        if part.empty:
+            continue
+        busy = part.predicted_s / part.busy_s - 1
+        gpu = part.predicted_gpu_s / part.gpu_s - 1
+        out[kind] = {
+            "steps": int(len(part)), "median_busy_ms": 1e3 * float(part.busy_s.median()),
+            "median_error": float(busy.median()), "p90_abs_error": float(busy.abs().quantile(0.9)),
+            "median_gpu_error": float(gpu.median()), "median_host_ms":
+                1e3 * float((part.busy_s - part.gpu_s).median()),
+            "median_after_ms": 1e3 * float(part.after_s[part.after_s < 0.01].median()),
+        }
+    return out
 
 
 def _itl(requests: list[Any]) -> np.ndarray:
@@ -104,4 +226,12 @@ def report_markdown(report: dict[str, Any]) -> str:
     for key, row in report["metrics"].items():
         lines.append(f"| {key} | {row['measured']:.4g} | {row['predicted']:.4g} | "
                      f"{100 * row['rel_error']:+.1f}% |")
+    if report.get("steps"):
+        lines += ["", "Per step (same shape, measured vs predicted; queueing excluded):", "",
+                  "| steps | count | median busy ms | median error | p90 abs error | "
+                  "median GPU-only error | median host ms |", "|---|---:|---:|---:|---:|---:|---:|"]
+        for kind, row in report["steps"].items():
+            lines.append(f"| {kind} | {row['steps']} | {row['median_busy_ms']:.2f} | "
+                         f"{100 * row['median_error']:+.1f}% | {100 * row['p90_abs_error']:.1f}% | "
+                         f"{100 * row['median_gpu_error']:+.1f}% | {row['median_host_ms']:.2f} |")
     return "\n".join(lines) + "\n"

@@ -3,13 +3,14 @@ serve the same requests under the same policy, and the report compares every met
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pandas as pd
 
 from servesim.config import from_mapping
 from servesim.plots import plot_validation_cdf
-from servesim.validate import COMPARED, report_markdown, validate
+from servesim.validate import COMPARED, report_markdown, repredict, validate
 
 TINY = Path(__file__).parent.parent / "data" / "tiny" / "llama.json"
 
@@ -36,3 +37,14 @@ def test_validate_reports_every_metric(tmp_path: Path) -> None:
     points = pd.read_csv(tmp_path / "cdf.points.csv")
     assert set(points.series) == {"measured (runtime)", "predicted (simulator)"}
     assert len(points[points.panel == "itl"]) == 8
+    # The step table: one row per pass the runtime ran, priced again from its shape alone.
+    steps = out.steps
+    assert len(steps) >= 4 and (steps.busy_s >= steps.gpu_s).all() and (steps.gpu_s > 0).all()
+    assert steps.prefill_tokens.sum() == 9 + 5 + 17
+    assert set(report["steps"]) == {"decode_only", "with_prefill"}
+    steps.to_csv(tmp_path / "steps.csv", index=False)
+    read = pd.read_csv(tmp_path / "steps.csv", dtype={"chunks": str, "prefixes": str, "layers": str})
+    again, priced = repredict(config, tmp_path, report, read, out.measured_itl_s)
+    assert priced.predicted_s.tolist() == steps.predicted_s.tolist()
+    assert again["metrics"] == report["metrics"]
+    assert json.dumps(again["steps"]) == json.dumps(report["steps"])  # NaN-tolerant
