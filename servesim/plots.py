@@ -47,7 +47,7 @@ def series_colors(frame: pd.DataFrame) -> dict[str, tuple[float, float, float]]:
         variants = list(dict.fromkeys(frame.variant))
         cmap = plt.get_cmap("viridis")
         return {str(v): to_rgb(cmap(0.9 * i / max(len(variants) - 1, 1))) for i, v in enumerate(variants)}
-    for policy, group in frame.groupby("policy", sort=True):
+    for policy, group in frame.groupby("policy", sort=True, observed=True):
         variants = list(dict.fromkeys(group.variant))
         base = np.array(policy_color(str(policy), policies))
         for i, v in enumerate(variants):
@@ -133,7 +133,7 @@ def _frontier_by_policy(ax: Axes, frame: pd.DataFrame, x: str, y: str, maximize:
     """Each policy's points in its colour, its own frontier joined and ringed."""
     out = []
     policies = sorted(frame.policy.unique())
-    for policy, g in frame.groupby("policy", sort=True):
+    for policy, g in frame.groupby("policy", sort=True, observed=True):
         mask = pareto_mask(g[x].to_numpy(), g[y].to_numpy(), maximize)
         color = policy_color(str(policy), policies)
         knobs = sorted({k.split("=")[0] for v in g.variant for k in str(v).split(" ")[1:]})
@@ -179,7 +179,7 @@ def plot_pareto_throughput(results: pd.DataFrame, stem: Path, title: str = "") -
 
 def _lines(ax: Axes, frame: pd.DataFrame, x: str, y: str, panel: str) -> list[pd.DataFrame]:
     colors, out = series_colors(frame), []
-    for variant, g in frame.groupby("variant", sort=False):
+    for variant, g in frame.groupby("variant", sort=False, observed=True):
         g = g.sort_values(x)
         ax.plot(g[x], g[y], "o-", color=colors[str(variant)], label=str(variant), ms=3.5, lw=1.2)
         out.append(_points(g, x, y, panel, np.zeros(len(g), dtype=bool)))
@@ -231,7 +231,7 @@ def plot_slo_vs_scale(results: pd.DataFrame, stem: Path, title: str = "") -> lis
     """SLO attainment vs SLO scale (all targets multiplied), a panel per rate_scale swept
     over more than one SLO scale."""
     ok = results[(results.status == "ok") & (results.kind == "grid")]
-    scales = ok.groupby("rate_scale").slo_scale.nunique()
+    scales = ok.groupby("rate_scale", observed=True).slo_scale.nunique()
     rates = sorted(scales.index[scales > 1])
     fig, axes = _panels(len(rates))
     points = []
@@ -274,7 +274,7 @@ def _can_draw(kind: str, results: pd.DataFrame) -> str:
         return "no successful runs"
     if kind == "goodput_vs_rate" and ok.offered_request_rate.nunique() < 2:
         return "needs at least two rates"
-    if kind == "slo_vs_scale" and (ok.groupby("rate_scale").slo_scale.nunique() < 2).all():
+    if kind == "slo_vs_scale" and (ok.groupby("rate_scale", observed=True).slo_scale.nunique() < 2).all():
         return "needs a slo_scale axis"
     return ""
 

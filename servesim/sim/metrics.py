@@ -133,7 +133,7 @@ def _servesim_block(
     log = result.log
     busy = float(np.sum(np.asarray(log.end_s) - np.asarray(log.start_s)))
     per_class = {}
-    for cls, g in table.groupby("slo_class", sort=True):
+    for cls, g in table.groupby("slo_class", sort=True, observed=True):
         per_class[str(cls)] = {
             "requests": int(len(g)),
             "slo_attainment": float(g.slo_met.mean()),

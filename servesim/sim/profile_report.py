@@ -62,8 +62,8 @@ def _stats(errors: pd.Series) -> dict[str, float]:
 
 def report(model: ProfiledCostModel) -> dict[str, Any]:
     ops, iters = prediction_errors(model)
-    per_op = {str(op): _stats(g.error) for op, g in ops.groupby("op")}
-    per_kind = {str(k): _stats(g.error) for k, g in ops.groupby("kind")}
+    per_op = {str(op): _stats(g.error) for op, g in ops.groupby("op", observed=True)}
+    per_kind = {str(k): _stats(g.error) for k, g in ops.groupby("kind", observed=True)}
     overall, it = _stats(ops.error), _stats(iters.error)
     met = {"op_median": overall.get("median", 1.0) <= TARGETS["op_median"],
            "op_p95": overall.get("p95", 1.0) <= TARGETS["op_p95"],

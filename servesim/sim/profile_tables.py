@@ -93,10 +93,16 @@ class Grid:
         return total, outside
 
 
+def _rows(frame: pd.DataFrame, cols: list[str]) -> list[tuple[float, ...]]:
+    """Each row's values of `cols` (empty tuples for an operator without axes: one per row,
+    which `itertuples` over zero columns does not give on every pandas version)."""
+    return [tuple(map(float, v)) for v in frame[cols].to_numpy(float).reshape(len(frame), len(cols))]
+
+
 def _grid(frame: pd.DataFrame, cols: list[str], value: np.ndarray) -> tuple[list[list[float]], np.ndarray]:
     axes = [sorted(set(frame[c].astype(float))) for c in cols]
     cube = np.full([len(a) for a in axes], np.nan)
-    for row, v in zip(frame[cols].astype(float).itertuples(index=False), value, strict=True):
+    for row, v in zip(_rows(frame, cols), value, strict=True):
         cube[tuple(a.index(x) for a, x in zip(axes, row, strict=True))] = v
     return axes, cube
 
@@ -107,7 +113,7 @@ class OpTable:
     def __init__(self, op: str, rows: pd.DataFrame) -> None:
         self.op = op
         cols = ["a", "b", "c"][: len(OP_AXES[op])]
-        xs = [tuple(r) for r in rows[cols].astype(float).itertuples(index=False)]
+        xs = _rows(rows, cols)
         seconds = rows.median_us.to_numpy(float) * 1e-6
         features = np.array([_features(op, x) for x in xs])
         self.coef = np.maximum(np.linalg.lstsq(features, seconds, rcond=None)[0], 0.0)
@@ -171,7 +177,7 @@ class RatioTable:
 
     def __init__(self, op: str, rows: pd.DataFrame, full: OpTable, num_sms: int) -> None:
         cols = ["a", "b", "c"][: len(OP_AXES[op])]
-        xs = [tuple(r) for r in rows[cols].astype(float).itertuples(index=False)]
+        xs = _rows(rows, cols)
         ratio = rows.median_us.to_numpy(float) * 1e-6 / np.array([full.seconds(x)[0] for x in xs])
         whole = rows.drop_duplicates(cols).assign(sms=num_sms)
         frame = pd.concat([rows.assign(ratio=ratio), whole.assign(ratio=1.0)], ignore_index=True)
@@ -192,8 +198,8 @@ class RatioTable:
 def contention_curves(frame: pd.DataFrame) -> dict[tuple[str, str], tuple[list[float], list[float]]]:
     """(target class, co-runner class) -> (target SMs, median slowdown at each)."""
     out = {}
-    for (target, corunner), rows in frame.groupby(["op", "corunner"]):
-        by_sms = rows.groupby("sms").slowdown.median().sort_index()
+    for (target, corunner), rows in frame.groupby(["op", "corunner"], observed=True):
+        by_sms = rows.groupby("sms", observed=True).slowdown.median().sort_index()
         out[(str(target), str(corunner))] = ([float(s) for s in by_sms.index], by_sms.tolist())
     return out
 
@@ -220,10 +226,10 @@ class Profile:
         if "ops" not in self.tables:
             raise InputError(f"{path}: ops.parquet is missing")
         ops = self.tables["ops"].dropna(subset=["median_us"])
-        self.ops = {str(op): OpTable(str(op), rows) for op, rows in ops.groupby("op")}
+        self.ops = {str(op): OpTable(str(op), rows) for op, rows in ops.groupby("op", observed=True)}
         shares = self.tables.get("sm_shares", pd.DataFrame(columns=TABLES["sm_shares"]))
         self.ratios = {str(op): RatioTable(str(op), rows, self.ops[str(op)], gpu.num_sms)
-                       for op, rows in shares.dropna(subset=["median_us"]).groupby("op") if op in self.ops}
+                       for op, rows in shares.dropna(subset=["median_us"]).groupby("op", observed=True) if op in self.ops}
         corun = self.tables.get("contention", pd.DataFrame(columns=TABLES["contention"]))
         self.contention = contention_curves(corun.dropna(subset=["slowdown"]))
         self.gaps = sum(t.gaps for t in self.ops.values())
