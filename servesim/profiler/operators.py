@@ -107,6 +107,10 @@ class OperatorFactory:
         """Block tables [seqs, max blocks] over distinct pool blocks, shifted per copy."""
         need = [math.ceil(t / PAGE) for t in tokens]
         width = max(need)
+        if sum(need) > self.kv_blocks:
+            # The table would index past the pool: an illegal address on the GPU, not an error.
+            raise ValueError(f"{sum(need)} KV blocks needed but the pool has {self.kv_blocks}; "
+                             f"size the factory's kv_tokens from every operator it builds")
         base = (copy * sum(need)) % max(1, self.kv_blocks - sum(need))
         table = torch.zeros(seqs, width, dtype=torch.int32)
         start = base

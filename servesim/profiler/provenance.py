@@ -78,6 +78,6 @@ def meta(arch: ModelArch, mode: str, device: torch.device, commit: str, partitio
         "tables": {name: len(frame) for name, frame in tables.items()},
         "partition_method": partitions.method,
         "timing": "CUDA events around CUDA-graph replays of G calls (own weights/KV each), "
-                  "L2 flushed (256 MB memset) before each replay of weight/KV-streaming ops, "
+                  "L2 flushed (256 MB read) before each replay of weight/KV-streaming ops, "
                   "a spin kernel hides host launch time; median with p20/p80 of >= 5 replays",
     }

@@ -67,7 +67,7 @@ class ModelProfiler:
         started = time.perf_counter()
         grid_id = f"{self.arch.name}|{self.mode}|{self.gpu}|{SCHEMA_VERSION}|validate={self.validate}"
         journal = Journal(self.out_dir, grid_id)
-        kv_need = max(kv_tokens((p.op, p.a, p.b, p.c, None)) for p in self.points + self.held_out)
+        kv_need = max(kv_tokens(spec) for spec in self.specs())  # co-runners' KV included
         factory = OperatorFactory(self.arch, self.device, kv_need)
         measurer = Measurer(factory, self.timer, self.partitions, SPECS[self.mode].split_sms,
                             targets=contention_targets(self.arch, self.mode),

@@ -3,10 +3,20 @@
 Method (research/kernels.md §5, METHOD.md): run once to compile and warm up; estimate; capture
 G calls into one CUDA graph, G chosen so a replay lasts >= ~150 us (G = 1 for longer
 operators), each call with its own weights/KV copy so none is warm in L2; before each timed
-replay flush L2 (a 256 MB memset) for weight- and KV-streaming operators, then a spin kernel of
+replay flush L2 (a 256 MB read) for weight- and KV-streaming operators, then a spin kernel of
 ~50 us + host time so that the host's launch never shows up as idle GPU time; the time of one
 call is the replay's event interval / G. Graph capture failures fall back to eager launches
 (method 'eager'). On the CPU (TRITON_INTERPRET=1 dry runs) the host clock times eager calls.
+
+The flush reads, it does not write: after a memset L2 is full of dirty lines, and the timed
+operator's first loads pay for writing them back to HBM (up to the L2 size, ~60 MB, per
+replay), which a pass never does (the previous operator's lines are mostly clean weights).
+That write-back made small decode operators look ~10-25 % slower than inside a real pass.
+
+A captured graph holds raw device pointers, not tensors: `Prepared` keeps the calls (and so
+every tensor they bind: outputs, block tables, activations) alive as long as the graph. Without
+that, the co-runner's allocations and the `empty_cache()` inside its `torch.cuda.graph` capture
+reuse or unmap the target's buffers before the target replays (issue 4: illegal addresses).
 """
 
 from __future__ import annotations
@@ -52,6 +62,8 @@ class Prepared:
     copies: int
     estimate_us: float
     method: str
+    calls: list[Call]
+    """The G calls; holding them keeps the tensors a captured graph reads and writes alive."""
     graph: Any = None
 
 
@@ -64,7 +76,8 @@ class Timer:
         self.cuda = device.type == "cuda"
         self.target_us, self.min_reps, self.max_reps = target_us, min_reps, max_reps
         self.graphs = graphs and self.cuda
-        self._flush = torch.empty(_FLUSH_BYTES, dtype=torch.int8, device=device) if self.cuda else None
+        self._flush = torch.ones(_FLUSH_BYTES // 4, dtype=torch.float32, device=device) if self.cuda else None
+        self._flush_out = torch.zeros((), dtype=torch.float32, device=device) if self.cuda else None
 
     def sync(self) -> None:
         if self.cuda:
@@ -81,7 +94,11 @@ class Timer:
 
     def prepare(self, build: Builder, stream: Any = None, graph: bool = True) -> Prepared:
         """Warm up (compile), estimate one call, then capture G calls in a graph."""
+        # Inputs are made on the current stream; a partition's stream (non-blocking, in another
+        # context) does not wait for it, so sync before it reads them (indices from randperm,
+        # top-k or moe_align included).
         first = build(1)
+        self.sync()
         with self.on(stream):
             first[0]()
             self.sync()
@@ -89,6 +106,7 @@ class Timer:
         copies = 1 if estimate_us >= _SMALL_US else min(_MAX_COPIES, math.ceil(_SMALL_US / max(estimate_us, 1.0)))
         calls = build(copies) if copies > 1 else first
         if copies > 1:
+            self.sync()
             with self.on(stream):
                 for call in calls[1:]:
                     call()
@@ -96,9 +114,9 @@ class Timer:
         if graph and self.graphs:
             captured = self._capture(calls, stream)
             if captured is not None:
-                return Prepared(captured.replay, len(calls), estimate_us, "graph", captured)
+                return Prepared(captured.replay, len(calls), estimate_us, "graph", calls, captured)
         return Prepared(lambda: [c() for c in calls], len(calls), estimate_us,
-                        "eager" if self.cuda else "cpu")
+                        "eager" if self.cuda else "cpu", calls)
 
     def _once(self, calls: list[Call]) -> float:
         if not self.cuda:
@@ -139,7 +157,7 @@ class Timer:
                 pairs.append((start, time.perf_counter()))
                 continue
             if flush and self._flush is not None:
-                self._flush.zero_()
+                torch.sum(self._flush, dim=0, out=self._flush_out)  # a read: leaves L2 clean
             host_us = 50.0 if prepared.method == "graph" else 50.0 + 80.0 * prepared.copies
             torch.cuda._sleep(int(host_us * 1e-6 * _CLOCK_HZ))
             begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)

@@ -18,7 +18,7 @@ pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a C
 @pytest.fixture(scope="module")
 def parts() -> tuple[OperatorFactory, Timer, Partitions]:
     device = torch.device("cuda")
-    return (OperatorFactory(load_model("llama-3.1-8b"), device, kv_tokens=1 << 18),
+    return (OperatorFactory(load_model("llama-3.1-8b"), device, kv_tokens=1 << 20),
             Timer(device, target_us=1000.0), Partitions(device))
 
 
