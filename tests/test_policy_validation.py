@@ -176,18 +176,21 @@ def shifting_trace(tmp_path: Path) -> dict[str, Any]:
     return {"trace": str(tmp_path / "shift.csv")}
 
 
-def test_v17_adaptive_split_beats_the_even_static_split(shifting_trace: dict[str, Any]) -> None:
-    # Measured SLO attainment: adaptive 0.873; static prefill SMs 32: 0.003, 48: 0.378,
-    # 64: 0.827, 80: 0.962, 96: 0.937, 112: 0.327. Adaptive beats the even split and the mean
-    # static split, not the best one in hindsight (80), which the paper's claim would need.
+def test_v17_adaptive_split_beats_every_static_split(shifting_trace: dict[str, Any]) -> None:
+    # Measured SLO attainment: adaptive 0.982 (159 repartitions); static prefill SMs 32: 0.003,
+    # 48: 0.378, 64: 0.827, 80: 0.962, 96: 0.937, 112: 0.327 (and 88, off this list: 0.980).
+    # Phase 1 (long prompts) is best at 104 (0.985 of its requests), phase 2 (long outputs) at
+    # 72-88 (1.0); adaptive holds 88 while both phases run (decode saturates HBM at 48 SMs, so
+    # beta = 1.1 allows 44) and gives prefill 120 whenever nothing decodes. Hysteresis 40:
+    # 0.980 with 4 repartitions.
     slo = {"ttft_s": 1.0, "tbt_s": 0.025}
     adaptive = sim({"name": "nexus"}, shifting_trace, slo=slo).summary
     statics = [sim({"name": "nexus", "adaptive": False, "initial_prefill_sms": s}, shifting_trace,
-                   slo=slo).summary["slo_attainment"] for s in (32, 64, 96)]
-    assert adaptive["slo_attainment"] > statics[1]
-    assert adaptive["slo_attainment"] > float(np.mean(statics))
+                   slo=slo).summary["slo_attainment"] for s in range(32, 113, 16)]
+    assert adaptive["slo_attainment"] > max(statics), (adaptive["slo_attainment"], statics)
     calm = sim({"name": "nexus", "hysteresis_sms": 40}, shifting_trace, slo=slo).summary
     assert calm["repartitions"] < adaptive["repartitions"]
+    assert calm["slo_attainment"] > adaptive["slo_attainment"] - 0.01  # fewer switches, same latency
 
 
 def test_v18_mixed_iterations_are_much_slower_than_decode_only() -> None:

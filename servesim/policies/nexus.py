@@ -5,8 +5,12 @@ Prefill partition: shortest-prompt-first with aging (score = remaining tokens - 
 waited), greedily filled up to `token_budget`; decode partition: every running decode, FCFS. The
 controller picks the prefill share: below `kv_switch` KV usage it favours prefill (largest
 prefill share whose decode slowdown stays within `beta` of decode on all SMs), above it favours
-decode (within `alpha` for prefill); shares move in the hardware's 8-SM steps and change only by
-more than `hysteresis_sms` (policies.md §6; the paper gives no hysteresis value).
+decode (within `alpha` for prefill). An empty phase costs nothing, so the other one then gets
+every SM but the minimum partition. The prefill share is a multiple of the hardware's 8-SM step
+and moves only by more than `hysteresis_sms` (policies.md §6; the paper gives no value), unless
+the current split breaks the bound: the buffer damps oscillation, it never keeps a split that
+slows the other phase past `beta` or `alpha`. The executor asks every `tick_s` and before each
+prefill batch, when the requests that prefill just finished join the decode batch.
 """
 
 from __future__ import annotations
@@ -32,8 +36,8 @@ class NexusParams(PolicyParams):
     kv_switch: float = knob(0.7, "KV usage above which the controller favours decode")
     beta: float = knob(1.1, "prefill-first: allowed decode slowdown vs decode on all SMs")
     alpha: float = knob(1.3, "decode-first: allowed prefill slowdown vs prefill on all SMs")
-    hysteresis_sms: int = knob(8, "apply a new split only if it moves more SMs than this")
-    tick_s: float = knob(0.05, "controller period (s)")
+    hysteresis_sms: int = knob(8, "apply a new split only if it moves more SMs than this (or the bound is broken)")
+    tick_s: float = knob(0.05, "controller period (s); it also runs before each prefill batch")
 
     def __post_init__(self) -> None:
         if self.token_budget < 1 or self.max_num_seqs < 1 or self.tick_s <= 0:
@@ -86,29 +90,30 @@ class Nexus(Policy):
         return batch
 
     def split(self, view: ServingView, prefill_sms: int) -> int:
-        """The controller: the prefill partition's SMs for the next period."""
-        p, total = self.params, self.limits.num_sms
-        if not p.adaptive or self.predict is None:
+        """The controller: the prefill partition's SMs for the next period, a multiple of the
+        hardware's SM step (the partition sizes a static split can have too)."""
+        p, total, step, predict = self.params, self.limits.num_sms, self.sm_step, self.predict
+        if not p.adaptive or predict is None:
             return prefill_sms
-        low, high = self.sm_step, total - self.sm_step
-        decoding = [r for r in view.running if not r.in_prefill]
-        ctx = [r.num_computed_tokens + 1 for r in decoding]
+        low, high = step, (total - step) // step * step
+        batch = self.prefill_batch(view)
+        ctx = [r.decode_context for r in view.running if not r.in_prefill]
         decode = BatchShape(num_decodes=len(ctx), decode_context=sum(ctx),
                             max_decode_context=max(ctx, default=0), num_logits=len(ctx))
-        batch = self.prefill_batch(view)
         prefill = BatchShape(tuple(n for _, n in batch), tuple(r.num_computed_tokens for r, _ in batch),
                              num_logits=len(batch))
-        if decode.is_empty or prefill.is_empty:
-            return high if decode.is_empty and not prefill.is_empty else prefill_sms
-        used = 1.0 - view.free_blocks / max(self.limits.total_blocks, 1)
-        prefill_first = used < p.kv_switch
+        prefill_first = 1.0 - view.free_blocks / max(self.limits.total_blocks, 1) < p.kv_switch
         other, slack = (decode, p.beta) if prefill_first else (prefill, p.alpha)
-        budget = slack * self.predict(other, total)
-        share = prefill_sms if prefill_first else total - prefill_sms  # the favoured phase's SMs
-        while share > low and self.predict(other, total - share) > budget:
-            share -= self.sm_step
-        while share + self.sm_step <= high and self.predict(other, total - share - self.sm_step) <= budget:
-            share += self.sm_step
-        new = share if prefill_first else total - share
-        new = min(max(new, low), high)
-        return new if abs(new - prefill_sms) > p.hysteresis_sms else prefill_sms
+        budget = slack * predict(other, total)
+        grow = step if prefill_first else -step  # the move that gives the favoured phase more SMs
+
+        def within(sms: int) -> bool:  # the other phase's slowdown bound, at prefill share sms
+            return low <= sms <= high and predict(other, total - sms if prefill_first else sms) <= budget
+
+        new = min(max(prefill_sms // step * step, low), high)
+        while not within(new) and low <= new - grow <= high:
+            new -= grow
+        while within(new + grow):
+            new += grow
+        # Hysteresis damps moves towards a better split; a split that breaks the bound always moves.
+        return new if abs(new - prefill_sms) > p.hysteresis_sms or not within(prefill_sms) else prefill_sms

@@ -1,8 +1,9 @@
 """Two executors on disjoint SM partitions of one GPU (Nexus): one runs prefill batches, the
 other decode batches, over one shared serving state and KV pool. Each iteration is timed at its
 partition's SMs and slowed by what the other partition is running at its start (the cost
-model's contention). A controller process re-splits the SMs every tick; a new split takes
-effect at each executor's next iteration (asynchronous, as the paper's switch)."""
+model's contention). The policy's controller re-splits the SMs every tick and before each
+prefill batch (the moment prefill decides which requests it hands to decode next); a new split
+takes effect at each executor's next iteration (asynchronous, as the paper's switch)."""
 
 from __future__ import annotations
 
@@ -22,6 +23,8 @@ class PhaseExecutor(Executor):
         self.phase = phase
         self.sibling: PhaseExecutor | None = None
         self.fast_forward = False
+        self.splits: list[tuple[float, int]] | None = None
+        """On the prefill partition once `controller` runs: (time, prefill SMs) of each split."""
 
     def corunner(self) -> Corunner | None:
         other = self.sibling
@@ -32,21 +35,32 @@ class PhaseExecutor(Executor):
     def next_step(self) -> Step:
         policy = self.policy
         assert isinstance(policy, Nexus)
+        if self.splits is not None:
+            self.resplit()
         return policy.schedule_phase(self.state.view(self.env.now), self.phase)
 
     def after_step(self) -> None:
         if self.sibling is not None:  # new decodes, or freed KV, for the other side
             self.sibling.notify()
 
+    def resplit(self) -> None:
+        """Ask the policy's controller for the prefill share (self is the prefill partition);
+        apply it to both partitions and record it if it moved."""
+        policy, decode = self.policy, self.sibling
+        assert isinstance(policy, Nexus) and decode is not None and self.splits is not None
+        assert self.sms is not None
+        new = policy.split(self.state.view(self.env.now), self.sms)
+        if new != self.sms:
+            self.sms, decode.sms = new, policy.limits.num_sms - new
+            self.splits.append((self.env.now, new))
+
 
 def controller(env: Any, policy: Nexus, prefill: PhaseExecutor, decode: PhaseExecutor,
                splits: list[tuple[float, int]]) -> Proc:
-    """Re-split the SMs every tick until every request is done."""
-    total = policy.limits.num_sms
+    """Re-split the SMs every tick until every request is done (and, from now on, before each
+    prefill batch)."""
+    assert prefill.sibling is decode
+    prefill.splits = splits
     while prefill.state.num_done < prefill.num_requests:
         yield env.timeout(policy.params.tick_s)
-        assert prefill.sms is not None
-        new = policy.split(prefill.state.view(env.now), prefill.sms)
-        if new != prefill.sms:
-            prefill.sms, decode.sms = new, total - new
-            splits.append((env.now, new))
+        prefill.resplit()
