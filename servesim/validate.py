@@ -101,8 +101,14 @@ def validate(config: Config, base_dir: Path, device_name: str = "cuda",
     tables = [request_table(r.requests, config.slo.classes, config.slo.default) for r in (measured, predicted)]
     summaries = [summarize(r, t) for r, t in zip((measured, predicted), tables, strict=True)]
     steps = step_table(runtime.steps, cost_model)
+    pauses = np.array([s for _, s in runtime.gc_pauses])
+    host = steps.busy_s - steps.gpu_s if len(steps) else pd.Series(dtype=float)
+    health = {"gc_collections": len(pauses), "gc_max_ms": 1e3 * float(pauses.max(initial=0.0)),
+              "gc_total_ms": 1e3 * float(pauses.sum()), "steps_host_over_5ms": int((host > 0.005).sum()),
+              "alloc_retries": int(torch.cuda.memory_stats(device).get("num_alloc_retries", 0))
+              if device.type == "cuda" else 0}
     report = {**_report(config, summaries[0], summaries[1], device, limits), "runtime_setup": setup,
-              "steps": step_errors(steps)}
+              "runtime_health": health, "steps": step_errors(steps)}
     return Validation(report, tables[0], tables[1], _itl(measured.requests),
                       _itl(predicted.requests), steps)
 
@@ -226,6 +232,11 @@ def report_markdown(report: dict[str, Any]) -> str:
     for key, row in report["metrics"].items():
         lines.append(f"| {key} | {row['measured']:.4g} | {row['predicted']:.4g} | "
                      f"{100 * row['rel_error']:+.1f}% |")
+    if report.get("runtime_health"):
+        h = report["runtime_health"]
+        lines += ["", f"runtime: {h['gc_collections']} GC collections (max {h['gc_max_ms']:.1f} ms), "
+                  f"{h['steps_host_over_5ms']} steps with > 5 ms of host time, "
+                  f"{h['alloc_retries']} allocator retries"]
     if report.get("steps"):
         lines += ["", "Per step (same shape, measured vs predicted; queueing excluded):", "",
                   "| steps | count | median busy ms | median error | p90 abs error | "

@@ -14,6 +14,7 @@ SM-partitioned policies (Nexus) are not supported yet.
 
 from __future__ import annotations
 
+import gc
 import time
 from collections.abc import Generator, Sequence
 from typing import Any
@@ -46,6 +47,8 @@ class Runtime:
         self.pending: list[Request] = []
         self.next_arrival = 0  # index into pending
         self.t0 = 0.0
+        self.gc_pauses: list[tuple[int, float]] = []
+        self._gc_started = 0.0
         self.steps: list[tuple[float, float, float, BatchShape]] = []
         """Each executed step: (start, inputs ready, end, shape). `start` is the scheduling
         point; from `inputs ready` (plan built, first launch next) to `end` the GPU works."""
@@ -59,6 +62,26 @@ class Runtime:
         return self.now()
 
     def run(self, requests: Sequence[Request]) -> SimResult:
+        """Serve `requests` in real time. Objects alive at the start (the model, torch, Triton)
+        are frozen out of the garbage collector, as vLLM does at startup: a full collection over
+        them costs tens of milliseconds, which would land inside a measured step."""
+        gc.collect()
+        gc.freeze()
+        gc.callbacks.append(self._time_gc)
+        try:
+            return self._serve(requests)
+        finally:
+            gc.callbacks.remove(self._time_gc)
+            gc.unfreeze()
+
+    def _time_gc(self, phase: str, info: dict[str, int]) -> None:
+        """Record each collection's pause (generation, seconds) while serving."""
+        if phase == "start":
+            self._gc_started = time.perf_counter()
+        else:
+            self.gc_pauses.append((info["generation"], time.perf_counter() - self._gc_started))
+
+    def _serve(self, requests: Sequence[Request]) -> SimResult:
         state = self.state
         pending = self.pending = list(requests)
         self.t0 = time.perf_counter()
