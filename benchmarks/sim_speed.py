@@ -1,8 +1,8 @@
 """Simulator speed: simulated seconds per wall-clock second and peak RSS on the whole Azure
 conversation trace (19,366 requests over 3,502 s), Llama-3.1-8B / H200 / sarathi (budget 512),
-roofline cost model. Prints one JSON line; `--out FILE` also writes it.
+roofline or the shipped H200 profile. Prints one JSON line; `--out FILE` also writes it.
 
-    python benchmarks/sim_speed.py [--policy sarathi] [--repeat 3] [--out FILE]
+    python benchmarks/sim_speed.py [--policy sarathi] [--cost-model roofline|profile] [--repeat 3] [--out FILE]
 """
 
 from __future__ import annotations
@@ -20,10 +20,10 @@ from servesim.config import from_mapping
 from servesim.runner import run
 
 
-def measure(policy: str, repeat: int) -> dict[str, object]:
+def measure(policy: str, repeat: int, cost_model: str = "roofline") -> dict[str, object]:
     raw = {
         "model": "llama-3.1-8b",
-        "cost_model": {"kind": "roofline"},
+        "cost_model": {"kind": cost_model},
         "workload": {"trace": "azure_conv"},
         "policy": {"name": policy, **({"token_budget": 512} if policy == "sarathi" else {})},
     }
@@ -42,6 +42,7 @@ def measure(policy: str, repeat: int) -> dict[str, object]:
         "benchmark": "sim_speed",
         "trace": "azure_conv (19,366 requests)",
         "policy": policy,
+        "cost_model": cost_model,
         "requests": out.summary["num_requests"],
         "completed": out.summary["completed"],
         "iterations": out.summary["num_iterations"],
@@ -61,9 +62,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--policy", default="sarathi")
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--cost-model", default="roofline", choices=["roofline", "profile"])
     parser.add_argument("--out")
     args = parser.parse_args()
-    result = measure(args.policy, args.repeat)
+    result = measure(args.policy, args.repeat, args.cost_model)
     line = json.dumps(result)
     print(line)
     if args.out:

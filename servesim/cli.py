@@ -27,6 +27,8 @@ from servesim.sim.trace_export import chrome_trace
 from servesim.sweep import SweepInterrupted, load_sweep, read_plot_specs, run_sweep
 
 SUMMARY_ROWS = (
+    ("cost model", lambda s: f"{s['cost_model']} ({s['cost_model_extrapolations']} lookups off the profile grid)"
+     if s["cost_model"] == "profile" else s["cost_model"]),
     ("completed / rejected", lambda s: f"{s['completed']} / {s['failed']}"),
     ("duration (s)", lambda s: f"{s['duration']:.1f}"),
     ("request throughput (req/s)", lambda s: f"{s['request_throughput']:.3f}"),

@@ -44,7 +44,9 @@ class HardwareConfig(DictConfig):
 
 @dataclass(frozen=True)
 class CostModelConfig(DictConfig):
-    kind: Literal["roofline", "constant", "profile"] = _help("roofline", "how iteration time is predicted")
+    kind: Literal["auto", "roofline", "constant", "profile"] = _help(
+        "auto", "how iteration time is predicted; auto: the profile shipped for (gpu, model) when "
+        "there is one (servesim models lists them), else roofline")
     profile: str | None = _help(None, "profile directory for kind=profile; None = the shipped one")
     fixed_s: float = _help(0.0, "constant model: seconds per iteration")
     per_prefill_token_s: float = _help(0.0, "constant model: seconds per prefill token")

@@ -23,6 +23,7 @@ from servesim.sim.hardware import GpuSpec, get_gpu
 from servesim.sim.host_overhead import HostOverheadCostModel
 from servesim.sim.kv_cache import num_kv_blocks
 from servesim.sim.metrics import request_table, summarize
+from servesim.sim.profile_tables import shipped_profiles
 from servesim.sim.profiled import ProfiledCostModel
 from servesim.traces import load_workload
 
@@ -52,6 +53,15 @@ def engine_limits(config: Config, arch: ModelArch, gpu: GpuSpec) -> EngineLimits
     )
 
 
+def resolved_kind(config: Config, arch: ModelArch, gpu: GpuSpec) -> str:
+    """The cost model `kind` stands for: `auto` is the shipped profile of (gpu, model) when the
+    package has one (or the profile directory the config names), else the roofline."""
+    cm = config.cost_model
+    if cm.kind != "auto":
+        return cm.kind
+    return "profile" if cm.profile is not None or (gpu.name, arch.name) in shipped_profiles() else "roofline"
+
+
 def build_cost_model(config: Config, arch: ModelArch, gpu: GpuSpec) -> CostModel:
     cm = config.cost_model
     if cm.kind == "constant":
@@ -60,7 +70,7 @@ def build_cost_model(config: Config, arch: ModelArch, gpu: GpuSpec) -> CostModel
             per_decode_s=cm.per_decode_s, per_context_token_s=cm.per_context_token_s,
             per_chunk_s=cm.per_chunk_s,
         )
-    elif cm.kind == "profile":
+    elif resolved_kind(config, arch, gpu) == "profile":
         model = ProfiledCostModel(arch, gpu, cm.profile)
     else:
         model = make_cost_model(cm.kind, arch, gpu)
@@ -124,6 +134,7 @@ def run(config: Config, base_dir: Path | None = None) -> RunOutput:
     result = simulate(requests, make_policy(config, limits), cost_model, limits, arch=arch)
     table = request_table(result.requests, config.slo.classes, config.slo.default)
     summary = summarize(result, table)
+    summary["cost_model"] = resolved_kind(config, arch, gpu)
     # Lookups outside a profile's grid (ProfiledCostModel counts them; never silent).
     profiled = getattr(cost_model, "inner", cost_model)
     if hasattr(profiled, "extrapolated"):

@@ -21,6 +21,12 @@ from servesim.sim.hardware import get_gpu
 
 def sim(policy: dict[str, Any], workload: dict[str, Any], model: str = "llama-3.1-8b",
         **sections: Any) -> RunOutput:
+    """These cases reproduce the papers' effects on the H200 roofline (the hardware the papers
+    reason about), not on servesim's own kernels: the shipped profiles, the default cost model,
+    describe those, whose slower prefill attention and SM scaling change some outcomes (V10's
+    chunked prefill pays more for re-reading long prefixes; decode keeps gaining from SMs past
+    48, which V16's beta-bounded Nexus split then hands to decode)."""
+    sections = {"cost_model": {"kind": "roofline"}, **sections}
     return run(from_mapping({"model": model, "workload": workload, "policy": policy, "seed": 1,
                              **sections}, "validation"))
 

@@ -12,6 +12,7 @@ per shape and cached, so a decode step costs a few dict lookups and two interpol
 
 from __future__ import annotations
 
+import bisect
 from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import NamedTuple
@@ -187,7 +188,13 @@ class ProfiledCostModel:
         contexts, skews, values = curves
         if not contexts[0] <= mean <= contexts[-1] or max_ctx > skews[-1] * mean:
             return None
-        at = [lerp(contexts, row, mean) for row in values]
+        # One bisection for every skew row (they share the context axis).
+        j = min(bisect.bisect_right(contexts, mean) - 1, len(contexts) - 2) if len(contexts) > 1 else 0
+        if len(contexts) > 1:
+            w = (mean - contexts[j]) / (contexts[j + 1] - contexts[j])
+            at = [row[j] + (row[j + 1] - row[j]) * w for row in values]
+        else:
+            at = [row[0] for row in values]
         return lerp(skews, at, max_ctx / mean) if len(skews) > 1 else at[0]
 
     def _decode_curves(self, n: int, sms: int) -> _Curves | None:
