@@ -63,17 +63,17 @@ def resolved_kind(config: Config, arch: ModelArch, gpu: GpuSpec) -> str:
 
 
 def build_cost_model(config: Config, arch: ModelArch, gpu: GpuSpec) -> CostModel:
-    cm = config.cost_model
-    if cm.kind == "constant":
+    cm, kind = config.cost_model, resolved_kind(config, arch, gpu)
+    if kind == "constant":
         model = make_cost_model(
             "constant", arch, gpu, fixed_s=cm.fixed_s, per_prefill_token_s=cm.per_prefill_token_s,
             per_decode_s=cm.per_decode_s, per_context_token_s=cm.per_context_token_s,
             per_chunk_s=cm.per_chunk_s,
         )
-    elif resolved_kind(config, arch, gpu) == "profile":
+    elif kind == "profile":
         model = ProfiledCostModel(arch, gpu, cm.profile)
     else:
-        model = make_cost_model(cm.kind, arch, gpu)
+        model = make_cost_model(kind, arch, gpu)
     if cm.host_launch_us or cm.host_step_us or cm.host_per_seq_us or cm.host_check_us:
         return HostOverheadCostModel(model, arch, cm.host_launch_us * 1e-6, cm.host_step_us * 1e-6,
                                      config.engine.cuda_graph_max_tokens, gpu.num_sms,

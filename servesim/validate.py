@@ -22,7 +22,14 @@ from servesim.errors import InputError
 from servesim.models.arch import load_model
 from servesim.models.shapes import BatchShape
 from servesim.policies.base import EngineLimits
-from servesim.runner import build_cost_model, build_requests, check_fits, engine_limits, make_policy
+from servesim.runner import (
+    build_cost_model,
+    build_requests,
+    check_fits,
+    engine_limits,
+    make_policy,
+    resolved_kind,
+)
 from servesim.runtime.engine import Runtime
 from servesim.runtime.model import RuntimeModel
 from servesim.runtime.warmup import warm_up
@@ -134,7 +141,7 @@ def repredict(config: Config, base_dir: Path, report: dict[str, Any], steps: pd.
     shapes = step_shapes(steps)
     steps = steps.assign(predicted_s=[cost_model.step_time(b) for b in shapes],
                          predicted_gpu_s=[inner.step_time(b) for b in shapes])
-    new = {**report, "cost_model": config.cost_model.kind, "metrics": rows,
+    new = {**report, "cost_model": resolved_kind(config, arch, gpu), "metrics": rows,
            "completed_predicted": summary["completed"], "steps": step_errors(steps),
            "predicted_again": {"cost_model": dataclasses.asdict(config.cost_model),
                                "measured_itls": int(len(measured_itl_s))}}
@@ -217,7 +224,8 @@ def _report(config: Config, measured: dict[str, Any], predicted: dict[str, Any],
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu (interpreter)"
     return {
         "policy": config.policy.name, "model": config.model, "device": name,
-        "cost_model": config.cost_model.kind, "kv_blocks": limits.total_blocks,
+        "cost_model": resolved_kind(config, load_model(config.model), get_gpu(config.hardware.gpu)),
+        "kv_blocks": limits.total_blocks,
         "requests": measured["num_requests"], "completed_measured": measured["completed"],
         "completed_predicted": predicted["completed"], "metrics": rows,
         "torch": torch.__version__,

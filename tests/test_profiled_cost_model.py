@@ -157,3 +157,19 @@ def test_runner_reports_extrapolations_with_the_profile_model() -> None:
            "cost_model": {"kind": "profile"}}
     summary = run(from_mapping(raw, "profiled")).summary
     assert summary["completed"] == 30 and summary["cost_model_extrapolations"] >= 0
+
+
+def test_auto_uses_the_shipped_profile_where_there_is_one_and_says_so() -> None:
+    work = {"synthetic": {"arrival": "poisson", "rate_rps": 2.0, "prompt": {"dist": "fixed", "value": 300},
+                          "output": {"dist": "fixed", "value": 20}}, "max_requests": 20}
+    tiny = str(Path(__file__).parent / "data" / "tiny" / "llama.json")
+    shipped = run(from_mapping({"model": "llama-3.1-8b", "workload": work}, "auto"))
+    unshipped = run(from_mapping({"model": tiny, "workload": work}, "auto"))
+    other_gpu = run(from_mapping({"model": "llama-3.1-8b", "hardware": {"gpu": "h100"}, "workload": work}, "auto"))
+    assert shipped.summary["cost_model"] == "profile"
+    assert unshipped.summary["cost_model"] == other_gpu.summary["cost_model"] == "roofline"
+    explicit = run(from_mapping({"model": "llama-3.1-8b", "workload": work,
+                                 "cost_model": {"kind": "profile"}}, "auto"))
+    assert explicit.summary == shipped.summary
+    with pytest.raises(InputError, match="no shipped profile"):
+        run(from_mapping({"model": tiny, "workload": work, "cost_model": {"kind": "profile"}}, "auto"))
