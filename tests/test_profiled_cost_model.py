@@ -173,3 +173,23 @@ def test_auto_uses_the_shipped_profile_where_there_is_one_and_says_so() -> None:
     assert explicit.summary == shipped.summary
     with pytest.raises(InputError, match="no shipped profile"):
         run(from_mapping({"model": tiny, "workload": work, "cost_model": {"kind": "profile"}}, "auto"))
+
+
+@pytest.mark.parametrize("policy", ["sarathi", "vllm_v1"])
+def test_fast_forward_on_the_profile_gives_the_one_by_one_times(policy: str) -> None:
+    # The fast-forward prices decode runs through decode_stepper; stepping one iteration at a
+    # time goes through step_time: the token times and the off-grid count must be identical.
+    from simkit import requests
+    from simkit import run as sim_run
+
+    specs = [(0.0, 900, 300), (0.05, 4000, 150), (0.3, 200, 400), (0.31, 12000, 50), (1.5, 64, 600)]
+    out = []
+    for fast in (True, False):
+        model = ProfiledCostModel(load_model("llama-3.1-8b"), H200)
+        result = sim_run(policy, requests(specs), model, fast_forward=fast)
+        out.append(([r.token_times_s for r in result.requests], model.extrapolated))
+    assert out[0] == out[1]
+    step = ProfiledCostModel(load_model("llama-3.1-8b"), H200)
+    price = step.decode_stepper(8, 8, None)
+    for ctx in (8 * 100, 8 * 1500, 8 * 30000):  # inside and outside the decode grid
+        assert price(ctx, ctx // 8 + 7) == step.step_time(BatchShape((), (), 8, ctx, ctx // 8 + 7, 8))

@@ -123,6 +123,9 @@ class Executor:
                 crossings[first] += 1
         free, n, t = state.kv.free_blocks, len(decodes), env.now
         start = t
+        # A cost model may price this run's steps from the two numbers that change (same values).
+        stepper = getattr(self.cost_model, "decode_stepper", None)
+        price = stepper(n, n, self.sms) if stepper is not None and self.corunner() is None else None
         ends: list[float] = []
         used = state.kv.used_blocks
         while len(ends) < max_k and t < state.next_arrival_s:
@@ -131,8 +134,11 @@ class Executor:
                 break
             free -= new
             used += new
-            shape = BatchShape((), (), n, ctx_sum, ctx_max, n, None)
-            begin_s, t = t, t + self.cost_model.step_time(shape, self.sms, None)
+            if price is not None:
+                seconds = price(ctx_sum, ctx_max)
+            else:
+                seconds = self.cost_model.step_time(BatchShape((), (), n, ctx_sum, ctx_max, n, None), self.sms, None)
+            begin_s, t = t, t + seconds
             ends.append(t)
             state.log.add(begin_s, t, 0, n, used, self.partition)
             ctx_sum += n

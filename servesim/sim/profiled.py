@@ -13,6 +13,7 @@ per shape and cached, so a decode step costs a few dict lookups and two interpol
 from __future__ import annotations
 
 import bisect
+from collections.abc import Callable
 from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import NamedTuple
@@ -204,6 +205,29 @@ class ProfiledCostModel:
         _, contexts, skews = table.grid.axes
         values = [[self.table_seconds("attn_decode", (n, c, s), sms)[0] for c in contexts] for s in skews]
         return contexts, skews, values
+
+    def decode_stepper(self, n: int, logits: int, sms: int | None) -> Callable[[int, int], float]:
+        """step_time of a decode-only batch of `n` sequences as a function of (total context,
+        longest context): the executor's fast-forward prices thousands of these in a row, and
+        everything but decode attention is the same for all of them. Returns exactly what
+        step_time returns (same terms, same order, same extrapolation count)."""
+        num_sms = self._check_sms(sms)
+        if not n:
+            return lambda ctx_sum, ctx_max: 0.0
+        ends = self._groups.get((1, n, n, logits, num_sms)) or self._ends(n, n, logits, num_sms)
+        dense = self._groups.get((0, n, num_sms)) or self._dense(n, num_sms)
+        fixed, layers, ends_s, dense_s = self.fixed_s, self.arch.num_layers, ends.total, dense.total
+        base_outside = ends.extrapolated + layers * dense.extrapolated
+
+        def step(ctx_sum: int, ctx_max: int) -> float:
+            attn_s = self._decode_s(n, ctx_sum, ctx_max, num_sms)
+            if attn_s is None:
+                return self.step_time(BatchShape((), (), n, ctx_sum, ctx_max, logits), sms)
+            if base_outside:
+                self.extrapolated += base_outside
+            return fixed + ends_s + layers * (dense_s + attn_s)
+
+        return step
 
     # -- the protocol ---------------------------------------------------------------------
     def step_time(self, batch: BatchShape, sms: int | None = None, corunner: Corunner | None = None) -> float:
