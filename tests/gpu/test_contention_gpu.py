@@ -36,8 +36,7 @@ few hundred ms apart (the H200 quick profile has 0.93 at worst on this split).""
 @pytest.fixture(scope="module")
 def device_parts() -> tuple[Timer, Partitions]:
     partitions = Partitions(DEV)
-    if not partitions.disjoint:
-        pytest.skip(f"no disjoint partitions here ({partitions.method})")
+    assert partitions.disjoint, f"no disjoint green-context partitions on this GPU ({partitions.method})"
     return Timer(DEV, target_us=1000.0, max_reps=10), partitions
 
 
