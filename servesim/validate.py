@@ -114,7 +114,8 @@ def validate(config: Config, base_dir: Path, device_name: str = "cuda",
               "gc_total_ms": 1e3 * float(pauses.sum()), "steps_host_over_5ms": int((host > 0.005).sum()),
               "alloc_retries": int(torch.cuda.memory_stats(device).get("num_alloc_retries", 0))
               if device.type == "cuda" else 0}
-    report = {**_report(config, summaries[0], summaries[1], device, limits), "runtime_setup": setup,
+    report = {**_report(config, summaries[0], summaries[1], device, limits,
+                        resolved_kind(config, arch, gpu)), "runtime_setup": setup,
               "runtime_health": health, "steps": step_errors(steps)}
     return Validation(report, tables[0], tables[1], _itl(measured.requests),
                       _itl(predicted.requests), steps)
@@ -132,15 +133,9 @@ def repredict(config: Config, base_dir: Path, report: dict[str, Any], steps: pd.
     predicted = simulate(build_requests(workload, config), make_policy(config, limits), cost_model,
                          limits, arch=arch)
     summary = summarize(predicted, request_table(predicted.requests, config.slo.classes, config.slo.default))
-    rows = {}
-    for key, row in report["metrics"].items():
-        m, p = row["measured"], float(summary[key])
-        rows[key] = {"measured": m, "predicted": p,
-                     "rel_error": (p - m) / m if m else (0.0 if p == 0 else float("inf"))}
-    inner = getattr(cost_model, "inner", cost_model)
-    shapes = step_shapes(steps)
-    steps = steps.assign(predicted_s=[cost_model.step_time(b) for b in shapes],
-                         predicted_gpu_s=[inner.step_time(b) for b in shapes])
+    rows = _metric_rows({k: row["measured"] for k, row in report["metrics"].items()}, summary)
+    predicted_s, predicted_gpu_s = _priced(cost_model, step_shapes(steps))
+    steps = steps.assign(predicted_s=predicted_s, predicted_gpu_s=predicted_gpu_s)
     new = {**report, "cost_model": resolved_kind(config, arch, gpu), "metrics": rows,
            "completed_predicted": summary["completed"], "steps": step_errors(steps),
            "predicted_again": {"cost_model": dataclasses.asdict(config.cost_model),
@@ -152,7 +147,6 @@ def step_table(steps: list[tuple[float, float, float, BatchShape]], cost_model: 
     """Every step the runtime ran, with its shape, its measured times and the cost model's
     prediction for that same shape: busy = start to end (scheduling, inputs, GPU), gpu = inputs
     ready to end, after = end to the next step's start (bookkeeping, or idling for arrivals)."""
-    inner = getattr(cost_model, "inner", cost_model)  # without the host-overhead wrapper
     rows = []
     for i, (start, ready, end, shape) in enumerate(steps):
         after = steps[i + 1][0] - end if i + 1 < len(steps) else float("nan")
@@ -164,9 +158,9 @@ def step_table(steps: list[tuple[float, float, float, BatchShape]], cost_model: 
             "prefixes": " ".join(map(str, shape.prefill_prefix)), "num_logits": shape.num_logits,
             "decode_context": shape.decode_context, "max_decode_context": shape.max_decode_context,
             "layers": "-".join(map(str, shape.prefill_layers or ())),
-            "predicted_s": cost_model.step_time(shape), "predicted_gpu_s": inner.step_time(shape),
         })
-    return pd.DataFrame(rows)
+    predicted_s, predicted_gpu_s = _priced(cost_model, [shape for *_, shape in steps])
+    return pd.DataFrame(rows).assign(predicted_s=predicted_s, predicted_gpu_s=predicted_gpu_s)
 
 
 def step_shapes(steps: pd.DataFrame) -> list[BatchShape]:
@@ -214,18 +208,29 @@ def _itl(requests: list[Any]) -> np.ndarray:
     return np.concatenate(gaps) if gaps else np.zeros(0)
 
 
-def _report(config: Config, measured: dict[str, Any], predicted: dict[str, Any],
-            device: torch.device, limits: EngineLimits) -> dict[str, Any]:
+def _metric_rows(measured: dict[str, Any], predicted: dict[str, Any]) -> dict[str, dict[str, float]]:
+    """Measured, predicted and relative error of each compared metric."""
     rows = {}
-    for key in COMPARED:
+    for key in measured:
         m, p = float(measured[key]), float(predicted[key])
         rows[key] = {"measured": m, "predicted": p,
                      "rel_error": (p - m) / m if m else (0.0 if p == 0 else float("inf"))}
+    return rows
+
+
+def _priced(cost_model: CostModel, shapes: list[BatchShape]) -> tuple[list[float], list[float]]:
+    """Each shape's predicted step time, with and without the host-overhead wrapper."""
+    inner = getattr(cost_model, "inner", cost_model)
+    return [cost_model.step_time(b) for b in shapes], [inner.step_time(b) for b in shapes]
+
+
+def _report(config: Config, measured: dict[str, Any], predicted: dict[str, Any],
+            device: torch.device, limits: EngineLimits, cost_kind: str) -> dict[str, Any]:
+    rows = _metric_rows({key: measured[key] for key in COMPARED}, predicted)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu (interpreter)"
     return {
         "policy": config.policy.name, "model": config.model, "device": name,
-        "cost_model": resolved_kind(config, load_model(config.model), get_gpu(config.hardware.gpu)),
-        "kv_blocks": limits.total_blocks,
+        "cost_model": cost_kind, "kv_blocks": limits.total_blocks,
         "requests": measured["num_requests"], "completed_measured": measured["completed"],
         "completed_predicted": predicted["completed"], "metrics": rows,
         "torch": torch.__version__,
