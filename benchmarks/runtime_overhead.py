@@ -96,10 +96,10 @@ def _graphed_constants(model: RuntimeModel, limits: EngineLimits, cases: dict[st
         policy_cls = REGISTRY["vllm_v1"]
         runtime = Runtime(model, policy_cls(policy_cls.Params(), limits), limits)
         runtime.run([Request(i, 0.0, ctx, 40) for i in range(batch)])
-        decode_steps = [s for s in runtime.steps if s[3].num_decodes == batch and not s[3].prefill_tokens]
-        interval = statistics.median(b[0] - a[0] for a, b in itertools.pairwise(decode_steps))
+        decode_steps = [s for s in runtime.steps if s.shape.num_decodes == batch and not s.shape.prefill_tokens]
+        interval = statistics.median(b.start - a.start for a, b in itertools.pairwise(decode_steps))
         loops[name] = {"steps": len(decode_steps), "interval_ms": 1e3 * interval,
-                       "host_ms": 1e3 * statistics.median(s[1] - s[0] for s in decode_steps),
+                       "host_ms": 1e3 * statistics.median(s.ready - s.start for s in decode_steps),
                        "host_step_us": 1e3 * (1e3 * interval - cases[name]["gpu_ms"])}
     checks = [c["host_check_us"] for c in cases.values() if "host_check_us" in c]
     return {"host_launch_us": round(statistics.median(per_launch), 2), **_per_seq_fit(loops, shapes),

@@ -20,8 +20,9 @@ import torch
 from servesim.config import Config
 from servesim.errors import InputError
 from servesim.models.arch import load_model
-from servesim.models.shapes import BatchShape
+from servesim.models.shapes import BatchShape, Corunner
 from servesim.policies.base import EngineLimits
+from servesim.policies.nexus import Nexus
 from servesim.runner import (
     build_cost_model,
     build_requests,
@@ -30,8 +31,9 @@ from servesim.runner import (
     make_policy,
     resolved_kind,
 )
-from servesim.runtime.engine import Runtime
+from servesim.runtime.engine import Runtime, StepRecord
 from servesim.runtime.model import RuntimeModel
+from servesim.runtime.partitioned import PartitionedRuntime, PartitionLanes, nexus_splits
 from servesim.runtime.warmup import warm_up
 from servesim.sim.cost_model import CostModel
 from servesim.sim.engine import simulate
@@ -66,6 +68,7 @@ class _Loaded:
     model: RuntimeModel
     warmed_prompt: int
     setup: dict[str, Any]
+    partitions: PartitionLanes | None = None
 
 
 def validate(config: Config, base_dir: Path, device_name: str = "cuda",
@@ -90,19 +93,24 @@ def validate(config: Config, base_dir: Path, device_name: str = "cuda",
         model = RuntimeModel(arch, limits.total_blocks, limits.block_size, device, dtype, config.seed)
         loaded = models[key] = _Loaded(model, 0, {})
     prompt = int(workload.num_prompt_tokens.max())
+    policy = make_policy(config, limits)
+    partitioned = isinstance(policy, Nexus)
     if prompt > loaded.warmed_prompt or not loaded.setup:
         started = time.perf_counter()
         if warmup:
             warm_up(loaded.model, limits, prompt)
-        warmed = time.perf_counter()
-        graphs = loaded.model.capture_graphs(config.engine.cuda_graph_max_tokens)
         loaded.warmed_prompt = prompt
-        loaded.setup = {"warm_up_s": round(warmed - started, 1), "graphs": graphs,
-                        "capture_s": round(time.perf_counter() - warmed, 1)}
-    model, setup = loaded.model, loaded.setup
-    runtime = Runtime(model, make_policy(config, limits), limits)
-    measured = runtime.run(build_requests(workload, config))
+        loaded.setup = {"warm_up_s": round(time.perf_counter() - started, 1)}
+    if not partitioned and "graphs" not in loaded.setup:  # the whole GPU's lane
+        started = time.perf_counter()
+        graphs = loaded.model.capture_graphs(config.engine.cuda_graph_max_tokens)
+        loaded.setup |= {"graphs": graphs, "capture_s": round(time.perf_counter() - started, 1)}
     cost_model = build_cost_model(config, arch, gpu)
+    policy.predict = cost_model.step_time  # the same predictor the simulated policy gets
+    runtime = _nexus_runtime(loaded, policy, limits, config.engine.cuda_graph_max_tokens) \
+        if isinstance(policy, Nexus) else Runtime(loaded.model, policy, limits)
+    setup = dict(loaded.setup)
+    measured = runtime.run(build_requests(workload, config))
     predicted = simulate(build_requests(workload, config), make_policy(config, limits), cost_model,
                          limits, arch=arch)
     tables = [request_table(r.requests, config.slo.classes, config.slo.default) for r in (measured, predicted)]
@@ -119,6 +127,23 @@ def validate(config: Config, base_dir: Path, device_name: str = "cuda",
               "runtime_health": health, "steps": step_errors(steps)}
     return Validation(report, tables[0], tables[1], _itl(measured.requests),
                       _itl(predicted.requests), steps)
+
+
+def _nexus_runtime(loaded: _Loaded, policy: Nexus, limits: EngineLimits, graph_rows: int) -> PartitionedRuntime:
+    """The partitioned runtime, with the lanes (green contexts, graphs) of every split the
+    policy may use made before the clock starts; their set-up time goes into the report."""
+    started = time.perf_counter()
+    if loaded.partitions is None:
+        loaded.partitions = PartitionLanes(loaded.model, limits, graphs=graph_rows > 0)
+    splits = nexus_splits(policy)
+    lanes = loaded.partitions.get(splits, min(policy.params.token_budget, graph_rows),
+                                  min(policy.params.max_num_seqs, graph_rows))
+    loaded.setup = {**loaded.setup, "partition_splits": splits,
+                    "partition_graphs": sum(len(g) for pair in loaded.partitions.lanes.values()
+                                            for lane in pair for g in lane.graphs.values()),
+                    "partition_setup_s": round(time.perf_counter() - started, 1),
+                    "partition_method": loaded.partitions.partitions.method}
+    return PartitionedRuntime(loaded.model, policy, limits, lanes)
 
 
 def repredict(config: Config, base_dir: Path, report: dict[str, Any], steps: pd.DataFrame,
@@ -143,28 +168,39 @@ def repredict(config: Config, base_dir: Path, report: dict[str, Any], steps: pd.
     return new, steps
 
 
-def step_table(steps: list[tuple[float, float, float, BatchShape]], cost_model: CostModel) -> pd.DataFrame:
+def step_table(records: list[StepRecord], cost_model: CostModel) -> pd.DataFrame:
     """Every step the runtime ran, with its shape, its measured times and the cost model's
-    prediction for that same shape: busy = start to end (scheduling, inputs, GPU), gpu = inputs
-    ready to end, after = end to the next step's start (bookkeeping, or idling for arrivals)."""
-    rows = []
-    for i, (start, ready, end, shape) in enumerate(steps):
-        after = steps[i + 1][0] - end if i + 1 < len(steps) else float("nan")
+    prediction for that same shape (on its SM partition, next to what the other partition
+    ran): busy = start to end (scheduling, inputs, GPU), gpu = inputs ready to end, after = end
+    to the next step's start on the same partition (bookkeeping, or idling for arrivals); the
+    host part of busy splits into schedule (the policy's decision) and plan (KV blocks, inputs)."""
+    rows: list[dict[str, Any]] = []
+    last: dict[int, int] = {}  # partition -> its latest row
+    for i, rec in enumerate(records):
+        shape = rec.shape
+        if rec.partition in last:
+            rows[last[rec.partition]]["after_s"] = rec.start - records[last[rec.partition]].end
+        last[rec.partition] = i
         rows.append({
-            "start_s": start, "busy_s": end - start, "gpu_s": end - ready, "after_s": after,
-            "prefill_tokens": shape.num_prefill_tokens, "num_prefills": len(shape.prefill_tokens),
-            "prefix_tokens": sum(shape.prefill_prefix), "num_decodes": shape.num_decodes,
-            "chunks": " ".join(map(str, shape.prefill_tokens)),
+            "start_s": rec.start, "busy_s": rec.end - rec.start, "gpu_s": rec.end - rec.ready,
+            "after_s": float("nan"), "schedule_s": rec.scheduled - rec.start,
+            "plan_s": rec.ready - rec.scheduled, "prefill_tokens": shape.num_prefill_tokens,
+            "num_prefills": len(shape.prefill_tokens), "prefix_tokens": sum(shape.prefill_prefix),
+            "num_decodes": shape.num_decodes, "chunks": " ".join(map(str, shape.prefill_tokens)),
             "prefixes": " ".join(map(str, shape.prefill_prefix)), "num_logits": shape.num_logits,
             "decode_context": shape.decode_context, "max_decode_context": shape.max_decode_context,
             "layers": "-".join(map(str, shape.prefill_layers or ())),
+            "partition": rec.partition, "sms": rec.sms or 0, "corunner": rec.corunner,
+            "corunner_sms": rec.corunner_sms,
         })
-    predicted_s, predicted_gpu_s = _priced(cost_model, [shape for *_, shape in steps])
-    return pd.DataFrame(rows).assign(predicted_s=predicted_s, predicted_gpu_s=predicted_gpu_s)
+    table = pd.DataFrame(rows)
+    predicted_s, predicted_gpu_s = _priced(cost_model, step_shapes(table)) if rows else ([], [])
+    return table.assign(predicted_s=predicted_s, predicted_gpu_s=predicted_gpu_s)
 
 
-def step_shapes(steps: pd.DataFrame) -> list[BatchShape]:
-    """The shapes of a step table back (to price them again with another cost model)."""
+def step_shapes(steps: pd.DataFrame) -> list[tuple[BatchShape, int | None, Corunner | None]]:
+    """The shapes of a step table back, each with its SMs and co-runner (to price them again
+    with another cost model)."""
     def ints(text: object) -> tuple[int, ...]:  # "512 100" (NaN or "" when empty)
         return tuple(int(v) for v in text.replace("-", " ").split()) if isinstance(text, str) else ()
 
@@ -173,10 +209,17 @@ def step_shapes(steps: pd.DataFrame) -> list[BatchShape]:
         return (parts[0], parts[1]) if len(parts) == 2 else None
 
     counts = steps[["num_decodes", "decode_context", "max_decode_context", "num_logits"]].astype(int)
-    return [BatchShape(ints(chunks), ints(prefixes), int(d), int(ctx), int(max_ctx), int(logits),
-                       layers(group))
-            for chunks, prefixes, group, (d, ctx, max_ctx, logits) in zip(
-                steps.chunks, steps.prefixes, steps.layers, counts.itertuples(index=False), strict=True)]
+    shapes = [BatchShape(ints(chunks), ints(prefixes), int(d), int(ctx), int(max_ctx), int(logits),
+                         layers(group))
+              for chunks, prefixes, group, (d, ctx, max_ctx, logits) in zip(
+                  steps.chunks, steps.prefixes, steps.layers, counts.itertuples(index=False), strict=True)]
+    if "sms" not in steps:  # a table from before partitions were recorded
+        return [(shape, None, None) for shape in shapes]
+    out: list[tuple[BatchShape, int | None, Corunner | None]] = []
+    for shape, sms, other, other_sms in zip(shapes, steps.sms.astype(int), steps.corunner.astype(int),
+                                            steps.corunner_sms.astype(int), strict=True):
+        out.append((shape, int(sms) or None, Corunner(shapes[other], int(other_sms)) if other >= 0 else None))
+    return out
 
 
 def step_errors(steps: pd.DataFrame) -> dict[str, Any]:
@@ -218,10 +261,12 @@ def _metric_rows(measured: dict[str, Any], predicted: dict[str, Any]) -> dict[st
     return rows
 
 
-def _priced(cost_model: CostModel, shapes: list[BatchShape]) -> tuple[list[float], list[float]]:
-    """Each shape's predicted step time, with and without the host-overhead wrapper."""
+def _priced(cost_model: CostModel, steps: list[tuple[BatchShape, int | None, Corunner | None]]
+            ) -> tuple[list[float], list[float]]:
+    """Each step's predicted time, with and without the host-overhead wrapper."""
     inner = getattr(cost_model, "inner", cost_model)
-    return [cost_model.step_time(b) for b in shapes], [inner.step_time(b) for b in shapes]
+    return ([cost_model.step_time(b, sms, other) for b, sms, other in steps],
+            [inner.step_time(b, sms, other) for b, sms, other in steps])
 
 
 def _report(config: Config, measured: dict[str, Any], predicted: dict[str, Any],

@@ -78,10 +78,10 @@ class Partitions:
             except Exception as exc:  # noqa: BLE001 - fall back, recorded in meta.json
                 self.method = f"torch GreenContext per size (driver split failed: {exc})"
                 self._driver = None
-        ctx = GreenContext.create(num_sms=n, device_id=self.device.index or 0)
+        ctx: Any = GreenContext.create(num_sms=n, device_id=self.device.index or 0)
         other = None
         if self.num_sms - n >= 8:
-            rest = GreenContext.create(num_sms=self.num_sms - n, device_id=self.device.index or 0)
+            rest: Any = GreenContext.create(num_sms=self.num_sms - n, device_id=self.device.index or 0)
             other = Partition(self.num_sms - n, rest.Stream(), rest)
         return Partition(n, ctx.Stream(), ctx), other
 

@@ -9,7 +9,7 @@ synchronised and the policy asked whether to suspend; a suspended pass is a paus
 that resumes where it stopped, its KV and activations kept. With CUDA graphs captured
 (`RuntimeModel.capture_graphs`) a pass replays its non-attention pieces, so the host launches
 about four things per layer and the GPU, not Python, sets the pace, as in production engines.
-SM-partitioned policies (Nexus) are not supported yet.
+SM-partitioned policies (Nexus) run in `servesim.runtime.partitioned`.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from __future__ import annotations
 import gc
 import time
 from collections.abc import Generator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -33,12 +34,31 @@ from servesim.sim.state import ServingState, SimResult, admission_reject_reason
 Pass = Generator[str, str | None, torch.Tensor]
 
 
+@dataclass
+class StepRecord:
+    """One executed step. `start` is its scheduling point, `scheduled` when the policy had
+    decided it; from `ready` (KV allocated, plan built, first launch next) to `end` the GPU
+    works. On an SM partition: its SMs, its partition (0 prefill, 1 decode; -1 the whole GPU)
+    and the step the other partition was running at `start` (an index into the runtime's
+    steps, -1 if none) on `corunner_sms` SMs."""
+
+    start: float
+    ready: float
+    end: float
+    shape: BatchShape
+    sms: int | None = None
+    partition: int = -1
+    corunner: int = -1
+    corunner_sms: int = 0
+    scheduled: float = float("nan")
+
+
 class Runtime:
     """One GPU serving `requests` under `policy` in real time."""
 
     def __init__(self, model: RuntimeModel, policy: Policy, limits: EngineLimits) -> None:
-        if policy.granularity == "partitioned":
-            raise InputError(f"policy '{policy.name}': the real runtime does not run SM partitions yet")
+        if policy.granularity == "partitioned" and type(self) is Runtime:
+            raise InputError(f"policy '{policy.name}': SM partitions run in PartitionedRuntime")
         self.model, self.policy, self.limits = model, policy, limits
         self.blocks = BlockTables(limits.total_blocks)
         self.state = ServingState(limits)
@@ -49,9 +69,7 @@ class Runtime:
         self.t0 = 0.0
         self.gc_pauses: list[tuple[int, float]] = []
         self._gc_started = 0.0
-        self.steps: list[tuple[float, float, float, BatchShape]] = []
-        """Each executed step: (start, inputs ready, end, shape). `start` is the scheduling
-        point; from `inputs ready` (plan built, first launch next) to `end` the GPU works."""
+        self.steps: list[StepRecord] = []
 
     def now(self) -> float:
         return time.perf_counter() - self.t0
@@ -99,7 +117,7 @@ class Runtime:
                 elif not step.reject and not step.preempt:
                     self._wait(now)
                 continue
-            self._execute(step, now)
+            self._execute(step, now, self.now())
         for req in pending:
             self.blocks.sync(req)
         return SimResult(list(pending), state.log, state.events, self.limits,
@@ -122,7 +140,7 @@ class Runtime:
         gap = self.pending[i].arrival_s - now if i < len(self.pending) else 0.0005
         time.sleep(min(max(gap, 0.0), 0.05))
 
-    def _execute(self, step: Step, start: float) -> None:
+    def _execute(self, step: Step, start: float, scheduled: float) -> None:
         state, policy = self.state, self.policy
         shape: BatchShape = state.begin_step(policy, step, start)
         for req, _ in step.prefills:
@@ -142,7 +160,7 @@ class Runtime:
         ready = self.now()
         done = self._drive(run, step, key)
         end = self.sync()
-        self.steps.append((start, ready, end, shape))
+        self.steps.append(StepRecord(start, ready, end, shape, scheduled=scheduled))
         for req, _ in step.prefills:
             req.prefill_progress_s += end - start
         if done:

@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import bisect
 from collections.abc import Generator
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
+from typing import Any
 
 import torch
 
@@ -71,6 +72,25 @@ class Workspace:
         return self.ids.shape[0]
 
 
+@dataclass
+class Lane:
+    """Where passes run: kernels sized for `num_sms` SMs (None: the whole GPU) and launched on
+    `stream` (None: the current one), with the workspaces they share and the graphs captured
+    over them, by padded row count. The colocated runtime has one lane; Nexus has one per
+    (phase, split), and the lanes of one phase share workspaces (one pass per phase at a time)."""
+
+    num_sms: int | None = None
+    stream: Any = None
+    spaces: dict[int, Workspace] = field(default_factory=dict)
+    graphs: dict[int, list[torch.cuda.CUDAGraph]] = field(default_factory=dict)
+    pool: Any = None
+    """The memory pool of the lane's graph captures (intermediate tensors)."""
+
+    @property
+    def sizes(self) -> list[int]:
+        return sorted(self.spaces)
+
+
 class RuntimeModel:
     """Weights, KV cache and a forward pass over `arch` on one device."""
 
@@ -109,11 +129,9 @@ class RuntimeModel:
         self.inv_freq = K.rope_inv_freq(arch.head_dim, 500000.0, device)
         self.saved: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
         """Layered prefill: a request's hidden and residual rows between its layer groups."""
-        self.spaces: dict[int, Workspace] = {}
-        """Padded row count -> the workspace shared by every pass of that size."""
-        self.graphs: dict[int, list[torch.cuda.CUDAGraph]] = {}
-        """Padded row count -> its graphs [pre 0, post 0, pre 1, post 1, ...]."""
-        self._sizes: list[int] = []
+        self.lane = Lane(num_sms)
+        """The whole GPU on the current stream: padded row count -> the workspace shared by
+        every pass of that size, and its graphs [pre 0, post 0, pre 1, post 1, ...]."""
 
     # -- workspaces and pieces ---------------------------------------------------------------
 
@@ -129,13 +147,14 @@ class RuntimeModel:
         ws.slots.fill_(self.scratch_slot)
         return ws
 
-    def _workspace(self, plan: Plan, lo: int) -> tuple[Workspace, int]:
+    def _workspace(self, plan: Plan, lo: int, lane: Lane) -> tuple[Workspace, int]:
         """A workspace for rows [lo, T) of the plan with their ids, positions and slots loaded:
         the smallest captured one that holds them (padding rows point at the scratch slot), or a
         private one of the exact size. Returns it and the row count."""
         n = plan.input_ids.shape[0] - lo
-        i = bisect.bisect_left(self._sizes, n)
-        ws = self.spaces[self._sizes[i]] if i < len(self._sizes) else self._new_workspace(n)
+        sizes = lane.sizes
+        i = bisect.bisect_left(sizes, n)
+        ws = lane.spaces[sizes[i]] if i < len(sizes) else self._new_workspace(n)
         ws.ids[:n].copy_(plan.input_ids[lo:])
         ws.positions[:n].copy_(plan.positions[lo:])
         ws.slots[:n].copy_(plan.slot_mapping[lo:])
@@ -144,7 +163,7 @@ class RuntimeModel:
             ws.positions[n:].zero_()
         return ws, n
 
-    def _pre(self, index: int, ws: Workspace) -> None:
+    def _pre(self, index: int, ws: Workspace, sms: int | None) -> None:
         """Norm, QKV projection, per-head norms (Qwen3), RoPE and KV write of every row."""
         arch, layer = self.arch, self.layers[index]
         if index == 0:
@@ -153,7 +172,7 @@ class RuntimeModel:
             ws.res.copy_(ws.x)
         else:
             h = K.rmsnorm(ws.x, layer["ln1"], residual=ws.res, residual_out=ws.res)[0]
-        K.gemm(h, layer["wqkv"], out=ws.qkv, num_sms=self.num_sms)
+        K.gemm(h, layer["wqkv"], out=ws.qkv, num_sms=sms)
         t, d = ws.size, arch.head_dim
         q = ws.qkv[:, : arch.q_size].view(t, arch.num_heads, d)
         k = ws.qkv[:, arch.q_size: arch.q_size + arch.kv_size].view(t, arch.num_kv_heads, d)
@@ -164,20 +183,21 @@ class RuntimeModel:
         K.rope(q, k, ws.positions, self.inv_freq)
         K.kv_cache_write(k, v, self.k_cache[index], self.v_cache[index], ws.slots)
 
-    def _post(self, index: int, ws: Workspace) -> None:
+    def _post(self, index: int, ws: Workspace, sms: int | None) -> None:
         """O projection, norm with the residual, and the MLP; leaves the layer's output in x."""
         layer = self.layers[index]
-        o = K.gemm(ws.attn, layer["wo"], num_sms=self.num_sms)
+        o = K.gemm(ws.attn, layer["wo"], num_sms=sms)
         h = K.rmsnorm(o, layer["ln2"], residual=ws.res, residual_out=ws.res)[0]
         if self.arch.is_moe:
-            logits = K.gemm(h, layer["router"], num_sms=self.num_sms)
+            logits = K.gemm(h, layer["router"], num_sms=sms)
             weights, ids = K.topk_softmax(logits, self.arch.num_experts_per_tok)
             K.fused_moe(h, layer["w13"], layer["w2"], weights, ids, out=ws.x)
         else:
-            act = K.silu_and_mul(K.gemm(h, layer["w_gate_up"], num_sms=self.num_sms))
-            K.gemm(act, layer["w_down"], out=ws.x, num_sms=self.num_sms)
+            act = K.silu_and_mul(K.gemm(h, layer["w_gate_up"], num_sms=sms))
+            K.gemm(act, layer["w_down"], out=ws.x, num_sms=sms)
 
-    def _attend(self, index: int, ws: Workspace, n: int, plan: Plan, with_prefill: bool) -> None:
+    def _attend(self, index: int, ws: Workspace, n: int, plan: Plan, with_prefill: bool,
+                sms: int | None) -> None:
         """Attention of the first n rows (the prefill chunks first if `with_prefill`, then the
         decodes), launched from the host with the batch's own shapes."""
         arch, p = self.arch, plan.num_prefill_tokens if with_prefill else 0
@@ -190,94 +210,102 @@ class RuntimeModel:
         if n > p:
             K.decode_attention(q[p:], self.k_cache[index], self.v_cache[index],
                                plan.decode_block_tables, plan.decode_context_lens,
-                               plan.max_decode_context, num_sms=self.num_sms, out=out[p:])
+                               plan.max_decode_context, num_sms=sms, out=out[p:])
 
-    def _piece(self, kind: int, index: int, ws: Workspace) -> None:
+    def _piece(self, kind: int, index: int, ws: Workspace, lane: Lane) -> None:
         """Run piece `kind` (0 pre, 1 post) of layer `index`: replayed if captured for ws."""
-        graphs = self.graphs.get(ws.size)
-        if graphs is not None and self.spaces[ws.size] is ws:
+        graphs = lane.graphs.get(ws.size)
+        if graphs is not None and lane.spaces[ws.size] is ws:
             graphs[2 * index + kind].replay()
         elif kind == 0:
-            self._pre(index, ws)
+            self._pre(index, ws, lane.num_sms)
         else:
-            self._post(index, ws)
+            self._post(index, ws, lane.num_sms)
 
     # -- CUDA graphs -------------------------------------------------------------------------
 
-    def share_workspaces(self, max_rows: int) -> list[int]:
-        """Give every pass of up to max_rows rows a shared workspace of the next size of
-        GRAPH_SIZES (what graphs need: fixed buffers, padded rows). Returns the sizes."""
+    def share_workspaces(self, max_rows: int, lane: Lane | None = None) -> list[int]:
+        """Give every pass of up to max_rows rows on `lane` (default: the whole GPU) a shared
+        workspace of the next size of GRAPH_SIZES (what graphs need: fixed buffers, padded
+        rows). Returns the sizes."""
+        lane = self.lane if lane is None else lane
         for size in (s for s in GRAPH_SIZES if s <= max_rows):
-            self.spaces.setdefault(size, self._new_workspace(size))
-        self._sizes = sorted(self.spaces)
-        return self._sizes
+            lane.spaces.setdefault(size, self._new_workspace(size))
+        return lane.sizes
 
-    def capture_graphs(self, max_rows: int) -> int:
-        """Record the pieces of every layer for each size of GRAPH_SIZES up to max_rows (run
-        once eagerly first, which also compiles their kernels). Returns the number of graphs."""
+    def capture_graphs(self, max_rows: int, lane: Lane | None = None) -> int:
+        """Record the pieces of every layer for each size of GRAPH_SIZES up to max_rows on
+        `lane`'s stream (run once eagerly there first, which also compiles their kernels).
+        Returns the number of graphs of the lane."""
+        lane = self.lane if lane is None else lane
         if self.device.type != "cuda" or max_rows < 1:
             return 0
-        pool = torch.cuda.graph_pool_handle()
-        for size in self.share_workspaces(max_rows):
-            ws = self.spaces[size]
-            if size in self.graphs:
+        if lane.pool is None:
+            lane.pool = torch.cuda.graph_pool_handle()
+        side = torch.cuda.Stream(self.device) if lane.stream is None else lane.stream
+        for size in self.share_workspaces(max_rows, lane):
+            ws = lane.spaces[size]
+            if size in lane.graphs:
                 continue
-            side = torch.cuda.Stream(self.device)
-            side.wait_stream(torch.cuda.current_stream(self.device))
+            # A partition's stream (another context, non-blocking) does not wait for work on
+            # the current stream: synchronise instead of stream waits.
+            torch.cuda.synchronize(self.device)
             with torch.cuda.stream(side):
                 for index in range(self.arch.num_layers):
-                    self._pre(index, ws)
-                    self._post(index, ws)
-            torch.cuda.current_stream(self.device).wait_stream(side)
+                    self._pre(index, ws, lane.num_sms)
+                    self._post(index, ws, lane.num_sms)
+            torch.cuda.synchronize(self.device)
             graphs = []
             for index in range(self.arch.num_layers):
                 for piece in (self._pre, self._post):
                     graph = torch.cuda.CUDAGraph()
-                    with torch.cuda.graph(graph, pool=pool):
-                        piece(index, ws)
+                    with torch.cuda.graph(graph, pool=lane.pool, stream=lane.stream):
+                        piece(index, ws, lane.num_sms)
                     graphs.append(graph)
-            self.graphs[size] = graphs
+            lane.graphs[size] = graphs
         torch.cuda.synchronize(self.device)
-        return sum(len(g) for g in self.graphs.values())
+        return sum(len(g) for g in lane.graphs.values())
 
     # -- the pass ----------------------------------------------------------------------------
 
-    def forward(self, plan: Plan) -> Generator[str, str | None, torch.Tensor]:
+    def forward(self, plan: Plan, lane: Lane | None = None) -> Generator[str, str | None, torch.Tensor]:
         """Run the pass, yielding after each attention and MLP block; returns the logits of
         `plan.logit_rows` [R, vocab] (the caller samples). Sending "suspend" at a yield makes
         the pass save its rows (a shared workspace is reused by other passes meanwhile) and
-        yield "suspended"; the next `next()` restores them and goes on."""
+        yield "suspended"; the next `next()` restores them and goes on. Kernels launch on the
+        stream current at each `next()`: the caller makes `lane.stream` current."""
+        lane = self.lane if lane is None else lane
         start, end = plan.prefill_layers
         num_layers, p = self.arch.num_layers, plan.num_prefill_tokens
         lo = 0 if start == 0 else p  # before the cohort's group only the decode rows run
-        ws, n = self._workspace(plan, lo) if plan.input_ids.shape[0] > lo else (None, 0)
+        ws, n = self._workspace(plan, lo, lane) if plan.input_ids.shape[0] > lo else (None, 0)
         for index in range(num_layers):
             if index == start and start > 0 and p:  # the cohort rejoins with its saved state
-                ws, n = self._rejoin(plan, ws, n)
+                ws, n = self._rejoin(plan, ws, n, lane)
             if ws is not None and n:
-                self._piece(0, index, ws)
-                self._attend(index, ws, n, plan, start <= index < end and p > 0)
+                self._piece(0, index, ws, lane)
+                self._attend(index, ws, n, plan, start <= index < end and p > 0, lane.num_sms)
             if (yield "attention") == "suspend":
-                yield from self._suspend(ws, n)
+                yield from self._suspend(ws, n, lane)
             if ws is not None and n:
-                self._piece(1, index, ws)
+                self._piece(1, index, ws, lane)
             if (yield "mlp") == "suspend":
-                yield from self._suspend(ws, n)
+                yield from self._suspend(ws, n, lane)
             if index == end - 1 and end < num_layers and p:  # park the cohort until next step
-                ws, n = self._park(plan, ws, n)
+                ws, n = self._park(plan, ws, n, lane)
         if not len(plan.logit_rows):
             return torch.empty((0, self.arch.vocab_size), dtype=self.dtype, device=self.device)
         assert ws is not None
         out, _ = K.rmsnorm(ws.x[:n], self.final_norm, residual=ws.res[:n])
         local = plan.logit_rows if end == num_layers else plan.logit_rows - p
-        return K.gemm(out.index_select(0, local), self.lm_head, num_sms=self.num_sms)
+        return K.gemm(out.index_select(0, local), self.lm_head, num_sms=lane.num_sms)
 
-    def _rejoin(self, plan: Plan, ws: Workspace | None, n: int) -> tuple[Workspace, int]:
+    def _rejoin(self, plan: Plan, ws: Workspace | None, n: int, lane: Lane) -> tuple[Workspace, int]:
         """Rows of the cohort's saved state, then the decodes' rows, in one workspace."""
         p = plan.num_prefill_tokens
         decodes = (ws.x[:n].clone(), ws.res[:n].clone()) if ws is not None and n else None
         parked = [self.saved.pop(rid) for rid in plan.prefill_ids]
-        joined, total = self._workspace(plan, 0)
+        joined, total = self._workspace(plan, 0, lane)
         torch.cat([px for px, _ in parked], out=joined.x[:p])
         torch.cat([pr for _, pr in parked], out=joined.res[:p])
         if decodes is not None:
@@ -285,7 +313,7 @@ class RuntimeModel:
             joined.res[p:total].copy_(decodes[1])
         return joined, total
 
-    def _park(self, plan: Plan, ws: Workspace | None, n: int) -> tuple[Workspace | None, int]:
+    def _park(self, plan: Plan, ws: Workspace | None, n: int, lane: Lane) -> tuple[Workspace | None, int]:
         """Save the cohort's rows per request; go on with the decodes' rows alone."""
         assert ws is not None
         p = plan.num_prefill_tokens
@@ -295,14 +323,14 @@ class RuntimeModel:
         if n == p:
             return None, 0
         decodes = ws.x[p:n].clone(), ws.res[p:n].clone()
-        rest, m = self._workspace(plan, p)
+        rest, m = self._workspace(plan, p, lane)
         rest.x[:m].copy_(decodes[0])
         rest.res[:m].copy_(decodes[1])
         return rest, m
 
-    def _suspend(self, ws: Workspace | None, n: int) -> Generator[str, str | None, None]:
+    def _suspend(self, ws: Workspace | None, n: int, lane: Lane) -> Generator[str, str | None, None]:
         """Keep the rows of a suspended pass while other passes use its workspace."""
-        if ws is None or self.spaces.get(ws.size) is not ws:  # private: nothing to save
+        if ws is None or lane.spaces.get(ws.size) is not ws:  # private: nothing to save
             yield "suspended"
             return
         kept = {f.name: getattr(ws, f.name)[:n].clone() for f in fields(ws) if f.name != "qkv"}

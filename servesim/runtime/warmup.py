@@ -56,16 +56,17 @@ def warm_up(model: RuntimeModel, limits: EngineLimits, max_prompt: int) -> None:
             for r in reqs:
                 r.kv_blocks = 0
                 blocks.sync(r)
-    _decode_splits(model, limits)
+    compile_decode_splits(model, limits, model.num_sms)
     if model.device.type == "cuda":
         torch.cuda.synchronize(model.device)
 
 
-def _decode_splits(model: RuntimeModel, limits: EngineLimits) -> None:
-    """Decode attention once per split count it can pick for any batch and context here:
-    one sequence whose context is just long enough for each count."""
+def compile_decode_splits(model: RuntimeModel, limits: EngineLimits, num_sms: int | None) -> None:
+    """Decode attention once per split count it can pick on `num_sms` SMs (None: the whole
+    GPU) for any batch and context here: one sequence whose context is just long enough for
+    each count."""
     arch, bs = model.arch, limits.block_size
-    sms = model.num_sms or K.resolve_num_sms(None, model.device)
+    sms = num_sms or K.resolve_num_sms(None, model.device)
     counts = {K.decode_num_splits(1, arch.num_kv_heads, c, sms)
               for c in range(256, limits.max_model_len + 1, 256)}
     q = torch.zeros((1, arch.num_heads, arch.head_dim), device=model.device, dtype=model.dtype)
@@ -74,4 +75,4 @@ def _decode_splits(model: RuntimeModel, limits: EngineLimits) -> None:
         table = torch.zeros((1, -(-context // bs)), device=model.device, dtype=torch.int32)
         lens = torch.full((1,), context, device=model.device, dtype=torch.int32)
         K.decode_attention(q, model.k_cache[0], model.v_cache[0], table, lens, context,
-                           num_sms=model.num_sms)
+                           num_sms=num_sms)

@@ -62,3 +62,73 @@ def test_graph_replays_match_eager_passes(name: str) -> None:
     for got, want in zip(_serve(graphed), _serve(eager), strict=True):
         assert got.shape == want.shape and torch.isfinite(got).all()
         torch.testing.assert_close(got, want, rtol=2e-2, atol=2e-2)
+
+
+def _on_lane(run, stream):  # type: ignore[no-untyped-def]
+    """Drive a pass with `stream` current at every step (as the partitioned runtime does)."""
+    while True:
+        with torch.cuda.stream(stream):
+            try:
+                next(run)
+            except StopIteration as stop:
+                return stop.value
+
+
+def test_partition_lanes_replay_graphs_on_their_sms() -> None:
+    """Nexus's lanes: graphs captured on a green context's stream compute what eager passes on
+    the whole GPU compute, run only on the partition's SMs (a 16-SM prefill is several times
+    slower than on 132), and two passes on the two partitions of a split overlap in time."""
+    from servesim.policies import EngineLimits
+    from servesim.runtime.partitioned import PartitionLanes
+
+    arch = dataclasses.replace(load_model("llama-3.1-8b"), num_layers=4)
+    device = torch.device("cuda")
+    limits = EngineLimits(block_size=BS, total_blocks=512, watermark_blocks=0, max_model_len=4096,
+                          num_layers=arch.num_layers, num_sms=132)
+    eager = RuntimeModel(arch, 512, BS, device, torch.bfloat16, seed=0)
+    model = RuntimeModel(arch, 512, BS, device, torch.bfloat16, seed=0)
+    lanes = PartitionLanes(model, limits).get([16, 64], 2048, 64)
+    blocks = BlockTables(512)
+    long, short, other = Request(0, 0.0, 2048, 4), Request(1, 0.0, 300, 4), Request(2, 0.0, 2048, 4)
+    for r in (long, short, other):
+        r.kv_blocks = 130
+        blocks.sync(r)
+
+    def plan(step: Step):  # type: ignore[no-untyped-def]
+        return build_plan(step, blocks, BS, arch.num_layers, arch.vocab_size, device)
+
+    prefill16, decode116 = lanes[16]
+    got = _on_lane(model.forward(plan(Step(prefills=[(short, 300)])), prefill16), prefill16.stream)
+    want = _logits(eager, Step(prefills=[(short, 300)]), blocks)
+    torch.testing.assert_close(got.float(), want, rtol=2e-2, atol=2e-2)
+    short.num_computed_tokens, short.num_generated_tokens = 300, 1
+    got = _on_lane(model.forward(plan(Step(decodes=[short])), decode116), decode116.stream)
+    torch.testing.assert_close(got.float(), _logits(eager, Step(decodes=[short]), blocks), rtol=2e-2, atol=2e-2)
+
+    def timed(*runs: tuple[object, object]) -> float:
+        torch.cuda.synchronize()
+        begin = torch.cuda.Event(enable_timing=True)
+        end = torch.cuda.Event(enable_timing=True)
+        begin.record()
+        gens = [(model.forward(plan(step), lane), lane) for step, lane in runs]  # type: ignore[arg-type]
+        while gens:  # round-robin, one piece each, as the runtime launches them
+            for item in list(gens):
+                with torch.cuda.stream(item[1].stream):  # type: ignore[attr-defined]
+                    try:
+                        next(item[0])
+                    except StopIteration:
+                        gens.remove(item)
+        torch.cuda.synchronize()
+        end.record()
+        end.synchronize()
+        return begin.elapsed_time(end)
+
+    prefill = Step(prefills=[(long, 2048)])
+    timed((prefill, lanes[16][0]))  # warm
+    small = min(timed((prefill, lanes[16][0])) for _ in range(3))
+    large = min(timed((prefill, lanes[64][1])) for _ in range(3))  # 68 SMs
+    assert small > 2.5 * large, (small, large)
+    second = Step(prefills=[(other, 2048)])  # as heavy, so overlap shows clearly
+    alone = [min(timed(run) for _ in range(3)) for run in ((prefill, lanes[64][0]), (second, lanes[64][1]))]
+    both = min(timed((prefill, lanes[64][0]), (second, lanes[64][1])) for _ in range(3))
+    assert both < 0.75 * sum(alone), (both, alone)

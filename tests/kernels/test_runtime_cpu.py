@@ -141,3 +141,45 @@ def test_a_suspended_pass_keeps_its_rows_while_others_reuse_the_workspace() -> N
             torch.testing.assert_close(stop.value, alone, rtol=1e-4, atol=1e-4)
             return
     raise AssertionError("the resumed pass did not finish")
+
+
+@pytest.mark.parametrize("adaptive", [False, True], ids=["static", "adaptive"])
+def test_nexus_runs_prefill_and_decode_side_by_side(adaptive: bool) -> None:
+    """Nexus on two partitions: every request is served, prefill steps run on partition 0 and
+    decode steps on partition 1 with the SMs of the split in force, and steps of the two
+    partitions overlap in time (each records what the other ran next to it)."""
+    from servesim.runtime.partitioned import PartitionedRuntime, PartitionLanes, nexus_splits
+
+    model = _model("llama")
+    limits = EngineLimits(block_size=BS, total_blocks=64, watermark_blocks=0, max_model_len=256,
+                          num_layers=2, num_sms=32)
+    cls = REGISTRY["nexus"]
+    policy = cls(cls.Params(token_budget=16, initial_prefill_sms=16, adaptive=adaptive,
+                                 hysteresis_sms=0, tick_s=0.001), limits)
+    # A predictor under which decode gains nothing past 8 SMs: the controller moves prefill to 24.
+    policy.predict = lambda shape, sms, corunner=None: (
+        1e-3 * shape.num_prefill_tokens / (sms or 32) + 1e-3 * shape.num_decodes / min(sms or 32, 8))
+    splits = nexus_splits(policy)
+    assert splits == ([8, 16, 24] if adaptive else [16])
+    lanes = PartitionLanes(model, limits, graphs=False).get(splits, 16, 8)
+    assert {lane.num_sms for pair in lanes.values() for lane in pair} >= {16}
+    runtime = PartitionedRuntime(model, policy, limits, lanes)
+    reqs = [Request(i, 0.004 * i, 5 + 3 * i, 6) for i in range(6)]
+    result = runtime.run(reqs)
+    for r in result.requests:
+        assert r.state is State.FINISHED and len(r.token_times_s) == r.num_output_tokens
+        assert r.token_times_s == sorted(r.token_times_s)
+    assert not runtime.blocks.tables and runtime.state.kv.used_blocks == 0
+    records = runtime.steps
+    assert all((rec.partition == 0) == bool(rec.shape.prefill_tokens) for rec in records)
+    assert all(rec.sms in splits if rec.partition == 0 else 32 - rec.sms in splits for rec in records)
+    assert any(rec.corunner >= 0 for rec in records)
+    for rec in records:
+        if rec.corunner >= 0:
+            other = records[rec.corunner]
+            assert other.partition != rec.partition and other.start <= rec.start <= other.end
+    if adaptive:
+        assert result.extra["sm_splits"][-1][1] == 24
+        assert {rec.sms for rec in records if rec.partition == 0} >= {24}
+    else:
+        assert result.extra["sm_splits"] == [(0.0, 16)]

@@ -48,3 +48,26 @@ def test_validate_reports_every_metric(tmp_path: Path) -> None:
     assert priced.predicted_s.tolist() == steps.predicted_s.tolist()
     assert again["metrics"] == report["metrics"]
     assert json.dumps(again["steps"]) == json.dumps(report["steps"])  # NaN-tolerant
+
+
+def test_validate_nexus_prices_each_step_on_its_partition(tmp_path: Path) -> None:
+    """Nexus in `validate`: the step table says which partition ran each step, on how many SMs
+    and next to which step of the other partition; pricing it again gives the same numbers."""
+    pd.DataFrame({"arrival_s": [0.0, 0.01, 0.02, 0.03], "num_prompt_tokens": [9, 5, 17, 6],
+                  "num_output_tokens": [4, 3, 3, 2]}).to_csv(tmp_path / "t.csv", index=False)
+    config = from_mapping({"model": str(TINY), "workload": {"trace": "t.csv"},
+                           "policy": {"name": "nexus", "adaptive": False, "token_budget": 16}}, "test")
+    out = validate(config, tmp_path, "cpu", max_kv_blocks=64, warmup=False)
+    report, steps = out.report, out.steps
+    assert report["completed_measured"] == report["completed_predicted"] == 4
+    assert report["runtime_setup"]["partition_splits"] == [64]
+    assert set(steps.partition) == {0, 1}
+    assert (steps.sms == steps.partition.map({0: 64, 1: 68})).all()
+    assert (steps[steps.partition == 0].num_decodes == 0).all()
+    assert (steps[steps.partition == 1].prefill_tokens == 0).all()
+    paired = steps[steps.corunner >= 0]
+    assert len(paired) and (steps.partition[paired.corunner].to_numpy() != paired.partition.to_numpy()).all()
+    steps.to_csv(tmp_path / "steps.csv", index=False)
+    read = pd.read_csv(tmp_path / "steps.csv", dtype={"chunks": str, "prefixes": str, "layers": str})
+    _, priced = repredict(config, tmp_path, report, read, out.measured_itl_s)
+    assert priced.predicted_s.tolist() == steps.predicted_s.tolist()

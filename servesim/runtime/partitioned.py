@@ -1,0 +1,234 @@
+"""Nexus on the real GPU: prefill and decode batches run at the same time on two disjoint SM
+partitions, each a green context with its own stream, from one driver split per prefill share
+(`servesim.profiler.partitions`, as the profiler's contention tables were measured).
+
+One host thread drives both partitions, as the simulator's two executors share one state: it
+launches the two passes piece by piece in turn (a graph replay or an attention launch each),
+notices a pass's end by polling the event recorded after it, and only then completes its step
+and schedules that partition's next one. The policy's controller re-splits the SMs every
+`tick_s` and before each prefill batch; a new split takes effect at each partition's next step,
+so for one step the old and the new partition may overlap (as the paper's asynchronous switch).
+
+Every split the controller can choose needs its own graphs, captured on its partitions' streams
+with kernels sized for their SMs (`partition_lanes`): a static split needs one set, an adaptive
+controller the set of every 8-SM split it may visit.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from servesim.errors import InputError
+from servesim.policies.base import EngineLimits, Step
+from servesim.policies.nexus import Nexus, Phase
+from servesim.request import Request, State
+from servesim.runtime.engine import Pass, Runtime, StepRecord
+from servesim.runtime.model import Lane, RuntimeModel
+from servesim.runtime.plan import build_plan
+from servesim.runtime.warmup import compile_decode_splits
+from servesim.sim.state import SimResult
+
+Lanes = dict[int, tuple[Lane, Lane]]
+"""Prefill SMs of a split -> (its prefill lane, its decode lane)."""
+
+
+def first_split(policy: Nexus) -> int:
+    """The prefill share at the start, clamped as the simulator clamps it."""
+    total, step = policy.limits.num_sms, policy.sm_step
+    return min(max(policy.params.initial_prefill_sms, step), total - step)
+
+
+def nexus_splits(policy: Nexus) -> list[int]:
+    """The prefill shares a run can use: the initial one and, with the adaptive controller,
+    every 8-SM share it may pick."""
+    total, step = policy.limits.num_sms, policy.sm_step
+    if not policy.params.adaptive:
+        return [first_split(policy)]
+    return sorted({first_split(policy), *range(step, (total - step) // step * step + 1, step)})
+
+
+class PartitionLanes:
+    """Two lanes per split on disjoint green contexts (prefill: `p` SMs, decode: the rest),
+    made once per split and kept: the decode-attention variants their SM counts pick are
+    compiled, and (on a GPU, with `graphs`) the pieces of every layer are captured on each
+    lane. The lanes of one phase share workspaces: a phase runs one pass at a time."""
+
+    def __init__(self, model: RuntimeModel, limits: EngineLimits, graphs: bool = True) -> None:
+        from servesim.profiler.partitions import Partitions
+
+        self.model, self.limits, self.graphs = model, limits, graphs
+        self.partitions = Partitions(model.device)
+        if model.device.type != "cuda":  # the interpreter: partitions are SM counts only
+            self.partitions.num_sms = limits.num_sms
+        if self.partitions.num_sms != limits.num_sms:
+            raise InputError(f"nexus: the config's GPU has {limits.num_sms} SMs, this one "
+                             f"{self.partitions.num_sms}")
+        if not self.partitions.disjoint:
+            raise InputError(f"nexus: the runtime needs disjoint SM partitions (cuda-python's "
+                             f"driver split); this machine offers '{self.partitions.method}'")
+        self.lanes: Lanes = {}
+        self._spaces: tuple[dict[int, Any], dict[int, Any]] = ({}, {})
+
+    def get(self, splits: Iterable[int], prefill_rows: int, decode_rows: int) -> Lanes:
+        """The lanes of `splits`, ready for passes of up to prefill_rows / decode_rows rows."""
+        model, total = self.model, self.partitions.num_sms
+        for p in splits:
+            if p not in self.lanes:
+                first, rest = self.partitions.pair(p)
+                if rest is None or first.sms != p or first.sms + rest.sms != total:
+                    got = f"{first.sms} + {rest.sms if rest else 0}"
+                    raise InputError(f"nexus: a split of {p} prefill SMs gave partitions of {got} "
+                                     f"SMs (prefill shares must be multiples of 8 below {total})")
+                self.lanes[p] = (Lane(p, first.stream, self._spaces[0]),
+                                 Lane(rest.sms, rest.stream, self._spaces[1]))
+                if model.device.type == "cuda":  # (the interpreter compiles nothing)
+                    with _on(rest.stream):
+                        compile_decode_splits(model, self.limits, rest.sms)
+            for lane, rows in zip(self.lanes[p], (prefill_rows, decode_rows), strict=True):
+                model.share_workspaces(rows, lane)
+                if self.graphs:
+                    model.capture_graphs(rows, lane)
+        if model.device.type == "cuda":
+            torch.cuda.synchronize(model.device)
+        return {p: self.lanes[p] for p in splits}
+
+
+def _on(stream: Any) -> Any:
+    """Make `stream` current (None: leave the current one)."""
+    return contextlib.nullcontext() if stream is None else torch.cuda.stream(stream)
+
+
+@dataclass
+class _Slot:
+    """One partition's pass in flight (run is None: the partition is idle)."""
+
+    phase: Phase
+    index: int
+    run: Pass | None = None
+    lane: Lane | None = None
+    step: Step | None = None
+    record: int = -1
+    """Index of its StepRecord in the runtime's steps."""
+    used: int = 0
+    launched: bool = False
+    done: Any = None
+    """The event recorded after its last launch (None on the CPU: done when launched)."""
+
+
+class PartitionedRuntime(Runtime):
+    """One GPU serving `requests` under Nexus: two partitions, one host thread."""
+
+    def __init__(self, model: RuntimeModel, policy: Nexus, limits: EngineLimits, lanes: Lanes) -> None:
+        super().__init__(model, policy, limits)
+        self.nexus, self.lanes = policy, lanes
+        self.prefill_sms = first_split(policy)
+        if self.prefill_sms not in lanes:
+            raise InputError(f"nexus: no lanes for the initial split of {self.prefill_sms} prefill SMs")
+        self.splits: list[tuple[float, int]] = [(0.0, self.prefill_sms)]
+        """(time, prefill SMs) of each split, as the simulator's `sm_splits`."""
+        self.slots = (_Slot("prefill", 0), _Slot("decode", 1))
+
+    def _serve(self, requests: Sequence[Request]) -> SimResult:
+        state, tick = self.state, self.nexus.params.tick_s
+        pending = self.pending = list(requests)
+        self.t0 = time.perf_counter()
+        next_tick = tick
+        while state.num_done < len(pending):
+            now = self.now()
+            self._admit_arrivals(now)
+            if now >= next_tick:  # the controller's period
+                self._resplit(now)
+                while next_tick <= now:
+                    next_tick += tick
+            moved = False
+            for slot in self.slots:  # prefill first, in the simulator's executor order
+                moved |= self._advance(slot) if slot.run is not None else self._start(slot)
+            if not moved and all(slot.run is None for slot in self.slots):
+                self._wait(self.now())
+        for req in pending:
+            self.blocks.sync(req)
+        return SimResult(list(pending), state.log, state.events, self.limits,
+                         state.kv.peak_used_blocks, self.now(), {"sm_splits": self.splits})
+
+    def _resplit(self, now: float) -> None:
+        """Ask the controller for the prefill share; it applies from each partition's next step."""
+        new = self.nexus.split(self.state.view(now), self.prefill_sms)
+        if new != self.prefill_sms:
+            if new not in self.lanes:
+                raise RuntimeError(f"nexus controller chose {new} prefill SMs: no graphs for it")
+            self.prefill_sms = new
+            self.splits.append((now, new))
+
+    def _start(self, slot: _Slot) -> bool:
+        """Schedule the partition's next step and start its pass; False if there is nothing
+        to do."""
+        state, policy = self.state, self.nexus
+        now = self.now()
+        if slot.phase == "prefill" and policy.params.adaptive:
+            self._resplit(now)
+        step = policy.schedule_phase(state.view(now), slot.phase)
+        scheduled = self.now()
+        state.apply_preemptions(step, now)
+        for req in step.preempt:
+            self.blocks.sync(req)
+        if step.is_empty:
+            if (slot.phase == "prefill" and not state.running and state.waiting
+                    and not step.reject and not step.preempt):
+                state.reject(state.waiting[0], "unschedulable_under_policy_limits", now)
+                return True
+            return bool(step.reject or step.preempt)
+        lane = self.lanes[self.prefill_sms][slot.index]
+        shape = state.begin_step(policy, step, now)
+        for req, _ in step.prefills:
+            self.blocks.sync(req)
+        for req in step.decodes:
+            self.blocks.sync(req)
+        other = self.slots[1 - slot.index]
+        with _on(lane.stream):
+            plan = build_plan(step, self.blocks, self.limits.block_size, self.limits.num_layers,
+                              self.model.arch.vocab_size, self.model.device)
+            run = self.model.forward(plan, lane)
+        slot.run, slot.lane, slot.step, slot.launched, slot.done = run, lane, step, False, None
+        slot.used = state.kv.used_blocks
+        slot.record = len(self.steps)
+        corunner, corunner_sms = (other.record, other.lane.num_sms or 0) if other.run is not None \
+            and other.lane is not None else (-1, 0)
+        self.steps.append(StepRecord(now, self.now(), float("nan"), shape, lane.num_sms, slot.index,
+                                     corunner, corunner_sms, scheduled))
+        return True
+
+    def _advance(self, slot: _Slot) -> bool:
+        """Launch the pass's next piece, or see whether its GPU work has ended (then complete
+        the step); False if it is still running on the GPU."""
+        assert slot.run is not None and slot.lane is not None and slot.step is not None
+        if not slot.launched:
+            with _on(slot.lane.stream):
+                try:
+                    next(slot.run)
+                except StopIteration as stop:
+                    stop.value.argmax(dim=-1)  # greedy sampling of the produced tokens
+                    slot.launched = True
+                    if self.model.device.type == "cuda":
+                        slot.done = torch.cuda.Event()
+                        slot.done.record()
+            return True
+        if slot.done is not None and not slot.done.query():
+            return False
+        end = self.now()
+        step, record = slot.step, self.steps[slot.record]
+        record.end = end
+        self.state.complete_step(self.nexus, step, end)
+        for req in (*(r for r, _ in step.prefills), *step.decodes):
+            if req.state is State.FINISHED:
+                self.blocks.sync(req)
+        shape = record.shape
+        self.state.log.add(record.start, end, shape.num_prefill_tokens, shape.num_decodes, slot.used,
+                           slot.index)
+        slot.run, slot.step = None, None
+        return True
