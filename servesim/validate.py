@@ -142,7 +142,9 @@ def _nexus_runtime(loaded: _Loaded, policy: Nexus, limits: EngineLimits, graph_r
                     "partition_graphs": sum(len(g) for pair in loaded.partitions.lanes.values()
                                             for lane in pair for g in lane.graphs.values()),
                     "partition_setup_s": round(time.perf_counter() - started, 1),
-                    "partition_method": loaded.partitions.partitions.method}
+                    "partition_method": loaded.partitions.partitions.method,
+                    "gpu_memory_reserved_gib": round(torch.cuda.memory_reserved() / 2**30, 1)
+                    if loaded.model.device.type == "cuda" else 0.0}
     return PartitionedRuntime(loaded.model, policy, limits, lanes)
 
 

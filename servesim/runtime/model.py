@@ -243,7 +243,9 @@ class RuntimeModel:
         if lane.pool is None:
             lane.pool = torch.cuda.graph_pool_handle()
         side = torch.cuda.Stream(self.device) if lane.stream is None else lane.stream
-        for size in self.share_workspaces(max_rows, lane):
+        # Largest first: smaller captures then carve their intermediates out of the blocks the
+        # largest left in the pool, instead of each size holding blocks of its own.
+        for size in reversed(self.share_workspaces(max_rows, lane)):
             ws = lane.spaces[size]
             if size in lane.graphs:
                 continue

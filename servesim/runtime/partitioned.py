@@ -19,7 +19,7 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -33,6 +33,11 @@ from servesim.runtime.model import Lane, RuntimeModel
 from servesim.runtime.plan import build_plan
 from servesim.runtime.warmup import compile_decode_splits
 from servesim.sim.state import SimResult
+
+PREFILL_AHEAD = 6
+"""Pieces of a prefill pass launched ahead of its GPU. A prefill piece runs for milliseconds,
+a decode piece for ~0.1 ms: launching all of a prefill pass at once would hold the one host
+thread for ~3 ms while decode's queue runs dry, so prefill is fed at the pace of its GPU."""
 
 Lanes = dict[int, tuple[Lane, Lane]]
 """Prefill SMs of a split -> (its prefill lane, its decode lane)."""
@@ -94,6 +99,7 @@ class PartitionLanes:
                 model.share_workspaces(rows, lane)
                 if self.graphs:
                     model.capture_graphs(rows, lane)
+                    torch.cuda.empty_cache()  # the eager runs' blocks, cached for this stream only
         if model.device.type == "cuda":
             torch.cuda.synchronize(model.device)
         return {p: self.lanes[p] for p in splits}
@@ -119,6 +125,11 @@ class _Slot:
     launched: bool = False
     done: Any = None
     """The event recorded after its last launch (None on the CPU: done when launched)."""
+    queued: list[Any] = field(default_factory=list)
+    """Prefill: an event after each launched piece still running on the GPU."""
+    slept_on: tuple[int, int] | None = None
+    """(arrivals, completed steps) when its policy last had nothing for it: it sleeps until
+    one of them moves, as the simulator's idle executor waits to be notified."""
 
 
 class PartitionedRuntime(Runtime):
@@ -133,6 +144,8 @@ class PartitionedRuntime(Runtime):
         self.splits: list[tuple[float, int]] = [(0.0, self.prefill_sms)]
         """(time, prefill SMs) of each split, as the simulator's `sm_splits`."""
         self.slots = (_Slot("prefill", 0), _Slot("decode", 1))
+        self.completed = 0
+        """Steps completed so far (with arrivals, what wakes an idle partition)."""
 
     def _serve(self, requests: Sequence[Request]) -> SimResult:
         state, tick = self.state, self.nexus.params.tick_s
@@ -148,7 +161,10 @@ class PartitionedRuntime(Runtime):
                     next_tick += tick
             moved = False
             for slot in self.slots:  # prefill first, in the simulator's executor order
-                moved |= self._advance(slot) if slot.run is not None else self._start(slot)
+                if slot.run is not None:
+                    moved |= self._advance(slot)
+                elif slot.slept_on != (self.next_arrival, self.completed):
+                    moved |= self._start(slot)
             if not moved and all(slot.run is None for slot in self.slots):
                 self._wait(self.now())
         for req in pending:
@@ -182,7 +198,11 @@ class PartitionedRuntime(Runtime):
                     and not step.reject and not step.preempt):
                 state.reject(state.waiting[0], "unschedulable_under_policy_limits", now)
                 return True
-            return bool(step.reject or step.preempt)
+            if step.reject or step.preempt:
+                self.completed += 1  # the state moved: both partitions look again
+                return True
+            slot.slept_on = (self.next_arrival, self.completed)
+            return False
         lane = self.lanes[self.prefill_sms][slot.index]
         shape = state.begin_step(policy, step, now)
         for req, _ in step.prefills:
@@ -208,15 +228,26 @@ class PartitionedRuntime(Runtime):
         the step); False if it is still running on the GPU."""
         assert slot.run is not None and slot.lane is not None and slot.step is not None
         if not slot.launched:
+            queued = slot.queued
+            while queued and queued[0].query():
+                queued.pop(0)
+            if len(queued) >= PREFILL_AHEAD:  # deep enough: leave the host to decode
+                return False
+            cuda = self.model.device.type == "cuda"
             with _on(slot.lane.stream):
                 try:
                     next(slot.run)
                 except StopIteration as stop:
                     stop.value.argmax(dim=-1)  # greedy sampling of the produced tokens
                     slot.launched = True
-                    if self.model.device.type == "cuda":
+                    queued.clear()
+                    if cuda:
                         slot.done = torch.cuda.Event()
                         slot.done.record()
+                    return True
+                if slot.phase == "prefill" and cuda:
+                    queued.append(torch.cuda.Event())
+                    queued[-1].record()
             return True
         if slot.done is not None and not slot.done.query():
             return False
@@ -231,4 +262,5 @@ class PartitionedRuntime(Runtime):
         self.state.log.add(record.start, end, shape.num_prefill_tokens, shape.num_decodes, slot.used,
                            slot.index)
         slot.run, slot.step = None, None
+        self.completed += 1
         return True
