@@ -65,12 +65,14 @@ def test_graph_replays_match_eager_passes(name: str) -> None:
 
 
 def _on_lane(run, stream):  # type: ignore[no-untyped-def]
-    """Drive a pass with `stream` current at every step (as the partitioned runtime does)."""
+    """Drive a pass with `stream` current at every step (as the partitioned runtime does);
+    synchronise before handing back its logits (other streams do not wait for a partition's)."""
     while True:
         with torch.cuda.stream(stream):
             try:
                 next(run)
             except StopIteration as stop:
+                torch.cuda.synchronize()
                 return stop.value
 
 
