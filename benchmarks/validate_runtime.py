@@ -81,7 +81,10 @@ def _predict_again(runs: dict[str, Config], base: Path, measured: Path, out: Pat
     for name, config in runs.items():
         folder = measured / name if len(runs) > 1 else measured
         # The device's own report (its measured side) if kept beside a re-prediction.
-        source = next(f for f in (folder / "report.device.json", folder / "report.json") if f.exists())
+        source = next((f for f in (folder / "report.device.json", folder / "report.json") if f.exists()), None)
+        if source is None:
+            print(f"{name}: no measurement in {folder}, skipped", flush=True)
+            continue
         report = json.loads(source.read_text())
         steps_file = next(f for f in (folder / "steps.csv.gz", folder / "steps.csv") if f.exists())
         steps = pd.read_csv(steps_file, dtype={"chunks": str, "prefixes": str, "layers": str})

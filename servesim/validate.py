@@ -121,7 +121,8 @@ def validate(config: Config, base_dir: Path, device_name: str = "cuda",
     health = {"gc_collections": len(pauses), "gc_max_ms": 1e3 * float(pauses.max(initial=0.0)),
               "gc_total_ms": 1e3 * float(pauses.sum()), "steps_host_over_5ms": int((host > 0.005).sum()),
               "alloc_retries": int(torch.cuda.memory_stats(device).get("num_alloc_retries", 0))
-              if device.type == "cuda" else 0}
+              if device.type == "cuda" else 0,
+              "jit_compiles": len(runtime.jit_compiles), "jit_compiled": sorted(set(runtime.jit_compiles))}
     report = {**_report(config, summaries[0], summaries[1], device, limits,
                         resolved_kind(config, arch, gpu)), "runtime_setup": setup,
               "runtime_health": health, "steps": step_errors(steps)}
@@ -296,7 +297,8 @@ def report_markdown(report: dict[str, Any]) -> str:
         h = report["runtime_health"]
         lines += ["", f"runtime: {h['gc_collections']} GC collections (max {h['gc_max_ms']:.1f} ms), "
                   f"{h['steps_host_over_5ms']} steps with > 5 ms of host time, "
-                  f"{h['alloc_retries']} allocator retries"]
+                  f"{h['alloc_retries']} allocator retries"
+                  + (f", {h['jit_compiles']} kernel compiles while serving" if "jit_compiles" in h else "")]
     if report.get("steps"):
         lines += ["", "Per step (same shape, measured vs predicted; queueing excluded):", "",
                   "| steps | count | median busy ms | median error | p90 abs error | "

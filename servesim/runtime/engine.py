@@ -53,6 +53,15 @@ class StepRecord:
     scheduled: float = float("nan")
 
 
+def _jit_hooks() -> Any:
+    """Triton's runtime knobs (None where this Triton has no compile hook)."""
+    try:
+        from triton import knobs
+    except ImportError:
+        return None
+    return knobs.runtime if hasattr(knobs.runtime, "jit_cache_hook") else None
+
+
 class Runtime:
     """One GPU serving `requests` under `policy` in real time."""
 
@@ -70,6 +79,8 @@ class Runtime:
         self.gc_pauses: list[tuple[int, float]] = []
         self._gc_started = 0.0
         self.steps: list[StepRecord] = []
+        self.jit_compiles: list[str] = []
+        """Triton kernels compiled while serving (each a stall the warm-up should prevent)."""
 
     def now(self) -> float:
         return time.perf_counter() - self.t0
@@ -86,11 +97,23 @@ class Runtime:
         gc.collect()
         gc.freeze()
         gc.callbacks.append(self._time_gc)
+        hooks = _jit_hooks()
+        previous = hooks.jit_cache_hook if hooks is not None else None
+        if hooks is not None:
+            hooks.jit_cache_hook = self._count_compile
         try:
             return self._serve(requests)
         finally:
+            if hooks is not None:
+                hooks.jit_cache_hook = previous
             gc.callbacks.remove(self._time_gc)
             gc.unfreeze()
+
+    def _count_compile(self, *, repr: str = "", **_: Any) -> bool:  # noqa: A002 - Triton's name
+        """Triton's hook before it compiles a kernel variant not yet in memory: a compile while
+        serving stalls its step for ~0.5 s, so each one is recorded (the warm-up missed it)."""
+        self.jit_compiles.append(repr.split("[", 1)[0] if repr else "?")
+        return False  # go on compiling
 
     def _time_gc(self, phase: str, info: dict[str, int]) -> None:
         """Record each collection's pause (generation, seconds) while serving."""

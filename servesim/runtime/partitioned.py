@@ -31,13 +31,16 @@ from servesim.request import Request, State
 from servesim.runtime.engine import Pass, Runtime, StepRecord
 from servesim.runtime.model import Lane, RuntimeModel
 from servesim.runtime.plan import build_plan
-from servesim.runtime.warmup import compile_decode_splits
+from servesim.runtime.warmup import compile_decode_splits, compile_logits
 from servesim.sim.state import SimResult
 
 PREFILL_AHEAD = 6
 """Pieces of a prefill pass launched ahead of its GPU. A prefill piece runs for milliseconds,
 a decode piece for ~0.1 ms: launching all of a prefill pass at once would hold the one host
 thread for ~3 ms while decode's queue runs dry, so prefill is fed at the pace of its GPU."""
+
+LOGIT_ROWS_PREFILL = 64
+"""Logit rows compiled for on a prefill lane: one per prompt a batch completes."""
 
 Lanes = dict[int, tuple[Lane, Lane]]
 """Prefill SMs of a split -> (its prefill lane, its decode lane)."""
@@ -95,6 +98,9 @@ class PartitionLanes:
                 if model.device.type == "cuda":  # (the interpreter compiles nothing)
                     with _on(rest.stream):
                         compile_decode_splits(model, self.limits, rest.sms)
+                        compile_logits(model, rest.sms, decode_rows)
+                    with _on(first.stream):
+                        compile_logits(model, first.sms, min(prefill_rows, LOGIT_ROWS_PREFILL))
             for lane, rows in zip(self.lanes[p], (prefill_rows, decode_rows), strict=True):
                 model.share_workspaces(rows, lane)
                 if self.graphs:

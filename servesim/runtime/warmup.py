@@ -57,6 +57,7 @@ def warm_up(model: RuntimeModel, limits: EngineLimits, max_prompt: int) -> None:
                 r.kv_blocks = 0
                 blocks.sync(r)
     compile_decode_splits(model, limits, model.num_sms)
+    compile_logits(model, model.num_sms, max(DECODE_BATCHES))
     if model.device.type == "cuda":
         torch.cuda.synchronize(model.device)
 
@@ -76,3 +77,12 @@ def compile_decode_splits(model: RuntimeModel, limits: EngineLimits, num_sms: in
         lens = torch.full((1,), context, device=model.device, dtype=torch.int32)
         K.decode_attention(q, model.k_cache[0], model.v_cache[0], table, lens, context,
                            num_sms=num_sms)
+
+
+def compile_logits(model: RuntimeModel, num_sms: int | None, max_rows: int) -> None:
+    """The LM-head GEMM (launched outside the graphs) at every row count up to max_rows on
+    `num_sms` SMs: its tile and split choices, and Triton's specialisation of the row count,
+    differ between counts, and any one met first while serving would compile mid-step."""
+    x = torch.zeros((max_rows, model.arch.hidden_size), device=model.device, dtype=model.dtype)
+    for rows in range(1, max_rows + 1):
+        K.gemm(x[:rows], model.lm_head, num_sms=num_sms)
