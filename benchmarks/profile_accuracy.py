@@ -6,11 +6,15 @@ ProfiledCostModel predicts from the grid tables. Writes the report beside the pr
 (validation_report.json/.md) and to benchmarks/results/<gpu>-profile-<model>.json|md, plus
 <gpu>-profile-summary.md.
 
-    PYTHONPATH=. python benchmarks/profile_accuracy.py
+    PYTHONPATH=. python benchmarks/profile_accuracy.py [--worst N] [--no-write]
+
+--worst N also prints each model's N held-out operators and iterations of largest error;
+--no-write prints without writing any report.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 from pathlib import Path
 
@@ -27,23 +31,45 @@ def pct(s: dict, key: str) -> str:
     return f"{100 * s[key]:.1f}" if s.get("n") else "-"
 
 
+def worst(model: ProfiledCostModel, n: int) -> str:
+    """The n held-out operators and iterations of largest relative error, as text."""
+    ops, iters = profile_report.prediction_errors(model)
+    lines = []
+    for name, frame, cols in (("operators", ops, ["op", "a", "b", "c"]),
+                              ("iterations", iters, ["prefill_tokens", "prefill_prefix", "num_decodes",
+                                                     "decode_context", "max_decode_context"])):
+        top = frame.assign(abs_error=frame.error.abs()).nlargest(n, "abs_error")
+        top = top.assign(measured_us=top.measured_s * 1e6, predicted_us=top.predicted_s * 1e6)
+        lines += [f"  worst {name}:", top[cols + ["measured_us", "predicted_us", "error"]].round(3).to_string()]
+    return "\n".join(lines)
+
+
 def main() -> None:
-    RESULTS.mkdir(exist_ok=True)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--worst", type=int, default=0, help="print the N worst held-out points per model")
+    parser.add_argument("--no-write", action="store_true", help="print only; write no report")
+    args = parser.parse_args()
     summary = ["| GPU | model | grid | op median % | op p95 % | op max % | iter median % | iter p95 % | "
                "iter max % | targets |", "|---|---|---|---|---|---|---|---|---|---|"]
     for gpu, model in shipped_profiles():
-        rep = profile_report.report(ProfiledCostModel(load_model(model), get_gpu(gpu)))
-        text, md = json.dumps(rep, indent=1) + "\n", profile_report.markdown(rep)
-        profile_dir = Path(str(shipped_root().joinpath(gpu).joinpath(model)))
-        for out in (profile_dir / "validation_report", RESULTS / f"{gpu}-profile-{model}"):
-            Path(f"{out}.json").write_text(text)
-            Path(f"{out}.md").write_text(md)
+        cost = ProfiledCostModel(load_model(model), get_gpu(gpu))
+        rep = profile_report.report(cost)
         o, i = rep["operators"], rep["iterations"]
         met = ", ".join(f"{k} {'ok' if v else 'MISS'}" for k, v in rep["met"].items())
         summary.append(f"| {gpu} | {model} | {rep['grid']} | {pct(o, 'median')} | {pct(o, 'p95')} | "
                        f"{pct(o, 'max')} | {pct(i, 'median')} | {pct(i, 'p95')} | {pct(i, 'max')} | {met} |")
         print(summary[-1])
-    (RESULTS / "h200-profile-summary.md").write_text("\n".join(summary) + "\n")
+        if args.worst:
+            print(worst(cost, args.worst))
+        if not args.no_write:
+            text, md = json.dumps(rep, indent=1) + "\n", profile_report.markdown(rep)
+            profile_dir = Path(str(shipped_root().joinpath(gpu).joinpath(model)))
+            RESULTS.mkdir(exist_ok=True)
+            for out in (profile_dir / "validation_report", RESULTS / f"{gpu}-profile-{model}"):
+                Path(f"{out}.json").write_text(text)
+                Path(f"{out}.md").write_text(md)
+    if not args.no_write:
+        (RESULTS / "h200-profile-summary.md").write_text("\n".join(summary) + "\n")
 
 
 if __name__ == "__main__":

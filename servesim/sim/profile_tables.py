@@ -1,11 +1,14 @@
 """Reading a profile directory (servesim.models.profile_schema) for the profiled cost model:
 meta.json checks, the parquet tables, and one interpolating `OpTable` per operator.
 
-An operator's rows form a full cartesian grid over its axes; `Grid` interpolates multilinearly
-(prefill attention per attended position, so its quadratic growth in the chunk length
-interpolates well). Beyond the top of a grid an `OpTable` uses a least-squares fit of the whole
-table on roofline-like terms (FLOPs and bytes in the axes), never less than the clamped grid
-value; the caller counts every such lookup. No torch anywhere.
+An operator's rows form a full cartesian grid over its axes; `Grid` interpolates multilinearly.
+Attention tables interpolate measured time over a structural estimate of it (kernel_work.py:
+the kernels' program counts, split rule and key tiles, weighted by a fit of the table's own
+rows), so split-count and wave steps between grid points come from the launch rule; decode
+attention interpolates over log batch and log context (its grid is geometric). Beyond the top
+of a grid an `OpTable` uses a least-squares fit of the whole table on roofline-like terms
+(FLOPs and bytes in the axes), never less than the clamped grid value; the caller counts every
+such lookup. No torch anywhere.
 """
 
 from __future__ import annotations
@@ -13,6 +16,8 @@ from __future__ import annotations
 import bisect
 import itertools
 import json
+import math
+from collections.abc import Callable
 from importlib import resources
 from importlib.resources.abc import Traversable
 from pathlib import Path
@@ -24,11 +29,16 @@ import pandas as pd
 from servesim.errors import InputError
 from servesim.models.arch import ModelArch
 from servesim.models.profile_schema import META_FILE, OP_AXES, SCHEMA_VERSION, TABLES
+from servesim.sim import kernel_work
 from servesim.sim.hardware import GpuSpec
 
-_W0 = 65536.0
-"""Attended positions added to prefill work before interpolating time per position (its
-launch-bound floor), so tiny chunks interpolate as smoothly as large ones."""
+_STRUCTURE: dict[str, Callable[[ModelArch, int, tuple[float, ...]], list[float]]] = {
+    "attn_decode": kernel_work.decode_terms, "attn_prefill": kernel_work.prefill_terms,
+    "attn_prefill_packed": kernel_work.prefill_terms}
+"""Tables whose time is interpolated relative to the kernel's structural estimate."""
+_LOG_AXES = {"attn_decode": (True, True, False)}
+"""Axes interpolated in log space: decode batch and context (geometric grids, 4x steps)."""
+_MAX_WORK_CACHE = 100_000
 
 
 def shipped_root() -> Traversable:
@@ -44,14 +54,6 @@ def shipped_profiles() -> list[tuple[str, str]]:
                   for m in g.iterdir() if m.joinpath(META_FILE).is_file())
 
 
-def _work(op: str, x: tuple[float, ...]) -> float:
-    """What time is interpolated per: attended positions for prefill attention, else 1."""
-    if op.startswith("attn_prefill"):
-        q, p = x[0], x[1]
-        return (q * p + q * (q + 1) / 2 + _W0) * (x[2] if len(x) > 2 else 1.0)
-    return 1.0
-
-
 def _features(op: str, x: tuple[float, ...]) -> list[float]:
     """Roofline-like terms the out-of-grid fit is linear in."""
     if op.startswith("attn_prefill"):
@@ -63,16 +65,26 @@ def _features(op: str, x: tuple[float, ...]) -> list[float]:
 
 
 class Grid:
-    """Multilinear interpolation over a full cartesian grid; values flat, row-major."""
+    """Multilinear interpolation over a full cartesian grid; values flat, row-major. An axis
+    flagged in `log_axes` interpolates in the logarithm of its values (all > 0)."""
 
-    def __init__(self, axes: list[list[float]], values: list[float]) -> None:
+    def __init__(self, axes: list[list[float]], values: list[float], log_axes: tuple[bool, ...] = ()) -> None:
         self.axes, self.values = axes, values
+        self.log_axes = tuple(log_axes) + (False,) * (len(axes) - len(log_axes))
+        self._coords = [[math.log(v) for v in a] if lg else a for a, lg in zip(axes, self.log_axes, strict=True)]
         self.strides = [int(np.prod([len(a) for a in axes[i + 1:]])) for i in range(len(axes))]
+
+    def weight(self, axis: int, v: float) -> tuple[int, float]:
+        """(j, w): v lies between axis values j and j + 1, at fraction w (inside the axis)."""
+        coords = self._coords[axis]
+        j = bisect.bisect_right(self.axes[axis], v) - 1
+        c = math.log(v) if self.log_axes[axis] else v
+        return j, (c - coords[j]) / (coords[j + 1] - coords[j])
 
     def at(self, x: tuple[float, ...]) -> tuple[float, bool]:
         """(value, whether x lies outside the grid on some axis; then it is clamped)."""
         spans, outside = [], False
-        for axis, v, stride in zip(self.axes, x, self.strides, strict=False):
+        for i, (axis, v, stride) in enumerate(zip(self.axes, x, self.strides, strict=False)):
             if v <= axis[0] or len(axis) == 1:
                 outside |= v < axis[0] or (len(axis) == 1 and v > axis[0])
                 spans.append((0, 0, 0.0, stride))
@@ -80,8 +92,8 @@ class Grid:
                 outside |= v > axis[-1]
                 spans.append((len(axis) - 1, 0, 0.0, stride))
             else:
-                j = bisect.bisect_right(axis, v) - 1
-                spans.append((j, 1, (v - axis[j]) / (axis[j + 1] - axis[j]), stride))
+                j, w = self.weight(i, v)
+                spans.append((j, 1, w, stride))
         total = 0.0
         for bits in itertools.product((0, 1), repeat=len(spans)):
             weight, index = 1.0, 0
@@ -107,25 +119,60 @@ def _grid(frame: pd.DataFrame, cols: list[str], value: np.ndarray) -> tuple[list
     return axes, cube
 
 
-class OpTable:
-    """One operator's measured times (seconds) with its out-of-grid fit."""
+def _relative_fit(terms: np.ndarray, seconds: np.ndarray) -> np.ndarray:
+    """Nonnegative coefficients c minimising sum((terms @ c / seconds - 1)^2): the best
+    all-nonnegative least-squares solution over subsets of the (few) terms."""
+    a, best, best_err = terms / seconds[:, None], np.zeros(terms.shape[1]), math.inf
+    for size in range(1, terms.shape[1] + 1):
+        for keep in itertools.combinations(range(terms.shape[1]), size):
+            c = np.linalg.lstsq(a[:, keep], np.ones(len(seconds)), rcond=None)[0]
+            err = float(np.sum((a[:, keep] @ c - 1.0) ** 2))
+            if (c >= 0).all() and err < best_err - 1e-12:
+                best, best_err = np.zeros(terms.shape[1]), err
+                best[list(keep)] = c
+    return best
 
-    def __init__(self, op: str, rows: pd.DataFrame) -> None:
+
+class OpTable:
+    """One operator's measured times (seconds) with its out-of-grid fit; `arch` and `num_sms`
+    give attention tables their structural estimate (without them, time is interpolated)."""
+
+    def __init__(self, op: str, rows: pd.DataFrame, arch: ModelArch | None = None, num_sms: int = 0) -> None:
         self.op = op
         cols = ["a", "b", "c"][: len(OP_AXES[op])]
         xs = _rows(rows, cols)
         seconds = rows.median_us.to_numpy(float) * 1e-6
         features = np.array([_features(op, x) for x in xs])
         self.coef = np.maximum(np.linalg.lstsq(features, seconds, rcond=None)[0], 0.0)
-        axes, cube = _grid(rows, cols, seconds / np.array([_work(op, x) for x in xs]))
+        self._terms: Callable[[tuple[float, ...]], list[float]] | None = None
+        self.scale: tuple[float, ...] = ()
+        self._work: dict[tuple[float, ...], float] = {}
+        structure = _STRUCTURE.get(op)
+        if structure is not None and arch is not None and num_sms > 0:
+            self._terms = lambda x: structure(arch, num_sms, x)
+            self.scale = tuple(map(float, _relative_fit(np.array([self._terms(x) for x in xs]), seconds)))
+            if not all(self.work(x) > 0 for x in xs):
+                self._terms, self.scale = None, ()
+        axes, cube = _grid(rows, cols, seconds / np.array([self.work(x) for x in xs]))
         self.gaps = int(np.isnan(cube).sum())
         if self.gaps:  # unmeasured cells (failed points): the fit fills them
             for idx in zip(*np.nonzero(np.isnan(cube)), strict=True):
                 x = tuple(a[i] for a, i in zip(axes, idx, strict=True))
-                cube[idx] = self.fit(x) / _work(op, x)
+                cube[idx] = self.fit(x) / self.work(x)
         self.top = [a[-1] for a in axes]
-        self.grid = Grid(axes, cube.ravel().tolist()) if cols else None
+        self.grid = Grid(axes, cube.ravel().tolist(), _LOG_AXES.get(op, ())) if cols else None
         self.scalar = float(seconds[0]) if not cols else 0.0
+
+    def work(self, x: tuple[float, ...]) -> float:
+        """The structural estimate (seconds) that time is interpolated relative to, else 1."""
+        if self._terms is None:
+            return 1.0
+        w = self._work.get(x)
+        if w is None:  # prefill's makespan walks every program: once per shape
+            if len(self._work) >= _MAX_WORK_CACHE:
+                self._work.clear()
+            w = self._work[x] = sum(c * t for c, t in zip(self.scale, self._terms(x), strict=True))
+        return w
 
     def fit(self, x: tuple[float, ...]) -> float:
         return float(np.dot(self.coef, _features(self.op, x)))
@@ -134,7 +181,7 @@ class OpTable:
         if self.grid is None:
             return self.scalar, False
         value, outside = self.grid.at(x)
-        t = value * _work(self.op, x)
+        t = value * self.work(x)
         if outside and any(v > top for v, top in zip(x, self.top, strict=False)):
             t = max(t, self.fit(x))
         return t, outside
@@ -173,7 +220,10 @@ def load_tables(path: Path | Traversable) -> dict[str, pd.DataFrame]:
 
 
 class RatioTable:
-    """Time on `sms` SMs over time on the whole GPU, per shape of one operator."""
+    """Time on `sms` SMs over time on the whole GPU, per shape of one operator. The SM axis is
+    interpolated in -1/sms: where an operator scales with its SMs the ratio is c/sms, a straight
+    line in 1/sms, while a straight line in sms between profiled shares (32 and 64, say)
+    overstates the time between them (by 12 % at 48 SMs)."""
 
     def __init__(self, op: str, rows: pd.DataFrame, full: OpTable, num_sms: int) -> None:
         cols = ["a", "b", "c"][: len(OP_AXES[op])]
@@ -181,18 +231,19 @@ class RatioTable:
         ratio = rows.median_us.to_numpy(float) * 1e-6 / np.array([full.seconds(x)[0] for x in xs])
         whole = rows.drop_duplicates(cols).assign(sms=num_sms)
         frame = pd.concat([rows.assign(ratio=ratio), whole.assign(ratio=1.0)], ignore_index=True)
+        frame = frame.assign(sms=-1.0 / frame.sms.astype(float))
         axes, cube = _grid(frame, [*cols, "sms"], frame.ratio.to_numpy(float))
         for j in range(cube.shape[-1]):  # a failed point: the mean ratio at that SM count
             layer = cube[..., j]
             layer[np.isnan(layer)] = np.nanmean(layer) if np.isfinite(layer).any() else 1.0
-        self.min_sms = axes[-1][0]
+        self.min_sms = round(-1.0 / axes[-1][0])
         self.grid = Grid(axes, cube.ravel().tolist())
 
     def ratio(self, x: tuple[float, ...], sms: int) -> tuple[float, bool]:
         """(ratio, whether sms is below the smallest profiled partition: scaled as 1/sms)."""
         if sms < self.min_sms:
-            return self.grid.at((*x, self.min_sms))[0] * self.min_sms / sms, True
-        return self.grid.at((*x, float(sms)))[0], False
+            return self.grid.at((*x, -1.0 / self.min_sms))[0] * self.min_sms / sms, True
+        return self.grid.at((*x, -1.0 / sms))[0], False
 
 
 def contention_curves(frame: pd.DataFrame) -> dict[tuple[str, str], tuple[list[float], list[float]]]:
@@ -226,7 +277,8 @@ class Profile:
         if "ops" not in self.tables:
             raise InputError(f"{path}: ops.parquet is missing")
         ops = self.tables["ops"].dropna(subset=["median_us"])
-        self.ops = {str(op): OpTable(str(op), rows) for op, rows in ops.groupby("op", observed=True)}
+        self.ops = {str(op): OpTable(str(op), rows, arch, gpu.num_sms)
+                    for op, rows in ops.groupby("op", observed=True)}
         shares = self.tables.get("sm_shares", pd.DataFrame(columns=TABLES["sm_shares"]))
         self.ratios = {str(op): RatioTable(str(op), rows, self.ops[str(op)], gpu.num_sms)
                        for op, rows in shares.dropna(subset=["median_us"]).groupby("op", observed=True) if op in self.ops}

@@ -7,12 +7,14 @@ partition and split into the profile's co-runner classes by time; the target's s
 time-weighted measured slowdown. Lookups off a grid, below the smallest partition, or for
 co-runner pairs the profile lacks (then the roofline model's HBM contention, hardware.py) are
 counted in `extrapolated`; the run's summary reports them. Groups of operators are priced once
-per shape and cached, so a decode step costs a few dict lookups and two interpolations.
+per shape and cached, so a decode step costs a few dict lookups, two interpolations and decode
+attention's structural estimate (kernel_work.decode_estimate).
 """
 
 from __future__ import annotations
 
 import bisect
+import math
 from collections.abc import Callable
 from importlib.resources.abc import Traversable
 from pathlib import Path
@@ -24,14 +26,18 @@ from servesim.models.arch import ModelArch
 from servesim.models.ops import OpSpec
 from servesim.models.profile_schema import CONTENTION_TARGETS, CORUNNERS, SMALL_GEMM_ROWS, table_for
 from servesim.models.shapes import BatchCost, BatchShape, Corunner, OpCost
+from servesim.sim import kernel_work
 from servesim.sim.hardware import CORUN_BASE, CORUN_PER_DEMAND, GpuSpec
 from servesim.sim.profile_tables import Profile, lerp, shipped_root
 
 _SM_PROXY = {"moe_combine": "moe_silu_mul", "attn_prefill_packed": "attn_prefill"}
 _NO_SLOWDOWN = (1.0,) * len(CONTENTION_TARGETS)
 _MAX_CACHE = 200_000
-_Curves = tuple[list[float], list[float], list[list[float]]]
-"""Decode attention at a fixed batch: (mean contexts, skews, seconds per skew per context)."""
+_Curves = tuple[list[float], list[float], bool, list[float], list[list[float]], Callable[[float, float], float] | None]
+"""Decode attention at a fixed batch: mean contexts, their interpolation coordinates (logs when
+the table's context axis is logarithmic, flagged), skews, per skew per context the time over
+the table's structural estimate (OpTable.work), and that estimate as a function of (total
+context, longest context) (None: the table has none)."""
 
 
 class _Priced(NamedTuple):
@@ -186,25 +192,33 @@ class ProfiledCostModel:
         if curves is None or not ctx:
             return None
         mean = ctx / n
-        contexts, skews, values = curves
-        if not contexts[0] <= mean <= contexts[-1] or max_ctx > skews[-1] * mean:
+        contexts, coords, log_axis, skews, ratios, estimate = curves
+        skew = max_ctx / mean
+        if not contexts[0] <= mean <= contexts[-1] or skew > skews[-1]:
             return None
         # One bisection for every skew row (they share the context axis).
-        j = min(bisect.bisect_right(contexts, mean) - 1, len(contexts) - 2) if len(contexts) > 1 else 0
         if len(contexts) > 1:
-            w = (mean - contexts[j]) / (contexts[j + 1] - contexts[j])
-            at = [row[j] + (row[j + 1] - row[j]) * w for row in values]
+            j = min(bisect.bisect_right(contexts, mean) - 1, len(contexts) - 2)
+            w = ((math.log(mean) if log_axis else mean) - coords[j]) / (coords[j + 1] - coords[j])
+            at = [row[j] + (row[j + 1] - row[j]) * w for row in ratios]
         else:
-            at = [row[0] for row in values]
-        return lerp(skews, at, max_ctx / mean) if len(skews) > 1 else at[0]
+            at = [row[0] for row in ratios]
+        if len(at) == 2:  # the usual two skews, inline (priced at every decode step); skew >= 1
+            ratio = at[0] + (at[1] - at[0]) * max(0.0, (skew - skews[0]) / (skews[1] - skews[0]))
+        else:
+            ratio = lerp(skews, at, skew) if len(skews) > 1 else at[0]
+        return ratio * estimate(ctx, max_ctx) if estimate else ratio
 
     def _decode_curves(self, n: int, sms: int) -> _Curves | None:
         table = self.profile.ops["attn_decode"]
         if table.grid is None or not table.grid.axes[0][0] <= n <= table.grid.axes[0][-1]:
             return None
         _, contexts, skews = table.grid.axes
-        values = [[self.table_seconds("attn_decode", (n, c, s), sms)[0] for c in contexts] for s in skews]
-        return contexts, skews, values
+        ratios = [[self.table_seconds("attn_decode", (n, c, s), sms)[0] / table.work((n, c, s)) for c in contexts]
+                  for s in skews]
+        estimate = kernel_work.decode_estimate(self.arch, self.gpu.num_sms, n, table.scale) if table.scale else None
+        log_axis = table.grid.log_axes[1]
+        return contexts, [math.log(c) for c in contexts] if log_axis else contexts, log_axis, skews, ratios, estimate
 
     def decode_stepper(self, n: int, logits: int, sms: int | None) -> Callable[[int, int], float]:
         """step_time of a decode-only batch of `n` sequences as a function of (total context,
