@@ -102,14 +102,20 @@ SUMMARY = ("median_ttft_ms", "p99_ttft_ms", "median_itl_ms", "p99_itl_ms", "medi
 
 def _summary(out: Path) -> None:
     """summary.md: the relative error of the headline metrics for every run under `out`."""
-    lines = ["| run | requests | " + " | ".join(SUMMARY) + " | decode steps | steps with prefill |",
-             "|---|---:|" + "---:|" * (len(SUMMARY) + 2)]
+    lines = ["| run | requests | " + " | ".join(SUMMARY) + " | decode steps | steps with prefill "
+             "| host constants (us: launch, step, per seq, check) | compiles while serving |",
+             "|---|---:|" + "---:|" * (len(SUMMARY) + 2) + "---|---:|"]
     for report_file in sorted(out.glob("*/report.json")):
         r = json.loads(report_file.read_text())
         cells = [f"{100 * r['metrics'][k]['rel_error']:+.1f}%" for k in SUMMARY]
         steps = [f"{100 * r['steps'][k]['median_error']:+.1f}%" if k in r.get("steps", {}) else "-"
                  for k in ("decode_only", "with_prefill")]
-        lines.append(f"| {report_file.parent.name} | {r['requests']} | " + " | ".join(cells + steps) + " |")
+        cost = r.get("predicted_again", {}).get("cost_model") or {}
+        host = ", ".join(f"{cost[k]:g}" for k in ("host_launch_us", "host_step_us", "host_per_seq_us",
+                                                    "host_check_us") if k in cost) or "-"
+        compiles = r.get("runtime_health", {}).get("jit_compiles", "not counted")
+        lines.append(f"| {report_file.parent.name} | {r['requests']} | " + " | ".join(cells + steps)
+                     + f" | {host} | {compiles} |")
     (out / "summary.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
