@@ -41,7 +41,7 @@ class Measurer:
         if p.table == "contention":
             return self._contention(p)
         if p.op == "iteration_fixed":
-            timing = self.timer.measure(lambda g: [fixed_cost_call(self.factory)], flush=False, graph=False)
+            timing = self.timer.measure(lambda g: [fixed_cost_call(self.factory) for _ in range(g)], flush=False)
             return {"op": p.op, "a": p.a, "b": p.b, "c": p.c, **timing.row()}
         if p.table == "sm_shares":
             part, _ = self.partitions.pair(p.sms)
