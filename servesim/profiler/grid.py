@@ -87,10 +87,11 @@ SPECS: dict[str, GridSpec] = {
     "quick": GridSpec(
         max_tokens=32768, ladder_ratio=1.5, max_waves=4,
         elementwise_tokens=(1, 4, 16, 64, 256, 1024, 4096, 16384, 32768),
-        prefill_q=(1, 16, 64, 256, 1024, 2048, 4096, 8192, 16384), prefill_prefix=(0, 2048, 8192, 32768),
+        prefill_q=(1, 16, 64, 256, 512, 768, 1024, 2048, 4096, 8192, 16384),
+        prefill_prefix=(0, 512, 2048, 8192, 32768),
         packed_q=(16, 128, 1024), packed_seqs=(1, 4, 16),
-        decode_batch=(1, 4, 16, 64, 256), decode_context=(64, 512, 2048, 8192, 16384),
-        decode_skew=(1, 4), sample_rows=(1, 4, 16, 64, 256, 1024, 4096),
+        decode_batch=(1, 2, 4, 8, 16, 32, 64, 128, 256), decode_context=(64, 512, 2048, 8192, 16384),
+        decode_skew=(1, 2, 4, 8), sample_rows=(1, 4, 16, 64, 256, 1024, 4096),
         sm_counts=(8, 16, 32, 64, 96, 128), split_sms=(16, 32, 64, 96),
         share_tokens=(1, 64, 1024, 16384),
         share_prefill=((256, 4096), (0, 8192)),
@@ -140,13 +141,15 @@ def _gemm_step_key(m: int, n: int, k: int, sms: int) -> tuple[int, ...]:
 
 
 def gemm_rows(n: int, k: int, spec: GridSpec, max_m: int, sms: int = SM_COUNT_H200) -> list[int]:
-    """Rows to time a GEMM at: a geometric ladder plus both sides of every configuration or
-    wave step up to `spec.max_waves` waves (beyond, a step is < 1/max_waves of the time)."""
+    """Rows to time a GEMM at: a geometric ladder plus both sides of every configuration step
+    (another kernel, tile or split count: the time can jump by any amount, the LM head's
+    doubles at some) and of every wave step up to `spec.max_waves` waves (beyond, a wave step
+    is < 1/max_waves of the time)."""
     rows = _ladder(max_m, spec.ladder_ratio) | set(spec.share_tokens)
     prev = _gemm_step_key(1, n, k, sms)
     for m in range(2, max_m + 1):
         key = _gemm_step_key(m, n, k, sms)
-        if key != prev and key[-1] <= spec.max_waves:
+        if key != prev and (key[:-1] != prev[:-1] or key[-1] <= spec.max_waves):
             rows |= {m - 1, m}
         prev = key
     return sorted(r for r in rows if r <= max_m)
