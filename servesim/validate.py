@@ -8,6 +8,7 @@ TRITON_INTERPRET=1 (tiny models only; checks the plumbing, not the timing).
 from __future__ import annotations
 
 import dataclasses
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,7 +34,7 @@ from servesim.runner import (
 )
 from servesim.runtime.engine import Runtime, StepRecord
 from servesim.runtime.model import RuntimeModel
-from servesim.runtime.partitioned import PartitionedRuntime, PartitionLanes, nexus_splits
+from servesim.runtime.partitioned import Lanes, PartitionedRuntime, PartitionLanes, nexus_splits
 from servesim.runtime.warmup import warm_up
 from servesim.sim.cost_model import CostModel
 from servesim.sim.engine import simulate
@@ -54,6 +55,11 @@ class Validation:
     measured_itl_s: np.ndarray
     predicted_itl_s: np.ndarray
     steps: pd.DataFrame
+
+
+def _say(message: str) -> None:
+    """Progress of the long phases (warm-up, graphs, serving), on stderr."""
+    print(f"validate: {message}", file=sys.stderr, flush=True)
 
 
 def _device(name: str) -> torch.device:
@@ -98,11 +104,13 @@ def validate(config: Config, base_dir: Path, device_name: str = "cuda",
     if prompt > loaded.warmed_prompt or not loaded.setup:
         started = time.perf_counter()
         if warmup:
+            _say(f"compiling kernels for prompts up to {prompt} tokens")
             warm_up(loaded.model, limits, prompt)
         loaded.warmed_prompt = prompt
         loaded.setup = {"warm_up_s": round(time.perf_counter() - started, 1)}
     if not partitioned and "graphs" not in loaded.setup:  # the whole GPU's lane
         started = time.perf_counter()
+        _say("capturing CUDA graphs")
         graphs = loaded.model.capture_graphs(config.engine.cuda_graph_max_tokens)
         loaded.setup |= {"graphs": graphs, "capture_s": round(time.perf_counter() - started, 1)}
     cost_model = build_cost_model(config, arch, gpu)
@@ -110,7 +118,11 @@ def validate(config: Config, base_dir: Path, device_name: str = "cuda",
     runtime = _nexus_runtime(loaded, policy, limits, config.engine.cuda_graph_max_tokens) \
         if isinstance(policy, Nexus) else Runtime(loaded.model, policy, limits)
     setup = dict(loaded.setup)
-    measured = runtime.run(build_requests(workload, config))
+    requests = build_requests(workload, config)
+    last = max((r.arrival_s for r in requests), default=0.0)
+    _say(f"serving {len(requests)} requests in real time ({last:.0f} s of arrivals)")
+    measured = runtime.run(requests)
+    _say("simulating the same requests")
     predicted = simulate(build_requests(workload, config), make_policy(config, limits), cost_model,
                          limits, arch=arch)
     tables = [request_table(r.requests, config.slo.classes, config.slo.default) for r in (measured, predicted)]
@@ -137,8 +149,12 @@ def _nexus_runtime(loaded: _Loaded, policy: Nexus, limits: EngineLimits, graph_r
     if loaded.partitions is None:
         loaded.partitions = PartitionLanes(loaded.model, limits, graphs=graph_rows > 0)
     splits = nexus_splits(policy)
-    lanes = loaded.partitions.get(splits, min(policy.params.token_budget, graph_rows),
-                                  min(policy.params.max_num_seqs, graph_rows))
+    lanes: Lanes = {}
+    for i, p in enumerate(splits):  # one at a time, to show progress (seconds per split)
+        if p not in loaded.partitions.lanes:
+            _say(f"partitions and graphs for {p} prefill SMs ({i + 1} of {len(splits)} splits)")
+        lanes |= loaded.partitions.get([p], min(policy.params.token_budget, graph_rows),
+                                       min(policy.params.max_num_seqs, graph_rows))
     loaded.setup = {**loaded.setup, "partition_splits": splits,
                     "partition_graphs": sum(len(g) for pair in loaded.partitions.lanes.values()
                                             for lane in pair for g in lane.graphs.values()),
