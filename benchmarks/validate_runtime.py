@@ -76,6 +76,7 @@ def _measure(runs: dict[str, Config], base: Path, out: Path, args: argparse.Name
 
 
 def _predict_again(runs: dict[str, Config], base: Path, measured: Path, out: Path) -> None:
+    from servesim.plots import plot_validation_cdf
     from servesim.validate import repredict
 
     for name, config in runs.items():
@@ -88,11 +89,15 @@ def _predict_again(runs: dict[str, Config], base: Path, measured: Path, out: Pat
         report = json.loads(source.read_text())
         steps_file = next(f for f in (folder / "steps.csv.gz", folder / "steps.csv") if f.exists())
         steps = pd.read_csv(steps_file, dtype={"chunks": str, "prefixes": str, "layers": str})
-        new_report, new_steps = repredict(config, base, report, steps, np.load(folder / "itl.npz")["measured"])
+        measured_itl = np.load(folder / "itl.npz")["measured"]
+        again = repredict(config, base, report, steps, measured_itl)
         target = out / name if len(runs) > 1 else out
         target.mkdir(parents=True, exist_ok=True)
-        new_steps.to_csv(target / "steps.csv.gz", index=False)
-        _write(target, new_report, None)
+        again.steps.to_csv(target / "steps.csv.gz", index=False)
+        _write(target, again.report, None)
+        measured_requests = pd.read_csv(folder / "measured_requests.csv")
+        plot_validation_cdf(measured_requests, again.predicted, measured_itl, again.predicted_itl_s, target / "cdf",
+                            f"{name} on {config.model}: runtime vs simulator")
     _summary(out)
 
 

@@ -165,8 +165,19 @@ def _nexus_runtime(loaded: _Loaded, policy: Nexus, limits: EngineLimits, graph_r
     return PartitionedRuntime(loaded.model, policy, limits, lanes)
 
 
+@dataclass
+class Repredicted:
+    """A measurement's report and step table priced again, and the new prediction's requests
+    and token gaps (for the CDF plot)."""
+
+    report: dict[str, Any]
+    steps: pd.DataFrame
+    predicted: pd.DataFrame
+    predicted_itl_s: np.ndarray
+
+
 def repredict(config: Config, base_dir: Path, report: dict[str, Any], steps: pd.DataFrame,
-              measured_itl_s: np.ndarray) -> tuple[dict[str, Any], pd.DataFrame]:
+              measured_itl_s: np.ndarray) -> Repredicted:
     """Predict again, on any machine, for a measurement already taken (a report and its step
     table): the simulator with `config`'s cost model; the measured side is kept as it is."""
     arch, gpu = load_model(config.model), get_gpu(config.hardware.gpu)
@@ -176,7 +187,8 @@ def repredict(config: Config, base_dir: Path, report: dict[str, Any], steps: pd.
     cost_model = build_cost_model(config, arch, gpu)
     predicted = simulate(build_requests(workload, config), make_policy(config, limits), cost_model,
                          limits, arch=arch)
-    summary = summarize(predicted, request_table(predicted.requests, config.slo.classes, config.slo.default))
+    table = request_table(predicted.requests, config.slo.classes, config.slo.default)
+    summary = summarize(predicted, table)
     rows = _metric_rows({k: row["measured"] for k, row in report["metrics"].items()}, summary)
     predicted_s, predicted_gpu_s = _priced(cost_model, step_shapes(steps))
     steps = steps.assign(predicted_s=predicted_s, predicted_gpu_s=predicted_gpu_s)
@@ -184,7 +196,7 @@ def repredict(config: Config, base_dir: Path, report: dict[str, Any], steps: pd.
            "completed_predicted": summary["completed"], "steps": step_errors(steps),
            "predicted_again": {"cost_model": dataclasses.asdict(config.cost_model),
                                "measured_itls": int(len(measured_itl_s))}}
-    return new, steps
+    return Repredicted(new, steps, table, _itl(predicted.requests))
 
 
 def step_table(records: list[StepRecord], cost_model: CostModel) -> pd.DataFrame:

@@ -44,10 +44,13 @@ def test_validate_reports_every_metric(tmp_path: Path) -> None:
     assert set(report["steps"]) == {"decode_only", "with_prefill"}
     steps.to_csv(tmp_path / "steps.csv", index=False)
     read = pd.read_csv(tmp_path / "steps.csv", dtype={"chunks": str, "prefixes": str, "layers": str})
-    again, priced = repredict(config, tmp_path, report, read, out.measured_itl_s)
+    again = repredict(config, tmp_path, report, read, out.measured_itl_s)
+    priced = again.steps
+    assert list(again.predicted.ttft_s) == list(out.predicted.ttft_s)
+    assert again.predicted_itl_s.tolist() == out.predicted_itl_s.tolist()
     assert priced.predicted_s.tolist() == steps.predicted_s.tolist()
-    assert again["metrics"] == report["metrics"]
-    assert json.dumps(again["steps"]) == json.dumps(report["steps"])  # NaN-tolerant
+    assert again.report["metrics"] == report["metrics"]
+    assert json.dumps(again.report["steps"]) == json.dumps(report["steps"])  # NaN-tolerant
 
 
 def test_validate_nexus_prices_each_step_on_its_partition(tmp_path: Path) -> None:
@@ -69,5 +72,5 @@ def test_validate_nexus_prices_each_step_on_its_partition(tmp_path: Path) -> Non
     assert len(paired) and (steps.partition[paired.corunner].to_numpy() != paired.partition.to_numpy()).all()
     steps.to_csv(tmp_path / "steps.csv", index=False)
     read = pd.read_csv(tmp_path / "steps.csv", dtype={"chunks": str, "prefixes": str, "layers": str})
-    _, priced = repredict(config, tmp_path, report, read, out.measured_itl_s)
-    assert priced.predicted_s.tolist() == steps.predicted_s.tolist()
+    again = repredict(config, tmp_path, report, read, out.measured_itl_s)
+    assert again.steps.predicted_s.tolist() == steps.predicted_s.tolist()
