@@ -34,7 +34,7 @@ from servesim.runner import (
 )
 from servesim.runtime.engine import Runtime, StepRecord
 from servesim.runtime.model import RuntimeModel
-from servesim.runtime.partitioned import Lanes, PartitionedRuntime, PartitionLanes, nexus_splits
+from servesim.runtime.partitioned import Lanes, PartitionedRuntime, PartitionLanes
 from servesim.runtime.warmup import warm_up
 from servesim.sim.cost_model import CostModel
 from servesim.sim.engine import simulate
@@ -148,7 +148,7 @@ def _nexus_runtime(loaded: _Loaded, policy: Nexus, limits: EngineLimits, graph_r
     started = time.perf_counter()
     if loaded.partitions is None:
         loaded.partitions = PartitionLanes(loaded.model, limits, graphs=graph_rows > 0)
-    splits = nexus_splits(policy)
+    splits = policy.shares()
     lanes: Lanes = {}
     for i, p in enumerate(splits):  # one at a time, to show progress (seconds per split)
         if p not in loaded.partitions.lanes:

@@ -89,13 +89,30 @@ class Nexus(Policy):
             used += n
         return batch
 
+    def initial_split(self) -> int:
+        """The prefill partition's SMs at the start: initial_prefill_sms, leaving each side at
+        least one SM step."""
+        step = self.sm_step
+        return min(max(self.params.initial_prefill_sms, step), self.limits.num_sms - step)
+
+    def shares(self) -> list[int]:
+        """Every prefill share a run can use: the initial one and, with the controller, each
+        multiple of the SM step it may choose."""
+        step = self.sm_step
+        if not self.params.adaptive:
+            return [self.initial_split()]
+        return sorted({self.initial_split(), *range(step, self._highest_share() + 1, step)})
+
+    def _highest_share(self) -> int:
+        return (self.limits.num_sms - self.sm_step) // self.sm_step * self.sm_step
+
     def split(self, view: ServingView, prefill_sms: int) -> int:
         """The controller: the prefill partition's SMs for the next period, a multiple of the
         hardware's SM step (the partition sizes a static split can have too)."""
         p, total, step, predict = self.params, self.limits.num_sms, self.sm_step, self.predict
         if not p.adaptive or predict is None:
             return prefill_sms
-        low, high = step, (total - step) // step * step
+        low, high = step, self._highest_share()
         batch = self.prefill_batch(view)
         ctx = [r.decode_context for r in view.running if not r.in_prefill]
         decode = BatchShape(num_decodes=len(ctx), decode_context=sum(ctx),

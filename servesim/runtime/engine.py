@@ -163,13 +163,23 @@ class Runtime:
         gap = self.pending[i].arrival_s - now if i < len(self.pending) else 0.0005
         time.sleep(min(max(gap, 0.0), 0.05))
 
+    def _begin(self, step: Step, start: float) -> BatchShape:
+        """Allocate the step's KV in the shared bookkeeping and behind it, physical blocks."""
+        shape = self.state.begin_step(self.policy, step, start)
+        for req in (*(r for r, _ in step.prefills), *step.decodes):
+            self.blocks.sync(req)
+        return shape
+
+    def _complete(self, step: Step, end: float) -> None:
+        """Advance the step's requests, emit their tokens, free the blocks of finished ones."""
+        self.state.complete_step(self.policy, step, end)
+        for req in (*(r for r, _ in step.prefills), *step.decodes):
+            if req.state is State.FINISHED:
+                self.blocks.sync(req)
+
     def _execute(self, step: Step, start: float, scheduled: float) -> None:
-        state, policy = self.state, self.policy
-        shape: BatchShape = state.begin_step(policy, step, start)
-        for req, _ in step.prefills:
-            self.blocks.sync(req)
-        for req in step.decodes:
-            self.blocks.sync(req)
+        state = self.state
+        shape = self._begin(step, start)
         key = tuple((r.request_id, n) for r, n in step.prefills)
         run = self.suspended.pop(key, None) if key else None
         if run is None:
@@ -189,10 +199,7 @@ class Runtime:
         if done:
             for req, _ in step.prefills:
                 req.prefill_run, req.chunk_tokens, req.prefill_progress_s = -1, 0, 0.0
-            state.complete_step(policy, step, end)
-            for req in (*(r for r, _ in step.prefills), *step.decodes):
-                if req.state is State.FINISHED:
-                    self.blocks.sync(req)
+            self._complete(step, end)
         state.log.add(start, end, shape.num_prefill_tokens, shape.num_decodes, used)
 
     def _drive(self, run: Pass, step: Step, key: Any) -> bool:

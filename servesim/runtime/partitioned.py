@@ -10,8 +10,8 @@ and schedules that partition's next one. The policy's controller re-splits the S
 so for one step the old and the new partition may overlap (as the paper's asynchronous switch).
 
 Every split the controller can choose needs its own graphs, captured on its partitions' streams
-with kernels sized for their SMs (`partition_lanes`): a static split needs one set, an adaptive
-controller the set of every 8-SM split it may visit.
+with kernels sized for their SMs (`PartitionLanes`): a static split needs one set, an adaptive
+controller the set of every 8-SM split it may visit (`Nexus.shares`).
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ import torch
 from servesim.errors import InputError
 from servesim.policies.base import EngineLimits, Step
 from servesim.policies.nexus import Nexus, Phase
-from servesim.request import Request, State
+from servesim.request import Request
 from servesim.runtime.engine import Pass, Runtime, StepRecord
 from servesim.runtime.model import Lane, RuntimeModel
 from servesim.runtime.plan import build_plan
@@ -44,21 +44,6 @@ LOGIT_ROWS_PREFILL = 64
 
 Lanes = dict[int, tuple[Lane, Lane]]
 """Prefill SMs of a split -> (its prefill lane, its decode lane)."""
-
-
-def first_split(policy: Nexus) -> int:
-    """The prefill share at the start, clamped as the simulator clamps it."""
-    total, step = policy.limits.num_sms, policy.sm_step
-    return min(max(policy.params.initial_prefill_sms, step), total - step)
-
-
-def nexus_splits(policy: Nexus) -> list[int]:
-    """The prefill shares a run can use: the initial one and, with the adaptive controller,
-    every 8-SM share it may pick."""
-    total, step = policy.limits.num_sms, policy.sm_step
-    if not policy.params.adaptive:
-        return [first_split(policy)]
-    return sorted({first_split(policy), *range(step, (total - step) // step * step + 1, step)})
 
 
 class PartitionLanes:
@@ -144,7 +129,7 @@ class PartitionedRuntime(Runtime):
     def __init__(self, model: RuntimeModel, policy: Nexus, limits: EngineLimits, lanes: Lanes) -> None:
         super().__init__(model, policy, limits)
         self.nexus, self.lanes = policy, lanes
-        self.prefill_sms = first_split(policy)
+        self.prefill_sms = policy.initial_split()
         if self.prefill_sms not in lanes:
             raise InputError(f"nexus: no lanes for the initial split of {self.prefill_sms} prefill SMs")
         self.splits: list[tuple[float, int]] = [(0.0, self.prefill_sms)]
@@ -210,11 +195,7 @@ class PartitionedRuntime(Runtime):
             slot.slept_on = (self.next_arrival, self.completed)
             return False
         lane = self.lanes[self.prefill_sms][slot.index]
-        shape = state.begin_step(policy, step, now)
-        for req, _ in step.prefills:
-            self.blocks.sync(req)
-        for req in step.decodes:
-            self.blocks.sync(req)
+        shape = self._begin(step, now)
         other = self.slots[1 - slot.index]
         with _on(lane.stream):
             plan = build_plan(step, self.blocks, self.limits.block_size, self.limits.num_layers,
@@ -260,10 +241,7 @@ class PartitionedRuntime(Runtime):
         end = self.now()
         step, record = slot.step, self.steps[slot.record]
         record.end = end
-        self.state.complete_step(self.nexus, step, end)
-        for req in (*(r for r, _ in step.prefills), *step.decodes):
-            if req.state is State.FINISHED:
-                self.blocks.sync(req)
+        self._complete(step, end)
         shape = record.shape
         self.state.log.add(record.start, end, shape.num_prefill_tokens, shape.num_decodes, slot.used,
                            slot.index)

@@ -78,7 +78,7 @@ def _executors(
     if policy.granularity != "partitioned":
         return [Executor(env, state, policy, cost_model, num_requests, arch=arch)], extra
     assert isinstance(policy, Nexus)
-    prefill_sms = min(max(policy.params.initial_prefill_sms, 8), policy.limits.num_sms - 8)
+    prefill_sms = policy.initial_split()
     prefill = PhaseExecutor(env, state, policy, cost_model, num_requests, sms=prefill_sms,
                             partition=0, arch=arch, phase="prefill")
     decode = PhaseExecutor(env, state, policy, cost_model, num_requests,

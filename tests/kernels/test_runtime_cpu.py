@@ -148,7 +148,7 @@ def test_nexus_runs_prefill_and_decode_side_by_side(adaptive: bool) -> None:
     """Nexus on two partitions: every request is served, prefill steps run on partition 0 and
     decode steps on partition 1 with the SMs of the split in force, and steps of the two
     partitions overlap in time (each records what the other ran next to it)."""
-    from servesim.runtime.partitioned import PartitionedRuntime, PartitionLanes, nexus_splits
+    from servesim.runtime.partitioned import PartitionedRuntime, PartitionLanes
 
     model = _model("llama")
     limits = EngineLimits(block_size=BS, total_blocks=64, watermark_blocks=0, max_model_len=256,
@@ -159,7 +159,7 @@ def test_nexus_runs_prefill_and_decode_side_by_side(adaptive: bool) -> None:
     # A predictor under which decode gains nothing past 8 SMs: the controller moves prefill to 24.
     policy.predict = lambda shape, sms, corunner=None: (
         1e-3 * shape.num_prefill_tokens / (sms or 32) + 1e-3 * shape.num_decodes / min(sms or 32, 8))
-    splits = nexus_splits(policy)
+    splits = policy.shares()
     assert splits == ([8, 16, 24] if adaptive else [16])
     lanes = PartitionLanes(model, limits, graphs=False).get(splits, 16, 8)
     assert {lane.num_sms for pair in lanes.values() for lane in pair} >= {16}
