@@ -13,7 +13,7 @@ preparation plus scheduling is `host_step_us`. Prints one JSON object; --out als
 from __future__ import annotations
 
 import argparse
-import itertools
+import collections
 import json
 import statistics
 import time
@@ -26,7 +26,7 @@ from servesim.models.shapes import BatchShape
 from servesim.policies import REGISTRY, EngineLimits, Step
 from servesim.request import Request
 from servesim.runtime.blocks import BlockTables
-from servesim.runtime.engine import Runtime
+from servesim.runtime.engine import RUN_AHEAD, Runtime
 from servesim.runtime.model import RuntimeModel
 from servesim.runtime.plan import build_plan
 from servesim.sim.cost_model import make_cost_model
@@ -87,8 +87,12 @@ def _graphed_constants(model: RuntimeModel, limits: EngineLimits, cases: dict[st
     """The host model's constants for the runtime with graphs. host_launch_us: the host's issue
     time of a graphed pass over what it issues (median over the cases). host_step_us: the
     runtime's own loop serving `batch` requests that decode together (prompt = the case's
-    context), whose step interval minus the GPU time of that batch is what the host adds per
-    step (scheduling, inputs, sampling, bookkeeping)."""
+    context); per step, the host's time outside the pass with the GPU idle: from the step's
+    start to its first launch (scheduling, KV, inputs) plus from the pass's end to the next
+    step's start (sampling, bookkeeping). These are the parts `servesim validate` separates
+    from a step's GPU time, which the profile prices (the piecewise pass's own gaps included).
+    host_check_us: what a check adds per block where the host, not the GPU, sets the pace
+    (prefill_96); where the GPU does, the checks hide behind it."""
     per_launch = [1e3 * c["graphed_issue_ms"] / c["graphed_launches"] for c in cases.values()]
     loops = {}
     for name in ("decode_b1", "decode_b8", "decode_b32"):
@@ -96,17 +100,16 @@ def _graphed_constants(model: RuntimeModel, limits: EngineLimits, cases: dict[st
         policy_cls = REGISTRY["vllm_v1"]
         runtime = Runtime(model, policy_cls(policy_cls.Params(), limits), limits)
         runtime.run([Request(i, 0.0, ctx, 40) for i in range(batch)])
-        decode_steps = [s for s in runtime.steps if s.shape.num_decodes == batch and not s.shape.prefill_tokens]
-        interval = statistics.median(b.start - a.start for a, b in itertools.pairwise(decode_steps))
-        loops[name] = {"steps": len(decode_steps), "interval_ms": 1e3 * interval,
-                       "host_ms": 1e3 * statistics.median(s.ready - s.start for s in decode_steps),
-                       "host_step_us": 1e3 * (1e3 * interval - cases[name]["gpu_ms"])}
-    # The check cost where the GPU outlasts the host's launches per block. A short prefill
-    # (prefill_96) is host-bound between syncs: its per-block cost, kept in its case, also
-    # holds the launches that cannot run ahead of a sync.
-    checks = [c["host_check_us"] for name, c in cases.items() if "host_check_us" in c and name != "prefill_96"]
+        records = runtime.steps
+        decode = [i for i, s in enumerate(records[:-1])
+                  if s.shape.num_decodes == batch and not s.shape.prefill_tokens]
+        before = statistics.median(records[i].ready - records[i].start for i in decode)
+        after = statistics.median(records[i + 1].start - records[i].end for i in decode)
+        interval = statistics.median(records[i + 1].start - records[i].start for i in decode)
+        loops[name] = {"steps": len(decode), "interval_ms": 1e3 * interval, "before_ms": 1e3 * before,
+                       "after_ms": 1e3 * after, "host_step_us": 1e6 * (before + after)}
     return {"host_launch_us": round(statistics.median(per_launch), 2), **_per_seq_fit(loops, shapes),
-            "host_check_us": round(statistics.median(checks), 1), "loops": loops}
+            "host_check_us": round(cases["prefill_96"]["host_check_us"], 1), "loops": loops}
 
 
 def _per_seq_fit(loops: dict[str, dict[str, float]], shapes: dict[str, BatchShape]) -> dict[str, float]:
@@ -118,8 +121,9 @@ def _per_seq_fit(loops: dict[str, dict[str, float]], shapes: dict[str, BatchShap
 
 
 def _checked_ms(model: RuntimeModel, plan: object, step: Step, reps: int = 20) -> tuple[float, int]:
-    """Median wall time of a pass driven as an operator-level policy drives it: a sync and a
-    policy check after every attention and MLP block; and the number of blocks."""
+    """Median wall time of a pass driven as the runtime drives an operator-level policy's pass:
+    after launching each attention or MLP block, wait for the block before it and ask the
+    policy (`servesim.runtime.engine.RUN_AHEAD`); and the number of blocks."""
     policy_cls = REGISTRY["flowprefill"]
     policy = policy_cls(policy_cls.Params(), EngineLimits(16, 1024, 0, 32768, model.arch.num_layers))
     state = ServingState(policy.limits)
@@ -127,11 +131,16 @@ def _checked_ms(model: RuntimeModel, plan: object, step: Step, reps: int = 20) -
     for _ in range(reps):
         torch.cuda.synchronize()
         start = time.perf_counter()
-        blocks = 0
+        blocks, queued = 0, collections.deque()
         for _ in model.forward(plan):  # type: ignore[arg-type]
-            torch.cuda.synchronize()
+            event = torch.cuda.Event()
+            event.record()
+            queued.append(event)
+            if len(queued) > RUN_AHEAD:
+                queued.popleft().synchronize()
             policy.should_preempt(state.view(time.perf_counter()), step, start)
             blocks += 1
+        torch.cuda.synchronize()
         times.append((time.perf_counter() - start) * 1e3)
     return statistics.median(times), blocks
 
@@ -192,8 +201,7 @@ def main() -> None:
             cases[name]["host_check_us"] = 1e3 * (checked - cases[name]["graphed_ms"]) / count
     out["cases"] = cases
     if args.checks_only:
-        checks = [c["host_check_us"] for name, c in cases.items() if name != "prefill_96"]
-        out["graphed"] = {"host_check_us": round(statistics.median(checks), 1)}
+        out["graphed"] = {"host_check_us": round(cases["prefill_96"]["host_check_us"], 1)}
         _emit(out, args.out)
         return
     # Eager: host-bound decode at batch 1 gives the launch cost; scheduling + plan build the step cost.

@@ -6,6 +6,7 @@ the runtime's step table (with the cost model's prediction per step) to --out.
     PYTHONPATH=. python benchmarks/validate_runtime.py examples/validate_sarathi.yaml --out DIR
     PYTHONPATH=. python benchmarks/validate_runtime.py --matrix examples/validate_matrix.yaml --out DIR
     python benchmarks/validate_runtime.py --matrix examples/validate_matrix.yaml --measured DIR --out DIR2
+    ... --host benchmarks/results/h200-runtime-overhead.json   (host constants of that file)
 
 --matrix runs every policy of a matrix file at every load (a fraction of that policy's
 capacity) in one process, sharing the model, its compiled kernels and graphs; each run goes to
@@ -135,7 +136,13 @@ def main() -> None:
     parser.add_argument("--max-kv-blocks", type=int)
     parser.add_argument("--set", action="append", default=[])
     parser.add_argument("--policies", help="with --matrix: only these policies (comma-separated)")
+    parser.add_argument("--host", help="predict with the host constants of this runtime_overhead.py "
+                        "result (its 'graphed' entry), measured on the same machine")
     args = parser.parse_args()
+    if args.host:
+        constants = json.loads(Path(args.host).read_text())["graphed"]
+        args.set += [f"cost_model.{k}={constants[k]}" for k in
+                     ("host_launch_us", "host_step_us", "host_per_seq_us", "host_check_us")]
     if bool(args.config) == bool(args.matrix):
         parser.error("give a config or --matrix")
     source = Path(args.matrix or args.config)

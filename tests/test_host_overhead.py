@@ -66,18 +66,30 @@ def test_host_time_grows_with_the_sequences_of_the_batch() -> None:
     assert host.step_time(mixed) == pytest.approx(1e-3 + 10 * 20e-6 + GPU_MODEL.step_time(mixed))
 
 
-def test_operator_level_passes_pay_the_host_check_at_every_preemption_point(tmp_path) -> None:
+def test_operator_level_checks_hide_behind_the_gpu_unless_the_host_is_slower(tmp_path) -> None:
+    """The runtime decides on the next block while the GPU runs the current one: a block takes
+    the longer of its GPU time and the host's work for it (its launches and the check)."""
     from servesim.config import from_mapping
     from servesim.runner import run
 
     pd.DataFrame({"arrival_s": [0.0], "num_prompt_tokens": [1000], "num_output_tokens": [1]}).to_csv(
         tmp_path / "one.csv", index=False)
 
-    def ttft(check_us: float) -> float:
+    def ttft(check_us: float, launch_us: float = 0.0) -> float:
         config = from_mapping({"model": "llama-3.1-8b", "workload": {"trace": str(tmp_path / "one.csv")},
                                "policy": {"name": "flowprefill"},
-                               "cost_model": {"host_step_us": 100.0, "host_check_us": check_us}}, "t")
+                               "engine": {"cuda_graph_max_tokens": 2048},
+                               "cost_model": {"kind": "roofline", "host_step_us": 100.0,
+                                              "host_check_us": check_us, "host_launch_us": launch_us}}, "t")
         return float(run(config).requests.ttft_s[0])
 
-    # FlowPrefill's sublayer spans: two per layer, plus the embedding's and the LM head's.
-    assert ttft(50.0) - ttft(0.0) == pytest.approx((2 * ARCH.num_layers + 2) * 50e-6, rel=1e-6)
+    # A 1000-token prefill's blocks take far longer than 5 us on the GPU: the checks are hidden.
+    assert ttft(5.0) == pytest.approx(ttft(0.0), rel=1e-12)
+    # A check longer than any block sets the pace: FlowPrefill's sublayer spans, two per
+    # layer plus the embedding's and the LM head's, each take the check, after the host's step.
+    blocks = 2 * ARCH.num_layers + 2
+    assert ttft(20_000.0) == pytest.approx(100e-6 + blocks * 20e-3, rel=1e-9)
+    # The launches count too, spread over the blocks.
+    host = HostOverheadCostModel(GPU_MODEL, ARCH, 1.0, 0.0, graph_max_tokens=2048)
+    launches = host.launches(BatchShape((1000,), (0,), 0, 0, 0, 1))
+    assert ttft(0.0, 1e6) == pytest.approx(100e-6 + launches * 1.0, rel=1e-9)

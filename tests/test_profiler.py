@@ -176,3 +176,21 @@ def test_profile_dry_run_writes_every_table(tmp_path) -> None:
     again = profiler_run.ModelProfiler(load_model(TINY), tmp_path, "tiny", torch.device("cpu"))
     again.points = prof.points
     assert again.run("test")["profile_seconds"] < meta["profile_seconds"] + 5
+
+
+def test_moe_points_time_several_fixed_routing_draws() -> None:
+    """A MoE point's routing does not depend on what was measured before it, and a few tokens
+    are timed over MOE_ROUTINGS different draws (each touches different experts)."""
+    from servesim.profiler.operators import MOE_ROUTED_TOKENS, MOE_ROUTINGS
+
+    arch = load_model(TINY_MOE)
+    first = OperatorFactory(arch, torch.device("cpu"), kv_tokens=512)
+    second = OperatorFactory(arch, torch.device("cpu"), kv_tokens=512)
+    second.routing(64, 1.0)  # something measured before
+    second.rand(100)
+    for draw in range(MOE_ROUTINGS):
+        assert torch.equal(first.routing(6, 1.0, draw)[1], second.routing(6, 1.0, draw)[1])
+    draws = {tuple(first.routing(6, 1.0, d)[1].flatten().tolist()) for d in range(MOE_ROUTINGS)}
+    assert len(draws) == MOE_ROUTINGS
+    assert len(first.builder("moe_down", 6, 1, 0, None)[0](1)) == MOE_ROUTINGS
+    assert len(first.builder("moe_down", MOE_ROUTED_TOKENS * 2, 0, 0, None)[0](1)) == 1

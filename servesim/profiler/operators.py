@@ -25,6 +25,10 @@ from servesim.profiler.timing import Builder, Call
 
 PAGE = 16
 _COLD_COPY_BYTES = 4 * 2**30
+MOE_ROUTINGS = 4
+"""Routing draws a MoE point is timed over, up to MOE_ROUTED_TOKENS tokens (beyond, every
+expert gets tokens in any draw and the draws time alike)."""
+MOE_ROUTED_TOKENS = 1024
 """Cap on the extra weight/KV copies one operator may allocate for cold-L2 graph replays."""
 _STREAMING = {"attn_prefill", "attn_prefill_packed", "attn_decode", "embedding",
               "moe_gate_up", "moe_down", "moe_fused"}
@@ -36,6 +40,7 @@ class OperatorFactory:
     def __init__(self, arch: ModelArch, device: torch.device, kv_tokens: int, seed: int = 0) -> None:
         self.arch, self.device = arch, device
         self.dtype = torch.bfloat16 if device.type == "cuda" else torch.float16
+        self.seed = seed
         self.gen = torch.Generator(device=device).manual_seed(seed)
         self._weights: dict[tuple[str, int], torch.Tensor] = {}
         self.kv_blocks = math.ceil(kv_tokens / PAGE) + 1
@@ -164,37 +169,55 @@ class OperatorFactory:
 
         return build
 
-    def routing(self, tokens: int, skew: float) -> tuple[torch.Tensor, torch.Tensor]:
+    def routing(self, tokens: int, skew: float, draw: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
         """(weights fp32 [T, k], ids int32 [T, k]): k distinct experts per token, uniform or
-        Zipf-skewed popularity (Gumbel top-k samples without replacement)."""
+        Zipf-skewed popularity (Gumbel top-k samples without replacement). Draw `draw` of
+        (tokens, skew) is the same whatever was measured before it."""
         e, k = self.arch.num_experts, self.arch.num_experts_per_tok
-        rank = torch.randperm(e, device=self.device, generator=self.gen).float() + 1.0
+        gen = torch.Generator(device=self.device).manual_seed(
+            self.seed * 1_000_003 + tokens * 1009 + round(100 * skew) * 17 + draw)
+        rank = torch.randperm(e, device=self.device, generator=gen).float() + 1.0
         logp = -MOE_SKEW_ZIPF * skew * torch.log(rank)
-        noise = torch.rand(tokens, e, device=self.device, generator=self.gen).clamp_min(1e-9)
+        noise = torch.rand(tokens, e, device=self.device, generator=gen).clamp_min(1e-9)
         ids = (logp[None, :] - torch.log(-torch.log(noise))).topk(k, dim=-1).indices.int()
-        weights = torch.rand(tokens, k, device=self.device, generator=self.gen)
+        weights = torch.rand(tokens, k, device=self.device, generator=gen)
         return weights / weights.sum(-1, keepdim=True), ids
 
     def _moe(self, op: str, tokens: int, skew: float) -> Builder:
+        """One call per routing draw (MOE_ROUTINGS of them for a few tokens): which experts a
+        few tokens touch, and so the weight bytes read, varies from draw to draw, so a point's
+        time is the mean over the draws rather than one draw's."""
         arch = self.arch
         e, k, w, h = arch.num_experts, arch.num_experts_per_tok, arch.moe_intermediate_size, arch.hidden_size
-        topk_w, ids = self.routing(tokens, skew)
-        x = self.rand(tokens, h)
         block = moe_block_config(tokens, k, e, self.device.type == "cuda")
-        sorted_ids, expert_ids, total = K.moe_align(ids, e, block[0])
+        x = self.rand(tokens, h)
         act = self.rand(tokens * k, w)
-        flat_w = topk_w.reshape(-1)
+        routings: list[tuple[torch.Tensor, ...]] = []
 
-        def call(i: int) -> Call:
-            w13 = self.weight("w13", i, e, 2 * w, h)
-            w2 = self.weight("w2", i, e, h, w)
+        def routed(draw: int) -> tuple[torch.Tensor, ...]:
+            while len(routings) <= draw:
+                topk_w, ids = self.routing(tokens, skew, len(routings))
+                sorted_ids, expert_ids, total = K.moe_align(ids, e, block[0])
+                routings.append((topk_w, ids, sorted_ids, expert_ids, total))
+            return routings[draw]
+
+        def call(i: int, copy: int) -> Call:
+            w13 = self.weight("w13", copy, e, 2 * w, h)
+            w2 = self.weight("w2", copy, e, h, w)
+            topk_w, ids, sorted_ids, expert_ids, total = routed(i)
             if op == "moe_gate_up":
                 return lambda: moe_grouped_gemm(x, w13, sorted_ids, expert_ids, total, tokens * k, k, None, block)
             if op == "moe_down":
+                flat_w = topk_w.reshape(-1)
                 return lambda: moe_grouped_gemm(act, w2, sorted_ids, expert_ids, total, tokens * k, 1, flat_w, block)
             return lambda: K.fused_moe(x, w13, w2, topk_w, ids)
 
-        return lambda g: [call(i) for i in range(self.copies_for(g, 3 * e * w * h * 2))]
+        def build(g: int) -> list[Call]:
+            copies = self.copies_for(g, 3 * e * w * h * 2)
+            draws = MOE_ROUTINGS if tokens <= MOE_ROUTED_TOKENS else 1
+            return [call(i, i % copies) for i in range(max(copies, draws))]
+
+        return build
 
     def _elementwise(self, op: str, t: int) -> Builder:
         arch = self.arch

@@ -4,9 +4,11 @@ block counts, recompute preemption, token emission) is the simulator's own `Serv
 the only difference between a prediction and a measurement is time itself.
 
 Iteration- and layer-level policies run each step as one forward pass. Operator-level policies
-(FlowPrefill) run a prefill step block by block: after each attention or MLP block the stream is
-synchronised and the policy asked whether to suspend; a suspended pass is a paused generator
-that resumes where it stopped, its KV and activations kept. With CUDA graphs captured
+(FlowPrefill) run a prefill step block by block: after launching each attention or MLP block the
+host waits only for the block before it (`RUN_AHEAD` blocks stay queued on the GPU) and asks the
+policy whether to suspend before it launches the next one, so the host's launches and checks
+overlap the GPU's work, as an engine with asynchronous scheduling issues them. A suspended pass
+is a paused generator that resumes where it stopped, its KV and activations kept. With CUDA graphs captured
 (`RuntimeModel.capture_graphs`) a pass replays its non-attention pieces, so the host launches
 about four things per layer and the GPU, not Python, sets the pace, as in production engines.
 SM-partitioned policies (Nexus) run in `servesim.runtime.partitioned`.
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import gc
 import time
+from collections import deque
 from collections.abc import Generator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -32,6 +35,11 @@ from servesim.runtime.plan import build_plan
 from servesim.sim.state import ServingState, SimResult, admission_reject_reason
 
 Pass = Generator[str, str | None, torch.Tensor]
+
+RUN_AHEAD = 1
+"""Blocks of an operator-level pass queued on the GPU beyond the one the host waits for: the
+host decides on block i+1 while block i runs, so a suspension takes effect one block after the
+check that asked for it."""
 
 
 @dataclass
@@ -205,8 +213,9 @@ class Runtime:
     def _drive(self, run: Pass, step: Step, key: Any) -> bool:
         """Run the pass to its end, or (operator-level policies) until the policy suspends it."""
         operator_level = self.policy.granularity == "operator" and bool(step.prefills)
+        queued: deque[Any] = deque()
+        since = self.now()
         while True:
-            since = self.now()
             try:
                 next(run)
             except StopIteration as stop:
@@ -214,13 +223,30 @@ class Runtime:
                 return True
             if not operator_level:
                 continue
-            now = self.sync()
+            queued.append(self._mark())
+            if len(queued) > RUN_AHEAD:
+                self._wait_for(queued.popleft())
+            now = self.now()
             self._admit_arrivals(now)
             if self.policy.should_preempt(self.state.view(now), step, since):
                 run.send("suspend")  # the pass keeps its rows while others use the buffers
                 self.suspended[key] = run
                 self.state.log.preempted_ops += 1
                 return False
+            since = now
+
+    def _mark(self) -> Any:
+        """An event after the work launched so far (None off the GPU, where work is synchronous)."""
+        if self.model.device.type != "cuda":
+            return None
+        event = torch.cuda.Event()
+        event.record()
+        return event
+
+    @staticmethod
+    def _wait_for(event: Any) -> None:
+        if event is not None:
+            event.synchronize()
 
     def _drop_suspended(self, req: Request) -> None:
         for key in [k for k in self.suspended if any(rid == req.request_id for rid, _ in k)]:

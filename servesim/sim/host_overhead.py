@@ -12,8 +12,10 @@ tokens, as servesim's runtime and vLLM capture them), two graph replays per laye
 attention kernels, whose shapes follow the batch, plus a few per pass. The constants are
 measured on the engine being modelled (benchmarks/runtime_overhead.py measures servesim's
 runtime). The op breakdown of `batch_cost` is stretched uniformly to the total. An engine that
-runs a pass operator by operator and asks the policy at each preemption point (FlowPrefill)
-syncs there and leaves the GPU idle for host_check_s; the operator executor adds it per point.
+runs a pass block by block and asks the policy at each preemption point (FlowPrefill) spends
+host_check_s there; servesim's runtime decides on the next block while the GPU runs the current
+one, so the operator executor charges each block the longer of its GPU time and the host's
+work for it (its share of the launches plus the check).
 """
 
 from __future__ import annotations
@@ -84,8 +86,11 @@ class HostOverheadCostModel:
         gpu_s = self.inner.step_time(batch, sms, corunner)
         if batch.is_empty:
             return gpu_s
-        host_s = self.host_step_s + self.host_per_seq_s * (batch.num_decodes + len(batch.prefill_tokens))
-        return host_s + max(gpu_s, self.launches(batch) * self.host_launch_s)
+        return self.step_host_s(batch) + max(gpu_s, self.launches(batch) * self.host_launch_s)
+
+    def step_host_s(self, batch: BatchShape) -> float:
+        """The host's time around a pass, with the GPU idle: scheduling, inputs, bookkeeping."""
+        return self.host_step_s + self.host_per_seq_s * (batch.num_decodes + len(batch.prefill_tokens))
 
     def batch_cost(self, batch: BatchShape, sms: int | None = None, corunner: Corunner | None = None) -> BatchCost:
         cost = self.inner.batch_cost(batch, sms, corunner)

@@ -17,6 +17,7 @@ from servesim.models.shapes import BatchShape, OpCost
 from servesim.policies.base import Step
 from servesim.request import Request
 from servesim.sim.executor import Executor
+from servesim.sim.host_overhead import HostOverheadCostModel
 
 
 @dataclass
@@ -60,7 +61,7 @@ class OperatorExecutor(Executor):
         self.granularity: str = getattr(self.policy.params, "preemption", "sublayer")
         self.switch_overhead_s: float = getattr(self.policy.params, "switch_overhead_s", 0.0)
         self.check_s: float = getattr(self.cost_model, "host_check_s", 0.0)
-        """Host time at each preemption point (sync + decision), from a host-overhead model."""
+        """Host time at each preemption point (the decision), from a host-overhead model."""
 
     def _run_for(self, step: Step, shape: BatchShape) -> _Run:
         items = tuple((r.request_id, n) for r, n in step.prefills)
@@ -71,11 +72,22 @@ class OperatorExecutor(Executor):
         for req, _ in step.prefills:  # a new run (or a changed one, which starts over)
             req.prefill_progress_s = 0.0
         run_id, self.next_run_id = self.next_run_id, self.next_run_id + 1
-        ops = self.cost_model.batch_cost(shape, self.sms, self.corunner()).ops
-        run = self.runs[run_id] = _Run(items, preemption_blocks(ops, self.granularity))
+        run = self.runs[run_id] = _Run(items, self._blocks(shape))
         for req, n in step.prefills:
             req.prefill_run, req.chunk_tokens = run_id, n
         return run
+
+    def _blocks(self, shape: BatchShape) -> list[float]:
+        """Each block's time: its operators on the GPU, or, where the host is slower, the
+        host's work for it (its share of the pass's launches and one check), since the host
+        decides on the next block while the GPU runs the current one."""
+        cost = self.cost_model
+        gpu = getattr(cost, "inner", cost).batch_cost(shape, self.sms, self.corunner()).ops
+        blocks = preemption_blocks(gpu, self.granularity)
+        host = self.check_s
+        if isinstance(cost, HostOverheadCostModel):
+            host += cost.launches(shape) * cost.host_launch_s / len(blocks)
+        return [max(b, host) for b in blocks]
 
     def execute(self, step: Step, shape: BatchShape) -> Generator[simpy.Event, Any, bool]:
         if not step.prefills:
@@ -83,9 +95,11 @@ class OperatorExecutor(Executor):
         env, state = self.env, self.state
         run = self._run_for(step, shape)
         members = [r for r, _ in step.prefills]
+        if isinstance(self.cost_model, HostOverheadCostModel):  # scheduling and inputs, GPU idle
+            yield env.timeout(self.cost_model.step_host_s(shape))
         while run.next_block < len(run.blocks):
             started = env.now
-            seconds = run.blocks[run.next_block] + self.check_s
+            seconds = run.blocks[run.next_block]
             yield env.timeout(seconds)
             run.next_block += 1
             for req in members:

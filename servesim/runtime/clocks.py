@@ -1,0 +1,72 @@
+"""The GPU's SM clock while the runtime serves, sampled by `nvidia-smi` in its own process: a
+run whose clock sagged (power or thermal capping, another tenant) measures a slower GPU than
+the profile's, and its report says so instead of blaming the cost model."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from typing import Any
+
+import numpy as np
+
+FIELDS = "clocks.sm,clocks.max.sm,clocks_event_reasons.active"
+# Event reasons that slow the clock down for a reason other than an idle GPU or the
+# application's own clock setting (nvidia-smi's bit values).
+SLOWING_REASONS = 0x4 | 0x8 | 0x20 | 0x40 | 0x80  # power cap, HW slowdown, SW thermal, HW thermal, HW power brake
+
+
+class ClockMonitor:
+    """`with ClockMonitor(index) as clocks:` ... `clocks.summary()` after the block."""
+
+    def __init__(self, index: int | None, period_ms: int = 200) -> None:
+        """`index`: the GPU's nvidia-smi index; None samples nothing (a run off the GPU)."""
+        self.index, self.period_ms = index, period_ms
+        self._proc: subprocess.Popen[str] | None = None
+        self.lines: list[str] = []
+
+    def __enter__(self) -> ClockMonitor:
+        exe = shutil.which("nvidia-smi")
+        if exe is not None and self.index is not None:
+            self._proc = subprocess.Popen(
+                [exe, f"--query-gpu={FIELDS}", "--format=csv,noheader,nounits",
+                 f"--loop-ms={self.period_ms}", f"--id={self.index}"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        return self
+
+    def __exit__(self, *_: Any) -> None:
+        if self._proc is None:
+            return
+        self._proc.terminate()
+        printed = self._proc.communicate(timeout=5)[0]
+        self.lines = printed.splitlines()
+
+    def summary(self) -> dict[str, Any]:
+        return clock_summary(self.lines)
+
+
+def clock_summary(lines: list[str]) -> dict[str, Any]:
+    """Median and minimum SM clock, and the share of samples the driver slowed for power or
+    heat, from nvidia-smi's CSV lines (empty when it printed none)."""
+    clocks, reasons, max_clock = [], [], 0.0
+    for line in lines:
+        cells = [c.strip() for c in line.split(",")]
+        if len(cells) != 3:
+            continue
+        try:
+            clock, top = float(cells[0]), float(cells[1])
+        except ValueError:
+            continue
+        clocks.append(clock)
+        max_clock = max(max_clock, top)
+        try:
+            reasons.append(int(cells[2], 16))
+        except ValueError:
+            reasons.append(0)
+    if not clocks:
+        return {}
+    values = np.asarray(clocks)
+    slowed = [r & SLOWING_REASONS for r in reasons]
+    return {"sm_clock_samples": len(values), "sm_clock_median_mhz": float(np.median(values)),
+            "sm_clock_min_mhz": float(values.min()), "sm_clock_max_mhz": max_clock,
+            "clock_slowed_share": float(np.mean([s != 0 for s in slowed])),
+            "clock_slowed_reasons": f"{int(np.bitwise_or.reduce(slowed)) if slowed else 0:#x}"}
