@@ -304,6 +304,16 @@ def draw(out: Path, plots: Sequence[tuple[str, Mapping[str, Any]]] | None = None
     return written, notes
 
 
+def _cdf(values: np.ndarray, max_points: int = 2000) -> tuple[np.ndarray, np.ndarray]:
+    """(x, y) of the empirical CDF, thinned to about `max_points` steps spread evenly in y
+    (the first and last kept): the curve is the same at any plotted size, and the points file
+    stays small for runs with hundreds of thousands of token gaps."""
+    x = np.sort(values)
+    n = len(x)
+    rank = np.arange(n) if n <= max_points else np.unique(np.linspace(0, n - 1, max_points).round().astype(int))
+    return x[rank], (rank + 1) / max(n, 1)
+
+
 def plot_validation_cdf(measured: pd.DataFrame, predicted: pd.DataFrame, measured_itl_s: np.ndarray,
                         predicted_itl_s: np.ndarray, stem: Path, title: str = "") -> list[Path]:
     """`servesim validate`: measured vs predicted CDFs of TTFT and of every token gap."""
@@ -313,8 +323,7 @@ def plot_validation_cdf(measured: pd.DataFrame, predicted: pd.DataFrame, measure
               ("itl", "TBT (every token gap)", pd.Series(measured_itl_s), pd.Series(predicted_itl_s)))
     for ax, (metric, name, meas, pred) in zip(axes, series, strict=True):
         for label, values, style in (("measured (runtime)", meas, "-"), ("predicted (simulator)", pred, "--")):
-            x = np.sort(np.asarray(values, dtype=float)) * 1000.0
-            y = np.arange(1, len(x) + 1) / max(len(x), 1)
+            x, y = _cdf(np.asarray(values, dtype=float) * 1000.0)
             ax.plot(x, y, style, lw=1.4, label=label, color="black" if style == "-" else "#1f77b4")
             points.append(pd.DataFrame({"panel": metric, "series": label, "x": x, "y": y}))
         _log_axes(ax, y=False)

@@ -74,3 +74,15 @@ def test_the_simulator_never_imports_matplotlib() -> None:
     code = ("import sys, servesim.runner, servesim.sweep; "
             "assert 'matplotlib' not in sys.modules, 'matplotlib imported'")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_validation_cdf_points_are_thinned_but_keep_the_ends() -> None:
+    from servesim.plots import _cdf
+
+    values = np.random.default_rng(0).exponential(size=100_000)
+    x, y = _cdf(values, max_points=500)
+    assert len(x) == 500 and x[0] == values.min() and x[-1] == values.max() and y[-1] == 1.0
+    # Each kept point is the exact empirical CDF at its x.
+    assert np.allclose(y, np.searchsorted(np.sort(values), x, side="right") / len(values))
+    small = np.array([3.0, 1.0, 2.0])
+    assert _cdf(small)[0].tolist() == [1.0, 2.0, 3.0] and _cdf(small)[1].tolist() == [1 / 3, 2 / 3, 1.0]
