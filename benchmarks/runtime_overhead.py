@@ -91,8 +91,9 @@ def _graphed_constants(model: RuntimeModel, limits: EngineLimits, cases: dict[st
     start to its first launch (scheduling, KV, inputs) plus from the pass's end to the next
     step's start (sampling, bookkeeping). These are the parts `servesim validate` separates
     from a step's GPU time, which the profile prices (the piecewise pass's own gaps included).
-    host_check_us: what a check adds per block where the host, not the GPU, sets the pace
-    (prefill_96); where the GPU does, the checks hide behind it."""
+    host_check_us: the host's time for one check (the policy's decision and the event it waits
+    on), timed alone. host_gap_us: the graphed pass's time over the same pass replayed as one
+    graph, per launch from the host (median over the cases)."""
     per_launch = [1e3 * c["graphed_issue_ms"] / c["graphed_launches"] for c in cases.values()]
     loops = {}
     for name in ("decode_b1", "decode_b8", "decode_b32"):
@@ -108,8 +109,11 @@ def _graphed_constants(model: RuntimeModel, limits: EngineLimits, cases: dict[st
         interval = statistics.median(records[i + 1].start - records[i].start for i in decode)
         loops[name] = {"steps": len(decode), "interval_ms": 1e3 * interval, "before_ms": 1e3 * before,
                        "after_ms": 1e3 * after, "host_step_us": 1e6 * (before + after)}
+    gaps = [1e3 * (c["graphed_ms"] - c["gpu_ms"]) / c["graphed_launches"] for c in cases.values()]
     return {"host_launch_us": round(statistics.median(per_launch), 2), **_per_seq_fit(loops, shapes),
-            "host_check_us": round(cases["prefill_96"]["host_check_us"], 1), "loops": loops}
+            "host_check_us": round(statistics.median(c["host_check_us"] for c in cases.values()
+                                                     if "host_check_us" in c), 1),
+            "host_gap_us": round(statistics.median(gaps), 2), "loops": loops}
 
 
 def _per_seq_fit(loops: dict[str, dict[str, float]], shapes: dict[str, BatchShape]) -> dict[str, float]:
@@ -120,29 +124,34 @@ def _per_seq_fit(loops: dict[str, dict[str, float]], shapes: dict[str, BatchShap
     return {"host_step_us": round(intercept, 1), "host_per_seq_us": round(slope, 2)}
 
 
-def _checked_ms(model: RuntimeModel, plan: object, step: Step, reps: int = 20) -> tuple[float, int]:
+def _checked_ms(model: RuntimeModel, plan: object, step: Step, reps: int = 20) -> tuple[float, int, float]:
     """Median wall time of a pass driven as the runtime drives an operator-level policy's pass:
     after launching each attention or MLP block, wait for the block before it and ask the
-    policy (`servesim.runtime.engine.RUN_AHEAD`); and the number of blocks."""
+    policy (`servesim.runtime.engine.RUN_AHEAD`); the number of blocks; and the median host
+    time of one check (the event recorded and the policy asked, the wait left out)."""
     policy_cls = REGISTRY["flowprefill"]
     policy = policy_cls(policy_cls.Params(), EngineLimits(16, 1024, 0, 32768, model.arch.num_layers))
     state = ServingState(policy.limits)
-    times, blocks = [], 0
+    times, checks, blocks = [], [], 0
     for _ in range(reps):
         torch.cuda.synchronize()
         start = time.perf_counter()
         blocks, queued = 0, collections.deque()
         for _ in model.forward(plan):  # type: ignore[arg-type]
+            began = time.perf_counter()
             event = torch.cuda.Event()
             event.record()
             queued.append(event)
             if len(queued) > RUN_AHEAD:
+                waited = time.perf_counter()
                 queued.popleft().synchronize()
+                began += time.perf_counter() - waited
             policy.should_preempt(state.view(time.perf_counter()), step, start)
+            checks.append(time.perf_counter() - began)
             blocks += 1
         torch.cuda.synchronize()
         times.append((time.perf_counter() - start) * 1e3)
-    return statistics.median(times), blocks
+    return statistics.median(times), blocks, 1e6 * statistics.median(checks)
 
 
 def main() -> None:
@@ -196,12 +205,13 @@ def main() -> None:
         _drain(model, plan)
         cases[name]["graphed_ms"], cases[name]["graphed_issue_ms"] = _issue_ms(model, plan)
         if step.prefills:  # operator-level policies check after every block
-            checked, count = _checked_ms(model, plan, step)
+            checked, count, check_us = _checked_ms(model, plan, step)
             cases[name]["checked_ms"] = checked
-            cases[name]["host_check_us"] = 1e3 * (checked - cases[name]["graphed_ms"]) / count
+            cases[name]["added_per_block_us"] = 1e3 * (checked - cases[name]["graphed_ms"]) / count
+            cases[name]["host_check_us"] = check_us
     out["cases"] = cases
     if args.checks_only:
-        out["graphed"] = {"host_check_us": round(cases["prefill_96"]["host_check_us"], 1)}
+        out["graphed"] = {"host_check_us": round(statistics.median(c["host_check_us"] for c in cases.values()), 1)}
         _emit(out, args.out)
         return
     # Eager: host-bound decode at batch 1 gives the launch cost; scheduling + plan build the step cost.

@@ -109,7 +109,7 @@ SUMMARY = ("median_ttft_ms", "p99_ttft_ms", "median_itl_ms", "p99_itl_ms", "medi
 def _summary(out: Path) -> None:
     """summary.md: the relative error of the headline metrics for every run under `out`."""
     lines = ["| run | requests | " + " | ".join(SUMMARY) + " | decode steps | steps with prefill "
-             "| host constants (us: launch, step, per seq, check) | compiles while serving |",
+             "| host constants (us: launch, step, per seq, check, gap) | compiles while serving |",
              "|---|---:|" + "---:|" * (len(SUMMARY) + 2) + "---|---:|"]
     for report_file in sorted(out.glob("*/report.json")):
         r = json.loads(report_file.read_text())
@@ -118,7 +118,7 @@ def _summary(out: Path) -> None:
                  for k in ("decode_only", "with_prefill")]
         cost = r.get("predicted_again", {}).get("cost_model") or {}
         host = ", ".join(f"{cost[k]:g}" for k in ("host_launch_us", "host_step_us", "host_per_seq_us",
-                                                    "host_check_us") if k in cost) or "-"
+                                                    "host_check_us", "host_gap_us") if k in cost) or "-"
         compiles = r.get("runtime_health", {}).get("jit_compiles", "not counted")
         lines.append(f"| {report_file.parent.name} | {r['requests']} | " + " | ".join(cells + steps)
                      + f" | {host} | {compiles} |")
@@ -142,7 +142,8 @@ def main() -> None:
     if args.host:
         constants = json.loads(Path(args.host).read_text())["graphed"]
         args.set += [f"cost_model.{k}={constants[k]}" for k in
-                     ("host_launch_us", "host_step_us", "host_per_seq_us", "host_check_us")]
+                     ("host_launch_us", "host_step_us", "host_per_seq_us", "host_check_us", "host_gap_us")
+                     if k in constants]
     if bool(args.config) == bool(args.matrix):
         parser.error("give a config or --matrix")
     source = Path(args.matrix or args.config)

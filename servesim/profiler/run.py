@@ -33,7 +33,12 @@ from servesim.profiler.options import add_profile_arguments
 from servesim.profiler.partitions import Partitions
 from servesim.profiler.store import Journal, write_meta, write_tables
 from servesim.profiler.timing import Timer, summarize
-from servesim.profiler.validate import MixedBatch, held_out_points, random_batches
+from servesim.profiler.validate import (
+    MixedBatch,
+    calibration_passes,
+    held_out_points,
+    random_batches,
+)
 from servesim.profiler.warm import kv_tokens, specs_of, warm_compile
 
 
@@ -52,6 +57,7 @@ class ModelProfiler:
             self.points = [p for p in self.points if p.table != "contention"]
         self.held_out = held_out_points(arch, mode, per_op) if validate else []
         self.batches = random_batches(iterations, mode) if validate else []
+        self.passes = calibration_passes(mode)
         quick = mode != "full"
         self.timer = Timer(device, target_us=2000.0 if quick else 5000.0, max_reps=20 if quick else 30)
         self.failures: list[str] = []
@@ -77,17 +83,18 @@ class ModelProfiler:
         # Most valuable first: whole-GPU ops, held-out shapes, iterations, SM shares, contention.
         first = [p for p in self.points if p.table == "ops"] + self.held_out
         later = [p for p in self.points if p.table != "ops"]
-        total = len(self.points) + len(self.held_out) + len(self.batches)
+        total = len(self.points) + len(self.held_out) + len(self.batches) + len(self.passes)
         done = sum(p.key in journal for p in self.points + self.held_out)
         bar = tqdm(total=total, initial=done, mininterval=15, desc=self.arch.name, file=sys.stderr)
         grid_s = 0.0
         try:
             self._measure_all([p for p in first if p.key not in journal], measurer, journal, bar)
             factory.free()
-            for batch in self.batches:
-                key = f"validation_iters|{batch.batch_id}"
+            passes = [("passes", b) for b in self.passes] + [("validation_iters", b) for b in self.batches]
+            for table, batch in passes:
+                key = f"{table}|{batch.batch_id}"
                 if key not in journal and not self.poisoned:
-                    self._guarded(key, lambda b=batch, k=key: journal.add(k, "validation_iters", self._iteration(factory, b)))
+                    self._guarded(key, lambda b=batch, k=key, t=table: journal.add(k, t, self._iteration(factory, b)))
                 bar.update()
             factory.free()
             self._measure_all([p for p in later if p.key not in journal], measurer, journal, bar)
@@ -161,6 +168,7 @@ class ModelProfiler:
     def _tables(self, journal: Journal) -> dict[str, pd.DataFrame]:
         keys = {p.key for p in self.points + self.held_out}
         keys |= {f"validation_iters|{b.batch_id}" for b in self.batches}
+        keys |= {f"passes|{b.batch_id}" for b in self.passes}
         tables = {name: journal.table(name, keys) for name in TABLES}
         tables["ops"] = pd.concat([tables["ops"], moe_combine_rows(tables["ops"])], ignore_index=True)
         return {name: frame for name, frame in tables.items() if len(frame) or name in ("ops", "sm_shares", "contention")}

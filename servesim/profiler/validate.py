@@ -101,3 +101,14 @@ def random_batches(count: int, mode: str, seed: int = 2) -> list[MixedBatch]:
                            for _ in range(int(rng.integers(1, 4))))
         out.append(MixedBatch(i, chunks, contexts))
     return out
+
+
+PASS_BATCHES = {"tiny": (1, 4), "quick": (1, 4, 16, 64, 256), "full": (1, 2, 4, 8, 16, 32, 64, 128, 256)}
+PASS_CONTEXTS = {"tiny": (16, 48), "quick": (512, 4096), "full": (256, 1024, 4096, 16384)}
+
+
+def calibration_passes(mode: str) -> list[MixedBatch]:
+    """The `passes` table's decode-only batches: every decode with the same context."""
+    return [MixedBatch(i, (), (ctx,) * n) for i, (n, ctx) in
+            enumerate((n, ctx) for n in PASS_BATCHES[mode] for ctx in PASS_CONTEXTS[mode])]
+

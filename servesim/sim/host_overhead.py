@@ -1,7 +1,8 @@
 """Host-bound iterations: an engine cannot issue work faster than its host loop runs. This
 wrapper adds that to any cost model:
 
-    iteration = host_step_s + host_per_seq_s x sequences + max(gpu time, host launches x host_launch_s)
+    iteration = host_step_s + host_per_seq_s x sequences
+                + max(gpu time + launches x host_gap_s, launches x host_launch_s)
 
 host_step_s (plus host_per_seq_s for each sequence of the batch: block tables, inputs, token
 bookkeeping) is the scheduler, input preparation and bookkeeping around a pass (the GPU idles);
@@ -11,7 +12,10 @@ kernel of the pass; with piecewise CUDA graphs (`graph_max_tokens`: passes up to
 tokens, as servesim's runtime and vLLM capture them), two graph replays per layer plus the
 attention kernels, whose shapes follow the batch, plus a few per pass. The constants are
 measured on the engine being modelled (benchmarks/runtime_overhead.py measures servesim's
-runtime). The op breakdown of `batch_cost` is stretched uniformly to the total. An engine that
+runtime). In a graphed pass the GPU also idles briefly at each launch from the host (a graph
+replay handing over to an attention kernel and back): host_gap_s per launch, on top of the
+inner model's time for the pass as one graph. The op breakdown of `batch_cost` is stretched
+uniformly to the total. An engine that
 runs a pass block by block and asks the policy at each preemption point (FlowPrefill) spends
 host_check_s there; servesim's runtime decides on the next block while the GPU runs the current
 one, so the operator executor charges each block the longer of its GPU time and the host's
@@ -33,8 +37,10 @@ class HostOverheadCostModel:
 
     def __init__(self, inner: CostModel, arch: ModelArch, host_launch_s: float, host_step_s: float,
                  graph_max_tokens: int = 0, num_sms: int = 132, host_per_seq_s: float = 0.0,
-                 host_check_s: float = 0.0) -> None:
+                 host_check_s: float = 0.0, host_gap_s: float = 0.0) -> None:
         self.inner, self.arch = inner, arch
+        self.host_gap_s = host_gap_s
+        """GPU idle per host launch of a graphed pass, beyond the inner model's whole-pass time."""
         self.host_launch_s, self.host_step_s, self.host_per_seq_s = host_launch_s, host_step_s, host_per_seq_s
         self.host_check_s = host_check_s
         """Per preemption point of an operator-level pass (the operator executor adds it)."""
@@ -86,7 +92,13 @@ class HostOverheadCostModel:
         gpu_s = self.inner.step_time(batch, sms, corunner)
         if batch.is_empty:
             return gpu_s
-        return self.step_host_s(batch) + max(gpu_s, self.launches(batch) * self.host_launch_s)
+        return self.step_host_s(batch) + max(gpu_s + self.gaps_s(batch), self.launches(batch) * self.host_launch_s)
+
+    def gaps_s(self, batch: BatchShape) -> float:
+        """The GPU's idle time at the host's launches inside a graphed pass."""
+        if not self.host_gap_s or not 0 < batch.num_tokens <= self.graph_max_tokens:
+            return 0.0
+        return self.graphed_launches(batch) * self.host_gap_s
 
     def step_host_s(self, batch: BatchShape) -> float:
         """The host's time around a pass, with the GPU idle: scheduling, inputs, bookkeeping."""

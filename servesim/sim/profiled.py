@@ -14,6 +14,7 @@ attention's structural estimate (kernel_work.decode_estimate).
 from __future__ import annotations
 
 import bisect
+import dataclasses
 import math
 from collections.abc import Callable
 from importlib.resources.abc import Traversable
@@ -80,6 +81,33 @@ class ProfiledCostModel:
         self._groups: dict[tuple[int, ...], _Priced] = {}
         self._decode: dict[tuple[int, int], _Curves | None] = {}
         self._slowdowns: dict[tuple[Corunner, int], tuple[tuple[float, ...], int]] = {}
+        self._in_pass: _InPass | None = None
+        self._in_pass = self._in_pass_table()
+
+    def _in_pass_table(self) -> _InPass | None:
+        """The profile's whole decode-only passes (`passes`) over the same passes priced
+        operator by operator: what the operators of a pass cost inside it, relative to their
+        sum timed one by one. None for a profile without a complete `passes` grid."""
+        rows = self.profile.tables.get("passes")
+        if rows is None:
+            return None
+        rows = rows.dropna(subset=["median_us"])
+        rows = rows[(rows.num_decodes > 0) & (rows.prefill_tokens.astype(str).str.strip() == "")]
+        batches = sorted({int(n) for n in rows.num_decodes})
+        contexts = sorted({round(c / n) for c, n in zip(rows.decode_context, rows.num_decodes, strict=True)})
+        if len(rows) != len(batches) * len(contexts) or not len(rows):
+            return None
+        factors = [[math.nan] * len(contexts) for _ in batches]
+        counted = self.extrapolated
+        columns = (rows.num_decodes.tolist(), rows.decode_context.tolist(), rows.max_decode_context.tolist(),
+                   rows.num_logits.tolist(), rows.median_us.tolist())
+        for n, ctx, longest, logits, measured_us in zip(*columns, strict=True):
+            op_by_op = self.step_time(BatchShape((), (), int(n), int(ctx), int(longest), int(logits)))
+            factors[batches.index(int(n))][contexts.index(round(ctx / n))] = float(measured_us) * 1e-6 / op_by_op
+        self.extrapolated = counted
+        if any(math.isnan(f) for row in factors for f in row):
+            return None
+        return _InPass(batches, contexts, factors)
 
     # -- one operator ---------------------------------------------------------------------
     def lookup(self, op: OpSpec) -> tuple[str, tuple[float, ...]]:
@@ -232,6 +260,7 @@ class ProfiledCostModel:
         dense = self._groups.get((0, n, num_sms)) or self._dense(n, num_sms)
         fixed, layers, ends_s, dense_s = self.fixed_s, self.arch.num_layers, ends.total, dense.total
         base_outside = ends.extrapolated + layers * dense.extrapolated
+        in_pass = self._in_pass
 
         def step(ctx_sum: int, ctx_max: int) -> float:
             attn_s = self._decode_s(n, ctx_sum, ctx_max, num_sms)
@@ -239,7 +268,8 @@ class ProfiledCostModel:
                 return self.step_time(BatchShape((), (), n, ctx_sum, ctx_max, logits), sms)
             if base_outside:
                 self.extrapolated += base_outside
-            return fixed + ends_s + layers * (dense_s + attn_s)
+            total = fixed + ends_s + layers * (dense_s + attn_s)
+            return total * in_pass.factor(n, ctx_sum / n) if in_pass else total
 
         return step
 
@@ -260,7 +290,8 @@ class ProfiledCostModel:
                 self.extrapolated += layers * attn.extrapolated
             if ends.extrapolated or dense.extrapolated:
                 self.extrapolated += ends.extrapolated + layers * dense.extrapolated
-            return self.fixed_s + ends.total + layers * (dense.total + attn_s)
+            total = self.fixed_s + ends.total + layers * (dense.total + attn_s)
+            return total * self._in_pass.factor(n, batch.decode_context / n) if self._in_pass else total
         return self._total(batch, num_sms, corunner)
 
     def _parts(self, batch: BatchShape, sms: int) -> list[tuple[int, _Priced]]:
@@ -286,7 +317,13 @@ class ProfiledCostModel:
         slowdown, fallback = self._slowdown(corunner, sms)
         parts = self._parts(batch, sms)
         self.extrapolated += sum(times * g.extrapolated for times, g in parts) + fallback
-        return self.fixed_s + sum(times * g.seconds(slowdown) for times, g in parts)
+        return (self.fixed_s + sum(times * g.seconds(slowdown) for times, g in parts)) * self._pass_factor(batch)
+
+    def _pass_factor(self, batch: BatchShape) -> float:
+        """The in-pass factor of a decode-only pass (1 for a pass with prefill tokens)."""
+        if self._in_pass is None or batch.prefill_tokens or not batch.num_decodes:
+            return 1.0
+        return self._in_pass.factor(batch.num_decodes, batch.decode_context / batch.num_decodes)
 
     def _slowdown(self, corunner: Corunner | None, sms: int) -> tuple[tuple[float, ...], int]:
         """Per target class: 1 + sum over co-runner classes of (time share x (slowdown - 1))."""
@@ -332,6 +369,9 @@ class ProfiledCostModel:
             out.append(OpCost(layer, op.name, t, op.flops, op.hbm_bytes))
         if out:
             out.append(OpCost(layers, "iteration_fixed", self.fixed_s, 0.0, 0.0))
+        factor = self._pass_factor(batch)
+        if factor != 1.0:
+            out = [dataclasses.replace(c, seconds=c.seconds * factor) for c in out]
         layer_s = [0.0] * layers
         for c in out:
             if 0 <= c.layer < layers:
@@ -346,6 +386,33 @@ class ProfiledCostModel:
         if 0 < num_sms <= self.gpu.num_sms:
             return num_sms
         raise ValueError(f"sms={sms} outside 1..{self.gpu.num_sms} on {self.gpu.name}")
+
+
+class _InPass:
+    """Factors on a (decodes x mean context) grid, bilinear in the logs of both, held at the
+    grid's edges; per batch size the context row is interpolated once and kept."""
+
+    def __init__(self, batches: list[int], contexts: list[int], factors: list[list[float]]) -> None:
+        self.batches, self.factors = batches, factors
+        self.log_n = [math.log(n) for n in batches]
+        self.log_ctx = [math.log(c) for c in contexts]
+        self._rows: dict[int, list[float]] = {}
+
+    def factor(self, n: int, mean_context: float) -> float:
+        row = self._rows.get(n)
+        if row is None:
+            row = self._rows[n] = [_interp(self.log_n, col, math.log(n)) for col in zip(*self.factors, strict=True)]
+        return _interp(self.log_ctx, row, math.log(max(mean_context, 1.0)))
+
+
+def _interp(xs: list[float], ys: list[float] | tuple[float, ...], x: float) -> float:
+    """Piecewise linear, held at the ends."""
+    if x <= xs[0] or len(xs) == 1:
+        return ys[0]
+    if x >= xs[-1]:
+        return ys[-1]
+    j = bisect.bisect_right(xs, x) - 1
+    return ys[j] + (ys[j + 1] - ys[j]) * (x - xs[j]) / (xs[j + 1] - xs[j])
 
 
 def _one(classes: tuple[str, ...], name: str, seconds: float) -> tuple[float, ...]:
