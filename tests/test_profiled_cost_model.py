@@ -104,10 +104,36 @@ def test_fast_decode_pricing_is_the_tables(model: str) -> None:
 @pytest.mark.parametrize("model", MODELS)
 def test_attention_is_within_a_few_percent_of_its_held_out_shapes(model: str) -> None:
     # Held-out attention shapes of `servesim profile --validate`: the median error was 5-15 %
-    # when time was interpolated linearly (per attended position for prefill).
+    # when time was interpolated linearly (per attended position for prefill); with the
+    # structural estimate it is 1.0-6.0 % in the profiles shipped now.
     ops, _ = profile_report.prediction_errors(ProfiledCostModel(load_model(model), H200))
     for op in ("attn_decode", "attn_prefill"):
-        assert ops[ops.op == op].error.abs().median() < 0.06, op
+        assert ops[ops.op == op].error.abs().median() < 0.07, op
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_decode_only_passes_take_their_measured_in_pass_time(model: str) -> None:
+    """The `passes` table: a decode-only pass on its grid costs what it measured whole; the
+    executor's fast path agrees; a pass with prefill tokens is priced operator by operator."""
+    cost = ProfiledCostModel(load_model(model), H200)
+    passes = cost.profile.tables["passes"]
+    assert cost._in_pass is not None and len(passes) == 10
+    factors = []
+    for r in passes.itertuples():
+        shape = BatchShape((), (), int(r.num_decodes), int(r.decode_context), int(r.max_decode_context),
+                           int(r.num_logits))
+        assert cost.step_time(shape) == pytest.approx(r.median_us * 1e-6, rel=1e-9)
+        stepper = cost.decode_stepper(shape.num_decodes, shape.num_logits, None)
+        assert stepper(shape.decode_context, shape.max_decode_context) == pytest.approx(cost.step_time(shape), rel=1e-12)
+        assert cost.batch_cost(shape).total_s == pytest.approx(sum(o.seconds for o in cost.batch_cost(shape).ops), rel=1e-9)
+        factors.append(cost._in_pass.factor(shape.num_decodes, shape.decode_context / shape.num_decodes))
+    # Operators inside a pass mostly run faster than one by one: 0.69-0.98 on the H200
+    # profiles, but 1.15 for Mixtral's 4 decodes (which of its 8 experts 4 tokens pick varies).
+    assert 0.6 < min(factors) and max(factors) < 1.2 and sorted(factors)[len(factors) // 2] < 1.0
+    mixed = BatchShape((512,), (0,), 8, 8 * 2048, 2048, 9)
+    raw = ProfiledCostModel(load_model(model), H200)
+    raw._in_pass = None
+    assert cost.step_time(mixed) == raw.step_time(mixed)
 
 
 def test_interpolation_is_exact_on_grid_points(llama: ProfiledCostModel) -> None:
