@@ -26,8 +26,9 @@ from servesim.models.shapes import BatchShape
 from servesim.policies import REGISTRY, EngineLimits, Step
 from servesim.request import Request
 from servesim.runtime.blocks import BlockTables
-from servesim.runtime.engine import RUN_AHEAD, Runtime
+from servesim.runtime.engine import RUN_AHEAD, Runtime, StepRecord
 from servesim.runtime.model import RuntimeModel
+from servesim.runtime.partitioned import PartitionedRuntime, PartitionLanes
 from servesim.runtime.plan import build_plan
 from servesim.sim.cost_model import make_cost_model
 from servesim.sim.hardware import get_gpu
@@ -83,9 +84,11 @@ def _case(model: RuntimeModel, step: Step, blocks: BlockTables, limits: EngineLi
 
 
 def _graphed_constants(model: RuntimeModel, limits: EngineLimits, cases: dict[str, dict[str, float]],
-                       shapes: dict[str, BatchShape]) -> dict[str, object]:
+                       shapes: dict[str, BatchShape], host: HostOverheadCostModel) -> dict[str, object]:
     """The host model's constants for the runtime with graphs. host_launch_us: the host's issue
-    time of a graphed pass over what it issues (median over the cases). host_step_us: the
+    time of a pass over what it issues, in the runtime's own serving loop (median over the
+    loops' decode steps; `isolated_launch_us` is the same for a pass issued alone, which runs
+    faster than inside the loop). host_step_us: the
     runtime's own loop serving `batch` requests that decode together (prompt = the case's
     context); per step, the host's time outside the pass with the GPU idle: from the step's
     start to its first launch (scheduling, KV, inputs) plus from the pass's end to the next
@@ -108,12 +111,45 @@ def _graphed_constants(model: RuntimeModel, limits: EngineLimits, cases: dict[st
         after = statistics.median(records[i + 1].start - records[i].end for i in decode)
         interval = statistics.median(records[i + 1].start - records[i].start for i in decode)
         loops[name] = {"steps": len(decode), "interval_ms": 1e3 * interval, "before_ms": 1e3 * before,
-                       "after_ms": 1e3 * after, "host_step_us": 1e6 * (before + after)}
+                       "after_ms": 1e3 * after, "host_step_us": 1e6 * (before + after),
+                       "launch_us": _issue_per_launch([records[i] for i in decode], host)}
     gaps = [1e3 * (c["graphed_ms"] - c["gpu_ms"]) / c["graphed_launches"] for c in cases.values()]
-    return {"host_launch_us": round(statistics.median(per_launch), 2), **_per_seq_fit(loops, shapes),
+    return {"host_launch_us": round(statistics.median(loop["launch_us"] for loop in loops.values()), 2),
+            "isolated_launch_us": round(statistics.median(per_launch), 2), **_per_seq_fit(loops, shapes),
             "host_check_us": round(statistics.median(c["host_check_us"] for c in cases.values()
                                                      if "host_check_us" in c), 1),
             "host_gap_us": round(statistics.median(gaps), 2), "loops": loops}
+
+
+def _issue_per_launch(records: list[StepRecord], host: HostOverheadCostModel) -> float:
+    """Median over steps of the host's issue time (first to last launch) per launch, in us."""
+    return 1e6 * statistics.median((r.issued - r.ready) / host.launches(r.shape) for r in records)
+
+
+def _partitioned_constants(model: RuntimeModel, limits: EngineLimits, host: HostOverheadCostModel,
+                           prefill_sms: int = 64, prompt: int = 1024, decodes: int = 32, output: int = 200,
+                           prefills: int = 50, graphs: bool = True) -> dict[str, object]:
+    """The launch cost inside the partitioned runtime (Nexus): one host thread launching both
+    partitions' passes piece by piece in turn. A static split serves 32 decoding requests while
+    1024-token prompts arrive every 40 ms from 0.5 s on; per decode step, the host's issue time per launch,
+    alone and while a prefill ran on the other partition (the host then also launches its
+    pieces). host_launch_us: the median over all decode steps."""
+    policy_cls = REGISTRY["nexus"]
+    policy = policy_cls(policy_cls.Params(adaptive=False, initial_prefill_sms=prefill_sms), limits)
+    policy.predict = host.step_time
+    lanes = PartitionLanes(model, limits, graphs).get([prefill_sms], policy.params.token_budget,
+                                                      policy.params.max_num_seqs)
+    runtime = PartitionedRuntime(model, policy, limits, lanes)
+    requests = [Request(i, 0.0, prompt, output) for i in range(decodes)]
+    requests += [Request(decodes + i, 0.5 + 0.04 * i, prompt, 2) for i in range(prefills)]
+    runtime.run(requests)
+    decode = [r for r in runtime.steps if not r.shape.prefill_tokens and r.shape.num_decodes]
+    alone = [r for r in decode if r.corunner < 0]
+    beside = [r for r in decode if r.corunner >= 0]
+    return {"prefill_sms": prefill_sms, "decode_steps": len(decode), "beside_prefill": len(beside),
+            "host_launch_us": round(_issue_per_launch(decode, host), 2),
+            "alone_launch_us": round(_issue_per_launch(alone, host), 2) if alone else None,
+            "beside_prefill_launch_us": round(_issue_per_launch(beside, host), 2) if beside else None}
 
 
 def _per_seq_fit(loops: dict[str, dict[str, float]], shapes: dict[str, BatchShape]) -> dict[str, float]:
@@ -160,6 +196,8 @@ def main() -> None:
     parser.add_argument("--out")
     parser.add_argument("--checks-only", action="store_true",
                         help="only the per-block check cost of operator-level passes (graphed)")
+    parser.add_argument("--no-partitioned", action="store_true",
+                        help="skip the partitioned runtime's launch cost (Nexus; needs green contexts)")
     args = parser.parse_args()
     arch = load_model(args.model)
     limits = EngineLimits(16, 16384, 160, 32768, arch.num_layers, 132)
@@ -221,7 +259,9 @@ def main() -> None:
     state = ServingState(limits)
     sched_ms = _median_ms(lambda: policy.schedule(state.view(0.0)), 200)
     out["host_step_us"] = round(1e3 * (cases["decode_b32"]["plan_ms"] + sched_ms), 1)
-    out["graphed"] = _graphed_constants(model, limits, cases, shapes)
+    out["graphed"] = _graphed_constants(model, limits, cases, shapes, host)
+    if not args.no_partitioned:
+        out["partitioned"] = _partitioned_constants(model, limits, host)
     _emit(out, args.out)
 
 

@@ -139,15 +139,23 @@ def main() -> None:
     parser.add_argument("--host", help="predict with the host constants of this runtime_overhead.py "
                         "result (its 'graphed' entry), measured on the same machine")
     args = parser.parse_args()
+    partitioned: list[str] = []
     if args.host:
-        constants = json.loads(Path(args.host).read_text())["graphed"]
+        measured = json.loads(Path(args.host).read_text())
+        constants = measured["graphed"]
         args.set += [f"cost_model.{k}={constants[k]}" for k in
                      ("host_launch_us", "host_step_us", "host_per_seq_us", "host_check_us", "host_gap_us")
                      if k in constants]
+        if "partitioned" in measured:  # Nexus's runtime: one host thread for both partitions
+            partitioned = [f"cost_model.host_launch_us={measured['partitioned']['host_launch_us']}"]
     if bool(args.config) == bool(args.matrix):
         parser.error("give a config or --matrix")
     source = Path(args.matrix or args.config)
     runs = _matrix(source, args.set) if args.matrix else {"run": load_config(args.config, args.set)}
+    if partitioned:
+        again = _matrix(source, args.set + partitioned) if args.matrix \
+            else {"run": load_config(args.config, args.set + partitioned)}
+        runs = {name: again[name] if config.policy.name == "nexus" else config for name, config in runs.items()}
     if args.policies:
         runs = {name: c for name, c in runs.items() if c.policy.name in args.policies.split(",")}
     base = source.resolve().parent

@@ -207,7 +207,8 @@ def step_table(records: list[StepRecord], cost_model: CostModel) -> pd.DataFrame
     prediction for that same shape (on its SM partition, next to what the other partition
     ran): busy = start to end (scheduling, inputs, GPU), gpu = inputs ready to end, after = end
     to the next step's start on the same partition (bookkeeping, or idling for arrivals); the
-    host part of busy splits into schedule (the policy's decision) and plan (KV blocks, inputs)."""
+    host part of busy splits into schedule (the policy's decision) and plan (KV blocks, inputs);
+    issue = inputs ready to the pass's last launch (the host issuing it, overlapping the GPU)."""
     rows: list[dict[str, Any]] = []
     last: dict[int, int] = {}  # partition -> its latest row
     for i, rec in enumerate(records):
@@ -218,7 +219,8 @@ def step_table(records: list[StepRecord], cost_model: CostModel) -> pd.DataFrame
         rows.append({
             "start_s": rec.start, "busy_s": rec.end - rec.start, "gpu_s": rec.end - rec.ready,
             "after_s": float("nan"), "schedule_s": rec.scheduled - rec.start,
-            "plan_s": rec.ready - rec.scheduled, "prefill_tokens": shape.num_prefill_tokens,
+            "plan_s": rec.ready - rec.scheduled, "issue_s": rec.issued - rec.ready,
+            "prefill_tokens": shape.num_prefill_tokens,
             "num_prefills": len(shape.prefill_tokens), "prefix_tokens": sum(shape.prefill_prefix),
             "num_decodes": shape.num_decodes, "chunks": " ".join(map(str, shape.prefill_tokens)),
             "prefixes": " ".join(map(str, shape.prefill_prefix)), "num_logits": shape.num_logits,

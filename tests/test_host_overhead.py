@@ -75,12 +75,13 @@ def test_operator_level_checks_hide_behind_the_gpu_unless_the_host_is_slower(tmp
     pd.DataFrame({"arrival_s": [0.0], "num_prompt_tokens": [1000], "num_output_tokens": [1]}).to_csv(
         tmp_path / "one.csv", index=False)
 
-    def ttft(check_us: float, launch_us: float = 0.0) -> float:
+    def ttft(check_us: float, launch_us: float = 0.0, gap_us: float = 0.0) -> float:
         config = from_mapping({"model": "llama-3.1-8b", "workload": {"trace": str(tmp_path / "one.csv")},
                                "policy": {"name": "flowprefill"},
                                "engine": {"cuda_graph_max_tokens": 2048},
                                "cost_model": {"kind": "roofline", "host_step_us": 100.0,
-                                              "host_check_us": check_us, "host_launch_us": launch_us}}, "t")
+                                              "host_check_us": check_us, "host_launch_us": launch_us,
+                                              "host_gap_us": gap_us}}, "t")
         return float(run(config).requests.ttft_s[0])
 
     # A 1000-token prefill's blocks take far longer than 5 us on the GPU: the checks are hidden.
@@ -93,3 +94,5 @@ def test_operator_level_checks_hide_behind_the_gpu_unless_the_host_is_slower(tmp
     host = HostOverheadCostModel(GPU_MODEL, ARCH, 1.0, 0.0, graph_max_tokens=2048)
     launches = host.launches(BatchShape((1000,), (0,), 0, 0, 0, 1))
     assert ttft(0.0, 1e6) == pytest.approx(100e-6 + launches * 1.0, rel=1e-9)
+    # The GPU's gaps at the host's launches add to a GPU-bound pass, as in step_time.
+    assert ttft(0.0, 0.0, 10.0) - ttft(0.0) == pytest.approx(launches * 10e-6, rel=1e-6)

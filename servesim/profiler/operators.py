@@ -25,11 +25,11 @@ from servesim.profiler.timing import Builder, Call
 
 PAGE = 16
 _COLD_COPY_BYTES = 4 * 2**30
+"""Cap on the extra weight/KV copies one operator may allocate for cold-L2 graph replays."""
 MOE_ROUTINGS = 4
 """Routing draws a MoE point is timed over, up to MOE_ROUTED_TOKENS tokens (beyond, every
 expert gets tokens in any draw and the draws time alike)."""
 MOE_ROUTED_TOKENS = 1024
-"""Cap on the extra weight/KV copies one operator may allocate for cold-L2 graph replays."""
 _STREAMING = {"attn_prefill", "attn_prefill_packed", "attn_decode", "embedding",
               "moe_gate_up", "moe_down", "moe_fused"}
 

@@ -59,6 +59,8 @@ class StepRecord:
     corunner: int = -1
     corunner_sms: int = 0
     scheduled: float = float("nan")
+    issued: float = float("nan")
+    """When the host had launched the pass's last piece (it then waits for the GPU)."""
 
 
 def _jit_hooks() -> Any:
@@ -200,8 +202,9 @@ class Runtime:
         used = state.kv.used_blocks
         ready = self.now()
         done = self._drive(run, step, key)
+        issued = self.now()
         end = self.sync()
-        self.steps.append(StepRecord(start, ready, end, shape, scheduled=scheduled))
+        self.steps.append(StepRecord(start, ready, end, shape, scheduled=scheduled, issued=issued))
         for req, _ in step.prefills:
             req.prefill_progress_s += end - start
         if done:

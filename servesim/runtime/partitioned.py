@@ -227,6 +227,7 @@ class PartitionedRuntime(Runtime):
                 except StopIteration as stop:
                     stop.value.argmax(dim=-1)  # greedy sampling of the produced tokens
                     slot.launched = True
+                    self.steps[slot.record].issued = self.now()
                     queued.clear()
                     if cuda:
                         slot.done = torch.cuda.Event()

@@ -15,11 +15,11 @@ measured on the engine being modelled (benchmarks/runtime_overhead.py measures s
 runtime). In a graphed pass the GPU also idles briefly at each launch from the host (a graph
 replay handing over to an attention kernel and back): host_gap_s per launch, on top of the
 inner model's time for the pass as one graph. The op breakdown of `batch_cost` is stretched
-uniformly to the total. An engine that
-runs a pass block by block and asks the policy at each preemption point (FlowPrefill) spends
-host_check_s there; servesim's runtime decides on the next block while the GPU runs the current
-one, so the operator executor charges each block the longer of its GPU time and the host's
-work for it (its share of the launches plus the check).
+uniformly to the total. An engine that runs a pass block by block and asks the policy at each
+preemption point (FlowPrefill) spends host_check_s there; servesim's runtime decides on the next
+block while the GPU runs the current one, so the operator executor charges each block the
+longer of its GPU time (with its share of the gaps) and the host's work for it (its share of
+the launches plus the check).
 """
 
 from __future__ import annotations

@@ -78,16 +78,18 @@ class OperatorExecutor(Executor):
         return run
 
     def _blocks(self, shape: BatchShape) -> list[float]:
-        """Each block's time: its operators on the GPU, or, where the host is slower, the
-        host's work for it (its share of the pass's launches and one check), since the host
-        decides on the next block while the GPU runs the current one."""
+        """Each block's time: its operators on the GPU (with its share of the pass's launch
+        gaps), or, where the host is slower, the host's work for it (its share of the pass's
+        launches and one check), since the host decides on the next block while the GPU runs
+        the current one."""
         cost = self.cost_model
         gpu = getattr(cost, "inner", cost).batch_cost(shape, self.sms, self.corunner()).ops
         blocks = preemption_blocks(gpu, self.granularity)
-        host = self.check_s
+        host, gap = self.check_s, 0.0
         if isinstance(cost, HostOverheadCostModel):
             host += cost.launches(shape) * cost.host_launch_s / len(blocks)
-        return [max(b, host) for b in blocks]
+            gap = cost.gaps_s(shape) / len(blocks)
+        return [max(b + gap, host) for b in blocks]
 
     def execute(self, step: Step, shape: BatchShape) -> Generator[simpy.Event, Any, bool]:
         if not step.prefills:
