@@ -263,6 +263,8 @@ class ProfiledCostModel:
         fixed, layers, ends_s, dense_s = self.fixed_s, self.arch.num_layers, ends.total, dense.total
         base_outside = ends.extrapolated + layers * dense.extrapolated
         in_pass = self._in_pass
+        row = in_pass.row(n) if in_pass else None
+        log_ctx = in_pass.log_ctx if in_pass else []
 
         def step(ctx_sum: int, ctx_max: int) -> float:
             attn_s = self._decode_s(n, ctx_sum, ctx_max, num_sms)
@@ -271,7 +273,7 @@ class ProfiledCostModel:
             if base_outside:
                 self.extrapolated += base_outside
             total = fixed + ends_s + layers * (dense_s + attn_s)
-            return total * in_pass.factor(n, ctx_sum / n) if in_pass else total
+            return total * _interp(log_ctx, row, math.log(max(ctx_sum / n, 1.0))) if row else total
 
         return step
 
@@ -400,11 +402,15 @@ class _InPass:
         self.log_ctx = [math.log(c) for c in contexts]
         self._rows: dict[int, list[float]] = {}
 
-    def factor(self, n: int, mean_context: float) -> float:
+    def row(self, n: int) -> list[float]:
+        """The factors of `n` decodes over the context grid."""
         row = self._rows.get(n)
         if row is None:
             row = self._rows[n] = [_interp(self.log_n, col, math.log(n)) for col in zip(*self.factors, strict=True)]
-        return _interp(self.log_ctx, row, math.log(max(mean_context, 1.0)))
+        return row
+
+    def factor(self, n: int, mean_context: float) -> float:
+        return _interp(self.log_ctx, self.row(n), math.log(max(mean_context, 1.0)))
 
 
 def _interp(xs: list[float], ys: list[float] | tuple[float, ...], x: float) -> float:
