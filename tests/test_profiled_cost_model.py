@@ -113,23 +113,28 @@ def test_attention_is_within_a_few_percent_of_its_held_out_shapes(model: str) ->
 
 @pytest.mark.parametrize("model", MODELS)
 def test_decode_only_passes_take_their_measured_in_pass_time(model: str) -> None:
-    """The `passes` table: a decode-only pass on its grid costs what it measured whole; the
-    executor's fast path agrees; a pass with prefill tokens is priced operator by operator."""
+    """The `passes` table: a decode-only pass on its grid costs what it measured whole, on the
+    whole GPU and on each partition measured; the executor's fast path agrees; a pass with
+    prefill tokens is priced operator by operator."""
     cost = ProfiledCostModel(load_model(model), H200)
     passes = cost.profile.tables["passes"]
-    assert cost._in_pass is not None and len(passes) == 10
-    factors = []
-    for r in passes.itertuples():
+    sms_of = passes.sms.fillna(H200.num_sms).astype(int) if "sms" in passes else [H200.num_sms] * len(passes)
+    assert cost._in_pass is not None and len(passes) == 10 * len(set(sms_of))
+    factors: dict[int, list[float]] = {}
+    for r, sms in zip(passes.itertuples(), sms_of, strict=True):
         shape = BatchShape((), (), int(r.num_decodes), int(r.decode_context), int(r.max_decode_context),
                            int(r.num_logits))
-        assert cost.step_time(shape) == pytest.approx(r.median_us * 1e-6, rel=1e-9)
-        stepper = cost.decode_stepper(shape.num_decodes, shape.num_logits, None)
-        assert stepper(shape.decode_context, shape.max_decode_context) == pytest.approx(cost.step_time(shape), rel=1e-12)
-        assert cost.batch_cost(shape).total_s == pytest.approx(sum(o.seconds for o in cost.batch_cost(shape).ops), rel=1e-9)
-        factors.append(cost._in_pass.factor(shape.num_decodes, shape.decode_context / shape.num_decodes))
-    # Operators inside a pass mostly run faster than one by one: 0.69-0.98 on the H200
-    # profiles, but 1.15 for Mixtral's 4 decodes (which of its 8 experts 4 tokens pick varies).
-    assert 0.6 < min(factors) and max(factors) < 1.2 and sorted(factors)[len(factors) // 2] < 1.0
+        assert cost.step_time(shape, sms) == pytest.approx(r.median_us * 1e-6, rel=1e-9)
+        stepper = cost.decode_stepper(shape.num_decodes, shape.num_logits, sms)
+        assert stepper(shape.decode_context, shape.max_decode_context) == pytest.approx(cost.step_time(shape, sms), rel=1e-12)
+        priced = cost.batch_cost(shape, sms)
+        assert priced.total_s == pytest.approx(sum(o.seconds for o in priced.ops), rel=1e-9)
+        factors.setdefault(sms, []).append(cost._in_pass.factor(shape.num_decodes, shape.decode_context / shape.num_decodes, sms))
+    # On the whole GPU operators inside a pass mostly run faster than one by one: 0.69-0.98 on
+    # the H200 profiles, but 1.15 for Mixtral's 4 decodes (which of its 8 experts 4 tokens pick
+    # varies).
+    whole = factors[H200.num_sms]
+    assert 0.6 < min(whole) and max(whole) < 1.2 and sorted(whole)[len(whole) // 2] < 1.0
     mixed = BatchShape((512,), (0,), 8, 8 * 2048, 2048, 9)
     raw = ProfiledCostModel(load_model(model), H200)
     raw._in_pass = None
@@ -275,3 +280,17 @@ def test_fast_forward_on_the_profile_gives_the_one_by_one_times(policy: str) -> 
     price = step.decode_stepper(8, 8, None)
     for ctx in (8 * 100, 8 * 1500, 8 * 30000):  # inside and outside the decode grid
         assert price(ctx, ctx // 8 + 7) == step.step_time(BatchShape((), (), 8, ctx, ctx // 8 + 7, 8))
+
+
+def test_in_pass_factor_is_linear_in_sms_between_the_partitions_measured() -> None:
+    """Between two SM counts measured the factor is linear in SMs; below the smallest it holds;
+    with the whole GPU alone measured, a partition's pass costs its operators' sum."""
+    from servesim.sim.profiled import _InPass
+
+    grid = {64: [[1.0, 1.1], [1.0, 1.1]], 132: [[0.8, 0.9], [0.8, 0.9]]}
+    in_pass = _InPass([1, 4], [512, 4096], grid, 132)
+    assert in_pass.factor(1, 512, 132) == pytest.approx(0.8)
+    assert in_pass.factor(4, 4096, 98) == pytest.approx(1.0)
+    assert in_pass.factor(2, 512, 32) == pytest.approx(1.0) and in_pass.factor(2, 4096, 64) == pytest.approx(1.1)
+    whole_only = _InPass([1, 4], [512, 4096], {132: grid[132]}, 132)
+    assert whole_only.factor(1, 512, 68) == 1.0 and whole_only.factor(1, 512, 132) == pytest.approx(0.8)

@@ -40,7 +40,7 @@ from servesim.profiler.partitions import Partitions  # noqa: E402
 from servesim.profiler.run import moe_combine_rows  # noqa: E402
 from servesim.profiler.store import Journal, write_tables  # noqa: E402
 from servesim.profiler.timing import Timer  # noqa: E402
-from servesim.profiler.validate import held_out_points, random_batches  # noqa: E402
+from servesim.profiler.validate import calibration_passes, held_out_points, random_batches  # noqa: E402
 
 TINY = "tests/data/profiler/tiny-dense.json"
 TINY_MOE = "tests/data/profiler/tiny-moe.json"
@@ -173,6 +173,9 @@ def test_profile_dry_run_writes_every_table(tmp_path) -> None:
     out = tmp_path / "cpu" / "tiny-dense"
     assert json.loads((out / "meta.json").read_text())["schema_version"] == SCHEMA_VERSION
     assert meta["tables"]["ops"] >= 1 and (out / "ops.parquet").exists()
+    passes = pd.read_parquet(out / "passes.parquet")
+    assert sorted(set(passes.sms)) == [2, 4]  # a partition of the CPU's 4 "SMs", and all 4
+    assert len(passes) == 2 * len(calibration_passes("tiny", partitions=False)) and (passes.median_us > 0).all()
     again = profiler_run.ModelProfiler(load_model(TINY), tmp_path, "tiny", torch.device("cpu"))
     again.points = prof.points
     assert again.run("test")["profile_seconds"] < meta["profile_seconds"] + 5

@@ -24,10 +24,11 @@ TABLES: dict[str, tuple[str, ...]] = {
     "contention": ("op", "a", "b", "c", "sms", "corunner", "corunner_sms", "alone_us",
                    "corun_us", "slowdown"),
     # Whole-model decode-only passes on a small grid (every layer, as --validate times its
-    # iterations): what the operators cost inside a pass, against their sum timed one by one.
+    # iterations), on the whole GPU and on partitions of `sms` SMs: what the operators cost
+    # inside a pass, against their sum timed one by one. (Profiles before the column: NaN.)
     "passes": ("batch_id", "prefill_tokens", "prefill_prefix", "num_decodes",
                "decode_context", "max_decode_context", "num_logits", "median_us",
-               "p20_us", "p80_us", "reps", "method"),
+               "p20_us", "p80_us", "reps", "method", "sms"),
     # --validate: held-out operator shapes (not on the grid), whole GPU.
     "validation_ops": ("op", "a", "b", "c", "median_us", "p20_us", "p80_us", "reps", "method"),
     # --validate: whole-model iterations of random mixed batches (every layer).

@@ -59,8 +59,11 @@ class Forward:
     """One pass of `chunks` [(new tokens, prefix)] plus decodes with `decode_context` each."""
 
     def __init__(self, factory: OperatorFactory, chunks: list[tuple[int, int]],
-                 decode_context: list[int], num_logits: int) -> None:
+                 decode_context: list[int], num_logits: int, sms: int | None = None) -> None:
         self.f, self.arch = factory, factory.arch
+        self.sms = sms
+        """SMs of the partition the pass runs on: GEMM grids and decode-attention splits are
+        sized for them, as the partitioned runtime's lanes size theirs (None: the whole GPU)."""
         arch, dev = self.arch, factory.device
         self.num_prefill = sum(q for q, _ in chunks)
         self.tokens = self.num_prefill + len(decode_context)
@@ -111,7 +114,7 @@ class Forward:
             x, residual = self._layer(x, residual, layer % LAYER_SETS)
         out, _ = K.rmsnorm(x, self.f.weight("final_norm", 0, h), 1e-6, residual)
         hidden = out.index_select(0, self.logit_rows)
-        logits = K.gemm(hidden, self.f.weight("lm_head", 0, arch.vocab_size, h))
+        logits = K.gemm(hidden, self.f.weight("lm_head", 0, arch.vocab_size, h), num_sms=self.sms)
         self.sampled = sample_tokens(logits) if t else None
 
     def _layer(self, x: torch.Tensor, residual: torch.Tensor, j: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -120,7 +123,7 @@ class Forward:
         qs, kvs = arch.q_size, arch.kv_size
         normed, residual_out = K.rmsnorm(x, self._w("ln1", j, h), 1e-6, residual)
         assert residual_out is not None
-        qkv = K.gemm(normed, self._w("qkv", j, qs + 2 * kvs, h))  # [T, q + 2 kv]
+        qkv = K.gemm(normed, self._w("qkv", j, qs + 2 * kvs, h), num_sms=self.sms)  # [T, q + 2 kv]
         if arch.qk_norm:
             qkv = K.rmsnorm(qkv.view(-1, d), self._w("qk_norm", j, d))[0].view(t, -1)
         q = qkv[:, :qs].view(t, hq, d)
@@ -134,8 +137,9 @@ class Forward:
         if self.chunks:
             K.prefill_attention(q[:p], kc, vc, self.bt_prefill, self.cu, self.prefix, self.max_q, out=attn[:p])
         if self.decode_context:
-            K.decode_attention(q[p:], kc, vc, self.bt_decode, self.ctx, max(self.decode_context), out=attn[p:])
-        o = K.gemm(attn.view(t, qs), self._w("o", j, h, qs))
+            K.decode_attention(q[p:], kc, vc, self.bt_decode, self.ctx, max(self.decode_context), out=attn[p:],
+                               num_sms=self.sms)
+        o = K.gemm(attn.view(t, qs), self._w("o", j, h, qs), num_sms=self.sms)
         normed, residual_out = K.rmsnorm(o, self._w("ln2", j, h), 1e-6, residual_out)
         assert residual_out is not None
         return self._mlp(normed, j), residual_out
@@ -144,9 +148,9 @@ class Forward:
         arch, h = self.arch, self.arch.hidden_size
         if not arch.is_moe:
             width = arch.intermediate_size
-            act = K.silu_and_mul(K.gemm(x, self._w("gate_up", j, 2 * width, h)))
-            return K.gemm(act, self._w("down", j, h, width))
+            act = K.silu_and_mul(K.gemm(x, self._w("gate_up", j, 2 * width, h), num_sms=self.sms))
+            return K.gemm(act, self._w("down", j, h, width), num_sms=self.sms)
         e, w = arch.num_experts, arch.moe_intermediate_size
-        logits = K.gemm(x, self._w("router", j, e, h))
+        logits = K.gemm(x, self._w("router", j, e, h), num_sms=self.sms)
         weights, ids = K.topk_softmax(logits, arch.num_experts_per_tok)
         return K.fused_moe(x, self._w("w13", j, e, 2 * w, h), self._w("w2", j, e, h, w), weights, ids)

@@ -87,11 +87,12 @@ class Measurer:
                target_part: Partition, other_part: Partition) -> Timing:
         timer = self.timer
         reps = timer.reps_for(target)
-        window_us = reps * (target.estimate_us * target.copies + 300.0)
+        replays = 2 if target.short is not None else 1
+        window_us = reps * (target.estimate_us * (target.copies + target.short_copies) + 300.0 * replays)
         launches = math.ceil(1.5 * window_us / max(corunner.estimate_us * corunner.copies, 1.0)) + 2
         if not timer.cuda:
             pairs = timer.enqueue(target, reps, flush)
-            return summarize(timer.elapsed_us(pairs, target.copies), target.method)
+            return summarize(timer.elapsed_us(pairs, target), target.method)
         with timer.on(other_part.stream):
             for _ in range(launches):
                 corunner.launch()
@@ -102,4 +103,4 @@ class Measurer:
         timer.sync()
         if pairs[-1][1].elapsed_time(cor_end) < 0:
             self.uncovered += 1
-        return summarize(timer.elapsed_us(pairs, target.copies), target.method + "+corun")
+        return summarize(timer.elapsed_us(pairs, target), target.method + "+corun")

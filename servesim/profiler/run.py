@@ -57,7 +57,7 @@ class ModelProfiler:
             self.points = [p for p in self.points if p.table != "contention"]
         self.held_out = held_out_points(arch, mode, per_op) if validate else []
         self.batches = random_batches(iterations, mode) if validate else []
-        self.passes = calibration_passes(mode)
+        self.passes = calibration_passes(mode, partitions=self.partitions.disjoint)
         quick = mode != "full"
         self.timer = Timer(device, target_us=2000.0 if quick else 5000.0, max_reps=20 if quick else 30)
         self.failures: list[str] = []
@@ -147,23 +147,30 @@ class ModelProfiler:
         return graph >= 0.8 * eager
 
     def _iteration(self, factory: OperatorFactory, batch: MixedBatch) -> dict[str, Any]:
-        forward = Forward(factory, list(batch.chunks), list(batch.decode_context), batch.num_logits)
+        """One whole pass, captured and timed as the engine steps it; with `batch.sms`, on a
+        partition of that many SMs (the kernels sized for it, as a Nexus lane runs them)."""
+        stream = self.partitions.pair(batch.sms)[0].stream if batch.sms else None
+        forward = Forward(factory, list(batch.chunks), list(batch.decode_context), batch.num_logits,
+                          batch.sms or None)
         io = IterationIO(self.device)
-        forward.run()
-        self.timer.sync()
-        run, method = forward.run, "eager" if self.timer.cuda else "cpu"
-        if self.timer.cuda:
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph):
-                forward.run()
+        self.timer.sync()  # the inputs were made on the current stream
+        with self.timer.on(stream):
+            forward.run()
             self.timer.sync()
-            run, method = graph.replay, "graph"
+            run, method = forward.run, "eager" if self.timer.cuda else "cpu"
+            if self.timer.cuda:
+                graph = torch.cuda.CUDAGraph()
+                with torch.cuda.graph(graph, stream=stream):
+                    forward.run()
+                self.timer.sync()
+                run, method = graph.replay, "graph"
         build = lambda g: [lambda: io.step(run, forward.sampled)]  # noqa: E731
-        prepared = self.timer.prepare(build, graph=False)
-        pairs = self.timer.enqueue(prepared, 5, flush=False)
-        self.timer.sync()
+        prepared = self.timer.prepare(build, stream, graph=False)
+        with self.timer.on(stream):
+            pairs = self.timer.enqueue(prepared, 5, flush=False)
+            self.timer.sync()
         timing = summarize(self.timer.elapsed_us(pairs, 1), method)
-        return {**batch.row(), **timing.row()}
+        return {**batch.row(), "sms": batch.sms or self.partitions.num_sms, **timing.row()}
 
     def _tables(self, journal: Journal) -> dict[str, pd.DataFrame]:
         keys = {p.key for p in self.points + self.held_out}

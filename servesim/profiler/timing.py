@@ -4,9 +4,17 @@ Method (research/kernels.md §5, METHOD.md): run once to compile and warm up; es
 G calls into one CUDA graph, G chosen so a replay lasts >= ~150 us (G = 1 for longer
 operators), each call with its own weights/KV copy so none is warm in L2; before each timed
 replay flush L2 (a 256 MB read) for weight- and KV-streaming operators, then a spin kernel of
-~50 us + host time so that the host's launch never shows up as idle GPU time; the time of one
-call is the replay's event interval / G. Graph capture failures fall back to eager launches
-(method 'eager'). On the CPU (TRITON_INTERPRET=1 dry runs) the host clock times eager calls.
+~50 us + host time so that the host's launch never shows up as idle GPU time. Graph capture
+failures fall back to eager launches (method 'eager'). On the CPU (TRITON_INTERPRET=1 dry runs)
+the host clock times eager calls.
+
+The time of one call is a difference: each rep replays a graph of the first H = G/2 calls and
+then the graph of all G, and one call is (long - short) / (G - H). A replay also pays a fixed
+few microseconds (the graph's first launch, the events) that a call inside a pass never pays;
+divided by G it made a 3 us operator read 10-50 % slow, by an amount that changed with G, and G
+with the noise of the first estimate (issue 4: held-out rmsnorm and silu_mul points). G comes
+from a one-call graph replay, not an eager call, whose host launch latency (~20-40 us) made G
+too small for operators of a few microseconds.
 
 The flush reads, it does not write: after a memset L2 is full of dirty lines, and the timed
 operator's first loads pay for writing them back to HBM (up to the L2 size, ~60 MB, per
@@ -38,6 +46,8 @@ Builder = Callable[[int], list[Call]]
 _FLUSH_BYTES = 256 * 2**20
 _SMALL_US = 150.0
 _MAX_COPIES = 32
+_MIN_DIFF_COPIES = 2
+"""Differential timing needs a short graph of at least this many calls (so G >= 4)."""
 _CLOCK_HZ = 1.98e9  # H200.md: SM clock 1980 MHz; only sizes the spin kernel
 
 
@@ -65,6 +75,15 @@ class Prepared:
     calls: list[Call]
     """The G calls; holding them keeps the tensors a captured graph reads and writes alive."""
     graph: Any = None
+    short: Call | None = None
+    """Replays the first `short_copies` calls: the subtrahend of differential timing."""
+    short_copies: int = 0
+    short_graph: Any = None
+
+    @property
+    def per_call_copies(self) -> int:
+        """Calls one timed sample is divided by."""
+        return self.copies - self.short_copies
 
 
 class Timer:
@@ -103,6 +122,8 @@ class Timer:
             first[0]()
             self.sync()
             estimate_us = self._once(first)
+        if graph and self.graphs and estimate_us < _SMALL_US:
+            estimate_us = self._graph_once(first, stream, estimate_us)
         copies = 1 if estimate_us >= _SMALL_US else min(_MAX_COPIES, math.ceil(_SMALL_US / max(estimate_us, 1.0)))
         calls = build(copies) if copies > 1 else first
         if copies > 1:
@@ -114,7 +135,12 @@ class Timer:
         if graph and self.graphs:
             captured = self._capture(calls, stream)
             if captured is not None:
-                return Prepared(captured.replay, len(calls), estimate_us, "graph", calls, captured)
+                prepared = Prepared(captured.replay, len(calls), estimate_us, "graph", calls, captured)
+                half = len(calls) // 2
+                short = self._capture(calls[:half], stream) if half >= _MIN_DIFF_COPIES else None
+                if short is not None:
+                    prepared.short, prepared.short_copies, prepared.short_graph = short.replay, half, short
+                return prepared
         return Prepared(lambda: [c() for c in calls], len(calls), estimate_us,
                         "eager" if self.cuda else "cpu", calls)
 
@@ -129,6 +155,23 @@ class Timer:
         end.record()
         end.synchronize()
         return begin.elapsed_time(end) * 1e3
+
+    def _graph_once(self, first: list[Call], stream: Any, eager_us: float) -> float:
+        """One call's time from the fastest of 3 replays of a one-call graph (eager_us if the
+        call cannot be captured)."""
+        graph = self._capture(first, stream)
+        if graph is None:
+            return eager_us
+        with self.on(stream):
+            pairs = []
+            for _ in range(3):
+                begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                begin.record()
+                graph.replay()
+                end.record()
+                pairs.append((begin, end))
+            self.sync()
+        return min(eager_us, min(a.elapsed_time(b) * 1e3 for a, b in pairs))
 
     def _capture(self, calls: list[Call], stream: Any) -> torch.cuda.CUDAGraph | None:
         graph = torch.cuda.CUDAGraph()
@@ -146,31 +189,47 @@ class Timer:
         per_launch = max(prepared.estimate_us * prepared.copies, 1.0)
         return int(min(self.max_reps, max(self.min_reps, round(self.target_us / per_launch))))
 
-    def enqueue(self, prepared: Prepared, reps: int, flush: bool) -> list[tuple[Any, Any]]:
-        """Enqueue `reps` timed launches on the current stream; returns their event pairs
-        (or host-clock pairs on the CPU). Read them with `elapsed_us` after a sync."""
-        pairs = []
+    def enqueue(self, prepared: Prepared, reps: int, flush: bool) -> list[tuple[Any, ...]]:
+        """Enqueue `reps` timed samples on the current stream; returns their event pairs (two
+        pairs, short then long, under differential timing; host-clock pairs on the CPU). Read
+        them with `elapsed_us` after a sync."""
+        samples: list[tuple[Any, ...]] = []
         for _ in range(reps):
             if not self.cuda:
                 start = time.perf_counter()
                 prepared.launch()
-                pairs.append((start, time.perf_counter()))
+                samples.append((start, time.perf_counter()))
                 continue
-            if flush and self._flush is not None:
-                torch.sum(self._flush, dim=0, out=self._flush_out)  # a read: leaves L2 clean
-            host_us = 50.0 if prepared.method == "graph" else 50.0 + 80.0 * prepared.copies
-            torch.cuda._sleep(int(host_us * 1e-6 * _CLOCK_HZ))
-            begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            begin.record()
-            prepared.launch()
-            end.record()
-            pairs.append((begin, end))
-        return pairs
+            pair = self._timed(prepared.launch, prepared, flush)
+            samples.append(pair if prepared.short is None
+                           else self._timed(prepared.short, prepared, flush) + pair)
+        return samples
 
-    def elapsed_us(self, pairs: list[tuple[Any, Any]], copies: int) -> np.ndarray:
+    def _timed(self, launch: Call, prepared: Prepared, flush: bool) -> tuple[Any, Any]:
+        if flush and self._flush is not None:
+            torch.sum(self._flush, dim=0, out=self._flush_out)  # a read: leaves L2 clean
+        host_us = 50.0 if prepared.method == "graph" else 50.0 + 80.0 * prepared.copies
+        torch.cuda._sleep(int(host_us * 1e-6 * _CLOCK_HZ))
+        begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        begin.record()
+        launch()
+        end.record()
+        return begin, end
+
+    def elapsed_us(self, samples: list[tuple[Any, ...]], prepared: Prepared | int) -> np.ndarray:
+        """Microseconds of one call per sample; `prepared` (or a plain call count) divides."""
+        if isinstance(prepared, int):
+            copies = prepared
+        else:
+            copies = prepared.per_call_copies
         if not self.cuda:
-            return np.array([(b - a) * 1e6 / copies for a, b in pairs])
-        return np.array([a.elapsed_time(b) * 1e3 / copies for a, b in pairs])
+            return np.array([(s[-1] - s[-2]) * 1e6 / copies for s in samples])
+        out = []
+        for s in samples:
+            long_us = s[-2].elapsed_time(s[-1]) * 1e3
+            short_us = s[0].elapsed_time(s[1]) * 1e3 if len(s) == 4 else 0.0
+            out.append((long_us - short_us) / copies)
+        return np.array(out)
 
     def measure(self, build: Builder, flush: bool, stream: Any = None, graph: bool = True) -> Timing:
         """Median (p20, p80) microseconds of one call of the operator."""
@@ -178,7 +237,7 @@ class Timer:
         with self.on(stream):
             pairs = self.enqueue(prepared, self.reps_for(prepared), flush)
             self.sync()
-        return summarize(self.elapsed_us(pairs, prepared.copies), prepared.method)
+        return summarize(self.elapsed_us(pairs, prepared), prepared.method)
 
 
 def summarize(samples_us: np.ndarray, method: str) -> Timing:

@@ -65,6 +65,8 @@ class MixedBatch:
     chunks: tuple[tuple[int, int], ...]
     """(new tokens, prefix) per prefill chunk."""
     decode_context: tuple[int, ...]
+    sms: int = 0
+    """SMs of the partition the pass runs on (0: the whole GPU)."""
 
     @property
     def num_logits(self) -> int:
@@ -105,10 +107,16 @@ def random_batches(count: int, mode: str, seed: int = 2) -> list[MixedBatch]:
 
 PASS_BATCHES = {"tiny": (1, 4), "quick": (1, 4, 16, 64, 256), "full": (1, 2, 4, 8, 16, 32, 64, 128, 256)}
 PASS_CONTEXTS = {"tiny": (16, 48), "quick": (512, 4096), "full": (256, 1024, 4096, 16384)}
+PASS_SMS = {"tiny": (2,), "quick": (64, 96), "full": (32, 64, 96)}
+"""Partitions the passes also run on (besides the whole GPU): the decode shares Nexus picks.
+On the H200 a decode pass on 52-92 SMs costs its operators' sum, where the whole GPU runs the
+same pass 7-14 % faster (issue 7's Nexus runs), so the factor is measured per share."""
 
 
-def calibration_passes(mode: str) -> list[MixedBatch]:
-    """The `passes` table's decode-only batches: every decode with the same context."""
-    return [MixedBatch(i, (), (ctx,) * n) for i, (n, ctx) in
-            enumerate((n, ctx) for n in PASS_BATCHES[mode] for ctx in PASS_CONTEXTS[mode])]
+def calibration_passes(mode: str, partitions: bool = True) -> list[MixedBatch]:
+    """The `passes` table's decode-only batches: every decode with the same context, on the
+    whole GPU and (with `partitions`) on each of PASS_SMS."""
+    shares = (0, *PASS_SMS[mode]) if partitions else (0,)
+    grid = [(sms, n, ctx) for sms in shares for n in PASS_BATCHES[mode] for ctx in PASS_CONTEXTS[mode]]
+    return [MixedBatch(i, (), (ctx,) * n, sms) for i, (sms, n, ctx) in enumerate(grid)]
 

@@ -23,6 +23,8 @@ from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import NamedTuple
 
+import pandas as pd
+
 from servesim.errors import InputError
 from servesim.models import ops as model_ops
 from servesim.models.arch import ModelArch
@@ -89,27 +91,43 @@ class ProfiledCostModel:
     def _in_pass_table(self) -> _InPass | None:
         """The profile's whole decode-only passes (`passes`) over the same passes priced
         operator by operator: what the operators of a pass cost inside it, relative to their
-        sum timed one by one. None for a profile without a complete `passes` grid."""
+        sum timed one by one, on the whole GPU and on each partition measured. None for a
+        profile without a complete whole-GPU `passes` grid; a partition's grid that is not
+        complete, or on other batches and contexts than the whole GPU's, is left out."""
         rows = self.profile.tables.get("passes")
         if rows is None:
             return None
         rows = rows.dropna(subset=["median_us"])
         rows = rows[(rows.num_decodes > 0) & (rows.prefill_tokens.astype(str).str.strip() == "")]
+        whole = self.gpu.num_sms
+        sms_of = rows.sms.fillna(whole).astype(int) if "sms" in rows else pd.Series(whole, index=rows.index)
+        counted = self.extrapolated
+        levels = {}
+        for sms in sorted(set(sms_of)):
+            grid = self._in_pass_grid(rows[sms_of == sms], sms)
+            if grid is not None:
+                levels[sms] = grid
+        self.extrapolated = counted
+        if whole not in levels:
+            return None
+        batches, contexts, _ = levels[whole]
+        levels = {sms: g for sms, g in levels.items() if g[0] == batches and g[1] == contexts}
+        return _InPass(batches, contexts, {sms: g[2] for sms, g in levels.items()}, whole)
+
+    def _in_pass_grid(self, rows: pd.DataFrame, sms: int) -> tuple[list[int], list[int], list[list[float]]] | None:
         batches = sorted({int(n) for n in rows.num_decodes})
         contexts = sorted({round(c / n) for c, n in zip(rows.decode_context, rows.num_decodes, strict=True)})
-        if len(rows) != len(batches) * len(contexts) or not len(rows):
+        if len(rows) != len(batches) * len(contexts) or not len(rows) or not 0 < sms <= self.gpu.num_sms:
             return None
         factors = [[math.nan] * len(contexts) for _ in batches]
-        counted = self.extrapolated
         columns = (rows.num_decodes.tolist(), rows.decode_context.tolist(), rows.max_decode_context.tolist(),
                    rows.num_logits.tolist(), rows.median_us.tolist())
         for n, ctx, longest, logits, measured_us in zip(*columns, strict=True):
-            op_by_op = self.step_time(BatchShape((), (), int(n), int(ctx), int(longest), int(logits)))
+            op_by_op = self.step_time(BatchShape((), (), int(n), int(ctx), int(longest), int(logits)), sms)
             factors[batches.index(int(n))][contexts.index(round(ctx / n))] = float(measured_us) * 1e-6 / op_by_op
-        self.extrapolated = counted
         if any(math.isnan(f) for row in factors for f in row):
             return None
-        return _InPass(batches, contexts, factors)
+        return batches, contexts, factors
 
     # -- one operator ---------------------------------------------------------------------
     def lookup(self, op: OpSpec) -> tuple[str, tuple[float, ...]]:
@@ -263,7 +281,7 @@ class ProfiledCostModel:
         fixed, layers, ends_s, dense_s = self.fixed_s, self.arch.num_layers, ends.total, dense.total
         base_outside = ends.extrapolated + layers * dense.extrapolated
         in_pass = self._in_pass
-        row = in_pass.row(n) if in_pass else None
+        row = in_pass.row(n, num_sms) if in_pass else None
         log_ctx = in_pass.log_ctx if in_pass else []
 
         def step(ctx_sum: int, ctx_max: int) -> float:
@@ -295,7 +313,7 @@ class ProfiledCostModel:
             if ends.extrapolated or dense.extrapolated:
                 self.extrapolated += ends.extrapolated + layers * dense.extrapolated
             total = self.fixed_s + ends.total + layers * (dense.total + attn_s)
-            return total * self._in_pass.factor(n, batch.decode_context / n) if self._in_pass else total
+            return total * self._in_pass.factor(n, batch.decode_context / n, num_sms) if self._in_pass else total
         return self._total(batch, num_sms, corunner)
 
     def _parts(self, batch: BatchShape, sms: int) -> list[tuple[int, _Priced]]:
@@ -321,13 +339,14 @@ class ProfiledCostModel:
         slowdown, fallback = self._slowdown(corunner, sms)
         parts = self._parts(batch, sms)
         self.extrapolated += sum(times * g.extrapolated for times, g in parts) + fallback
-        return (self.fixed_s + sum(times * g.seconds(slowdown) for times, g in parts)) * self._pass_factor(batch)
+        return (self.fixed_s + sum(times * g.seconds(slowdown) for times, g in parts)) * self._pass_factor(batch, sms)
 
-    def _pass_factor(self, batch: BatchShape) -> float:
-        """The in-pass factor of a decode-only pass (1 for a pass with prefill tokens)."""
+    def _pass_factor(self, batch: BatchShape, sms: int) -> float:
+        """The in-pass factor of a decode-only pass on `sms` SMs (1 for a pass with prefill
+        tokens)."""
         if self._in_pass is None or batch.prefill_tokens or not batch.num_decodes:
             return 1.0
-        return self._in_pass.factor(batch.num_decodes, batch.decode_context / batch.num_decodes)
+        return self._in_pass.factor(batch.num_decodes, batch.decode_context / batch.num_decodes, sms)
 
     def _slowdown(self, corunner: Corunner | None, sms: int) -> tuple[tuple[float, ...], int]:
         """Per target class: 1 + sum over co-runner classes of (time share x (slowdown - 1))."""
@@ -373,7 +392,7 @@ class ProfiledCostModel:
             out.append(OpCost(layer, op.name, t, op.flops, op.hbm_bytes))
         if out:
             out.append(OpCost(layers, "iteration_fixed", self.fixed_s, 0.0, 0.0))
-        factor = self._pass_factor(batch)
+        factor = self._pass_factor(batch, num_sms)
         if factor != 1.0:
             out = [dataclasses.replace(c, seconds=c.seconds * factor) for c in out]
         layer_s = [0.0] * layers
@@ -393,24 +412,46 @@ class ProfiledCostModel:
 
 
 class _InPass:
-    """Factors on a (decodes x mean context) grid, bilinear in the logs of both, held at the
-    grid's edges; per batch size the context row is interpolated once and kept."""
+    """Factors on a (decodes x mean context) grid per SM count, bilinear in the logs of both,
+    held at the grid's edges, and linear in the SM count between the counts measured. Below the
+    smallest partition measured its factors hold; a profile whose passes ran on the whole GPU
+    only prices a partition's pass at its operators' sum (factor 1: Nexus's decode passes on
+    52-92 SMs measured within 5 % of it, where the whole GPU's factor made them 12-16 % fast).
+    Per (batch size, SM count) the context row is interpolated once and kept."""
 
-    def __init__(self, batches: list[int], contexts: list[int], factors: list[list[float]]) -> None:
-        self.batches, self.factors = batches, factors
+    def __init__(self, batches: list[int], contexts: list[int], factors: dict[int, list[list[float]]],
+                 whole_sms: int) -> None:
+        self.batches, self.factors, self.whole_sms = batches, factors, whole_sms
+        self.sms = sorted(factors)
         self.log_n = [math.log(n) for n in batches]
         self.log_ctx = [math.log(c) for c in contexts]
-        self._rows: dict[int, list[float]] = {}
+        self._rows: dict[tuple[int, int], list[float]] = {}
 
-    def row(self, n: int) -> list[float]:
-        """The factors of `n` decodes over the context grid."""
-        row = self._rows.get(n)
+    def row(self, n: int, sms: int) -> list[float]:
+        """The factors of `n` decodes on `sms` SMs over the context grid."""
+        row = self._rows.get((n, sms))
         if row is None:
-            row = self._rows[n] = [_interp(self.log_n, col, math.log(n)) for col in zip(*self.factors, strict=True)]
+            row = self._rows[(n, sms)] = self._row(n, sms)
         return row
 
-    def factor(self, n: int, mean_context: float) -> float:
-        return _interp(self.log_ctx, self.row(n), math.log(max(mean_context, 1.0)))
+    def _row(self, n: int, sms: int) -> list[float]:
+        def at(level: int) -> list[float]:
+            return [_interp(self.log_n, col, math.log(n)) for col in zip(*self.factors[level], strict=True)]
+
+        if sms >= self.whole_sms:
+            return at(self.whole_sms)
+        below = [s for s in self.sms if s <= sms]
+        above = [s for s in self.sms if s > sms]
+        if not below:
+            return at(above[0]) if above[0] < self.whole_sms else [1.0] * len(self.log_ctx)
+        lo, hi = below[-1], above[0]
+        if lo == sms:
+            return at(lo)
+        w = (sms - lo) / (hi - lo)
+        return [a + (b - a) * w for a, b in zip(at(lo), at(hi), strict=True)]
+
+    def factor(self, n: int, mean_context: float, sms: int) -> float:
+        return _interp(self.log_ctx, self.row(n, sms), math.log(max(mean_context, 1.0)))
 
 
 def _interp(xs: list[float], ys: list[float] | tuple[float, ...], x: float) -> float:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -48,3 +49,25 @@ def test_corun_row_has_a_slowdown(parts) -> None:
     m = Measurer(factory, timer, partitions, (32,), targets=targets, corunners=corunners)
     row = m.measure(Point("contention", "attn_decode", 64, 4096, 1, 32, "decode_attn", 100))
     assert row["sms"] == 32 and row["corunner_sms"] == 100 and 0.8 < row["slowdown"] < 5
+
+
+def test_a_tiny_operator_times_the_same_in_short_and_long_graphs(parts) -> None:
+    """Differential timing drops the replay's fixed cost: one rmsnorm call times the same
+    whether the graph holds 8 or 32 calls (a plain replay / G differs by the fixed cost / G)."""
+    factory, timer, _ = parts
+    build, flush = factory.builder("rmsnorm", 16, 0, 0, None)
+    prepared = timer.prepare(build)
+    assert prepared.method == "graph" and prepared.copies >= 8 and prepared.short is not None
+    times = {}
+    for copies in (8, 32):
+        fixed = Timer(torch.device("cuda"), target_us=1000.0)
+        fixed_build = lambda g, copies=copies: build(copies)  # noqa: E731
+        p = fixed.prepare(fixed_build)
+        assert p.copies == copies and p.short_copies == copies // 2
+        samples = fixed.enqueue(p, 20, flush)
+        fixed.sync()
+        times[copies] = float(np.median(fixed.elapsed_us(samples, p)))
+        plain = float(np.median([s[2].elapsed_time(s[3]) * 1e3 / copies for s in samples]))
+        assert plain > times[copies]  # the plain replay / G carries the fixed cost
+    assert abs(times[8] / times[32] - 1) < 0.1, times
+    assert 1.0 < times[32] < 8.0
