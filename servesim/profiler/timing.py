@@ -13,8 +13,9 @@ then the graph of all G, and one call is (long - short) / (G - H). A replay also
 few microseconds (the graph's first launch, the events) that a call inside a pass never pays;
 divided by G it made a 3 us operator read 10-50 % slow, by an amount that changed with G, and G
 with the noise of the first estimate (issue 4: held-out rmsnorm and silu_mul points). G comes
-from a one-call graph replay, not an eager call, whose host launch latency (~20-40 us) made G
-too small for operators of a few microseconds.
+from a one-call graph replay, not an eager call, whose host launch latency (~20-40 us, ~180 us
+for the first calls of a shape) made G too small for operators of a few microseconds. An
+operator of >= 150 us (G = 1) is timed one call per replay: the fixed cost is then < 2 %.
 
 The flush reads, it does not write: after a memset L2 is full of dirty lines, and the timed
 operator's first loads pay for writing them back to HBM (up to the L2 size, ~60 MB, per
@@ -46,8 +47,8 @@ Builder = Callable[[int], list[Call]]
 _FLUSH_BYTES = 256 * 2**20
 _SMALL_US = 150.0
 _MAX_COPIES = 32
-_MIN_DIFF_COPIES = 2
-"""Differential timing needs a short graph of at least this many calls (so G >= 4)."""
+_MIN_DIFF_COPIES = 1
+"""Differential timing needs a short graph of at least this many calls (so G >= 2)."""
 _CLOCK_HZ = 1.98e9  # H200.md: SM clock 1980 MHz; only sizes the spin kernel
 
 
@@ -122,7 +123,7 @@ class Timer:
             first[0]()
             self.sync()
             estimate_us = self._once(first)
-        if graph and self.graphs and estimate_us < _SMALL_US:
+        if graph and self.graphs:
             estimate_us = self._graph_once(first, stream, estimate_us)
         copies = 1 if estimate_us >= _SMALL_US else min(_MAX_COPIES, math.ceil(_SMALL_US / max(estimate_us, 1.0)))
         calls = build(copies) if copies > 1 else first
@@ -158,7 +159,9 @@ class Timer:
 
     def _graph_once(self, first: list[Call], stream: Any, eager_us: float) -> float:
         """One call's time from the fastest of 3 replays of a one-call graph (eager_us if the
-        call cannot be captured)."""
+        call cannot be captured). The eager estimate alone is not enough even to tell small from
+        large: the first eager calls of a new shape can take ~180 us of host time, which left 3 us
+        operators timed one per replay."""
         graph = self._capture(first, stream)
         if graph is None:
             return eager_us
@@ -171,7 +174,7 @@ class Timer:
                 end.record()
                 pairs.append((begin, end))
             self.sync()
-        return min(eager_us, min(a.elapsed_time(b) * 1e3 for a, b in pairs))
+        return min(a.elapsed_time(b) * 1e3 for a, b in pairs)
 
     def _capture(self, calls: list[Call], stream: Any) -> torch.cuda.CUDAGraph | None:
         graph = torch.cuda.CUDAGraph()
