@@ -35,9 +35,12 @@ from servesim.runtime.warmup import compile_decode_splits, compile_logits
 from servesim.sim.state import SimResult
 
 PREFILL_AHEAD = 6
-"""Pieces of a prefill pass launched ahead of its GPU. A prefill piece runs for milliseconds,
-a decode piece for ~0.1 ms: launching all of a prefill pass at once would hold the one host
-thread for ~3 ms while decode's queue runs dry, so prefill is fed at the pace of its GPU."""
+"""Pieces of a prefill pass launched ahead of its GPU. A long prefill's piece runs for
+milliseconds, a decode piece for ~0.1 ms: launching all of a prefill pass at once would hold the
+one host thread for ~3 ms while decode's queue runs dry, so prefill is fed at the pace of its
+GPU: each turn of the host loop tops its queue up to this depth. (One piece per turn made a
+short prefill host-bound: 105 pieces of ~0.1 ms GPU each, one per ~0.26 ms turn, took 27 ms on
+48 SMs where its GPU time is ~17 ms, issue 7's Nexus runs.)"""
 
 DECODE_BURST = 8
 """Pieces of a decode pass launched per turn of the host loop. One per turn paid the loop's
@@ -229,7 +232,7 @@ class PartitionedRuntime(Runtime):
                 return False
             cuda = self.model.device.type == "cuda"
             with _on(slot.lane.stream):
-                for _ in range(1 if slot.phase == "prefill" else DECODE_BURST):
+                for _ in range(PREFILL_AHEAD - len(queued) if slot.phase == "prefill" else DECODE_BURST):
                     try:
                         next(slot.run)
                     except StopIteration as stop:
