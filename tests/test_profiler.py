@@ -175,7 +175,9 @@ def test_profile_dry_run_writes_every_table(tmp_path) -> None:
     assert meta["tables"]["ops"] >= 1 and (out / "ops.parquet").exists()
     passes = pd.read_parquet(out / "passes.parquet")
     assert sorted(set(passes.sms)) == [2, 4]  # a partition of the CPU's 4 "SMs", and all 4
-    assert len(passes) == 2 * len(calibration_passes("tiny", partitions=False)) and (passes.median_us > 0).all()
+    assert len(passes) == len(calibration_passes("tiny")) and (passes.median_us > 0).all()
+    mixed = passes[passes.prefill_tokens != ""]
+    assert len(mixed) == 4 and set(mixed.sms) == {4} and len(calibration_passes("tiny", partitions=False)) == 8
     again = profiler_run.ModelProfiler(load_model(TINY), tmp_path, "tiny", torch.device("cpu"))
     again.points = prof.points
     assert again.run("test")["profile_seconds"] < meta["profile_seconds"] + 5

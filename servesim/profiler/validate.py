@@ -113,10 +113,21 @@ On the H200 a decode pass on 52-92 SMs costs its operators' sum, where the whole
 same pass 7-14 % faster (issue 7's Nexus runs), so the factor is measured per share."""
 
 
+MIXED_PASS_TOKENS = {"tiny": (16, 32), "quick": (256, 1024, 4096), "full": (256, 1024, 4096, 8192)}
+MIXED_PASS_DECODES = {"tiny": (0, 2), "quick": (0, 32), "full": (0, 32, 128)}
+MIXED_PASS_CONTEXT = {"tiny": 32, "quick": 2048, "full": 2048}
+"""Passes with prefill on the whole GPU: one prompt of each token count (no prefix) plus that
+many decodes of this context. Timed back to back, compute-bound passes run slower than their
+operators timed one by one (Qwen2.5-32B's mixed held-out iterations: -7 to -8 %)."""
+
+
 def calibration_passes(mode: str, partitions: bool = True) -> list[MixedBatch]:
-    """The `passes` table's decode-only batches: every decode with the same context, on the
-    whole GPU and (with `partitions`) on each of PASS_SMS."""
+    """The `passes` table's batches: decode-only ones (every decode with the same context) on
+    the whole GPU and (with `partitions`) on each of PASS_SMS, then the mixed ones."""
     shares = (0, *PASS_SMS[mode]) if partitions else (0,)
     grid = [(sms, n, ctx) for sms in shares for n in PASS_BATCHES[mode] for ctx in PASS_CONTEXTS[mode]]
-    return [MixedBatch(i, (), (ctx,) * n, sms) for i, (sms, n, ctx) in enumerate(grid)]
+    out = [MixedBatch(i, (), (ctx,) * n, sms) for i, (sms, n, ctx) in enumerate(grid)]
+    ctx = MIXED_PASS_CONTEXT[mode]
+    mixed = [(q, n) for q in MIXED_PASS_TOKENS[mode] for n in MIXED_PASS_DECODES[mode]]
+    return out + [MixedBatch(len(out) + i, ((q, 0),), (ctx,) * n) for i, (q, n) in enumerate(mixed)]
 
