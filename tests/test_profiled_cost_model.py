@@ -143,29 +143,6 @@ def test_decode_only_passes_take_their_measured_in_pass_time(model: str) -> None
     assert cost.step_time(mixed) == raw.step_time(mixed)
 
 
-@pytest.mark.parametrize("model", MODELS)
-def test_passes_with_prefill_take_their_measured_time(model: str) -> None:
-    """The `passes` rows with a prompt: on the whole GPU such a pass costs what it measured;
-    between the grid's token counts the factor is interpolated; on a partition it is 1."""
-    cost = ProfiledCostModel(load_model(model), H200)
-    passes = cost.profile.tables["passes"]
-    mixed = passes[passes.prefill_tokens.astype(str).str.strip() != ""]
-    assert cost._mixed is not None and len(mixed) == 6
-    for r in mixed.itertuples():
-        shape = BatchShape((int(r.prefill_tokens),), (0,), int(r.num_decodes), int(r.decode_context),
-                           int(r.max_decode_context), int(r.num_logits))
-        assert cost.step_time(shape) == pytest.approx(r.median_us * 1e-6, rel=1e-9)
-        priced = cost.batch_cost(shape)
-        assert priced.total_s == pytest.approx(sum(o.seconds for o in priced.ops), rel=1e-9)
-    raw = ProfiledCostModel(load_model(model), H200)
-    raw._mixed = None
-    between = BatchShape((2000,), (0,), 16, 16 * 2048, 2048, 17)
-    factor = cost.step_time(between) / raw.step_time(between)
-    lo, hi = min(min(row) for row in cost._mixed.factors), max(max(row) for row in cost._mixed.factors)
-    assert lo - 1e-9 <= factor <= hi + 1e-9
-    assert cost.step_time(between, 64) == raw.step_time(between, 64)
-
-
 def test_interpolation_is_exact_on_grid_points(llama: ProfiledCostModel) -> None:
     ops = llama.profile.tables["ops"]
     for row in ops[ops.op.isin(["qkv", "gate_up", "attn_prefill", "attn_decode", "rmsnorm"])].itertuples():

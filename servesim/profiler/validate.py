@@ -117,8 +117,12 @@ MIXED_PASS_TOKENS = {"tiny": (16, 32), "quick": (256, 1024, 4096), "full": (256,
 MIXED_PASS_DECODES = {"tiny": (0, 2), "quick": (0, 32), "full": (0, 32, 128)}
 MIXED_PASS_CONTEXT = {"tiny": 32, "quick": 2048, "full": 2048}
 """Passes with prefill on the whole GPU: one prompt of each token count (no prefix) plus that
-many decodes of this context. Timed back to back, compute-bound passes run slower than their
-operators timed one by one (Qwen2.5-32B's mixed held-out iterations: -7 to -8 %)."""
+many decodes of this context, against their operators' sum (Qwen2.5-32B's mixed held-out
+iterations are 7-8 % slower than it). Measured, not used by the cost model: on the H200 they
+are 0.71-1.17 of the sum (0.71-0.92 for a 256-token prompt alone, 1.06-1.13 at 1,024-4,096
+tokens on Llama-3.1-8B and Qwen2.5-32B), and scaling passes with prefill by them moved the
+held-out mixed iterations of the other three models from -3..+5 % to -2..+12 % (Qwen2.5-32B's
+from -8..0 % to +3..+4 %)."""
 
 
 def calibration_passes(mode: str, partitions: bool = True) -> list[MixedBatch]:

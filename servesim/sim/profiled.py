@@ -86,9 +86,7 @@ class ProfiledCostModel:
         self._decode: dict[tuple[int, int], _Curves | None] = {}
         self._slowdowns: dict[tuple[Corunner, int], tuple[tuple[float, ...], int]] = {}
         self._in_pass: _InPass | None = None
-        self._mixed: _Mixed | None = None
         self._in_pass = self._in_pass_table()
-        self._mixed = self._mixed_table()
 
     def _in_pass_table(self) -> _InPass | None:
         """The profile's whole decode-only passes (`passes`) over the same passes priced
@@ -115,35 +113,6 @@ class ProfiledCostModel:
         batches, contexts, _ = levels[whole]
         levels = {sms: g for sms, g in levels.items() if g[0] == batches and g[1] == contexts}
         return _InPass(batches, contexts, {sms: g[2] for sms, g in levels.items()}, whole)
-
-    def _mixed_table(self) -> _Mixed | None:
-        """The `passes` rows with prefill (one prompt, no prefix, plus decodes) over the same
-        passes priced operator by operator; None unless they form a complete grid."""
-        rows = self.profile.tables.get("passes")
-        if rows is None:
-            return None
-        rows = rows.dropna(subset=["median_us"])
-        rows = rows[rows.prefill_tokens.astype(str).str.strip() != ""]
-        if "sms" in rows:
-            rows = rows[rows.sms.fillna(self.gpu.num_sms).astype(int) == self.gpu.num_sms]
-        if rows.prefill_tokens.astype(str).str.contains(" ").any():
-            return None
-        tokens = sorted({int(q) for q in rows.prefill_tokens})
-        decodes = sorted({int(n) for n in rows.num_decodes})
-        if not len(rows) or len(rows) != len(tokens) * len(decodes):
-            return None
-        factors = [[math.nan] * len(decodes) for _ in tokens]
-        counted = self.extrapolated
-        columns = (rows.prefill_tokens.astype(int).tolist(), rows.prefill_prefix.replace("", "0").astype(int).tolist(),
-                   rows.num_decodes.tolist(), rows.decode_context.tolist(), rows.max_decode_context.tolist(),
-                   rows.num_logits.tolist(), rows.median_us.tolist())
-        for q, prefix, n, ctx, longest, logits, measured_us in zip(*columns, strict=True):
-            shape = BatchShape((q,), (prefix,), int(n), int(ctx), int(longest), int(logits))
-            factors[tokens.index(q)][decodes.index(int(n))] = float(measured_us) * 1e-6 / self.step_time(shape)
-        self.extrapolated = counted
-        if any(math.isnan(f) for row in factors for f in row):
-            return None
-        return _Mixed(tokens, decodes, factors)
 
     def _in_pass_grid(self, rows: pd.DataFrame, sms: int) -> tuple[list[int], list[int], list[list[float]]] | None:
         batches = sorted({int(n) for n in rows.num_decodes})
@@ -373,14 +342,9 @@ class ProfiledCostModel:
         return (self.fixed_s + sum(times * g.seconds(slowdown) for times, g in parts)) * self._pass_factor(batch, sms)
 
     def _pass_factor(self, batch: BatchShape, sms: int) -> float:
-        """The in-pass factor of a pass on `sms` SMs: decode-only passes from the decode-only
-        passes measured; passes with prefill on the whole GPU from the mixed ones (1 on a
-        partition, where none were measured)."""
-        if batch.prefill_tokens:
-            if self._mixed is None or sms != self.gpu.num_sms:
-                return 1.0
-            return self._mixed.factor(batch.num_prefill_tokens, batch.num_decodes)
-        if self._in_pass is None or not batch.num_decodes:
+        """The in-pass factor of a decode-only pass on `sms` SMs (1 for a pass with prefill
+        tokens)."""
+        if self._in_pass is None or batch.prefill_tokens or not batch.num_decodes:
             return 1.0
         return self._in_pass.factor(batch.num_decodes, batch.decode_context / batch.num_decodes, sms)
 
@@ -488,20 +452,6 @@ class _InPass:
 
     def factor(self, n: int, mean_context: float, sms: int) -> float:
         return _interp(self.log_ctx, self.row(n, sms), math.log(max(mean_context, 1.0)))
-
-
-class _Mixed:
-    """Factors of passes with prefill on a (prefill tokens x decodes) grid, linear in the log
-    of the tokens and in the decodes, held at the grid's edges."""
-
-    def __init__(self, tokens: list[int], decodes: list[int], factors: list[list[float]]) -> None:
-        self.log_q = [math.log(q) for q in tokens]
-        self.decodes = [float(n) for n in decodes]
-        self.factors = factors
-
-    def factor(self, prefill_tokens: int, decodes: int) -> float:
-        row = [_interp(self.log_q, col, math.log(max(prefill_tokens, 1))) for col in zip(*self.factors, strict=True)]
-        return _interp(self.decodes, row, float(decodes))
 
 
 def _interp(xs: list[float], ys: list[float] | tuple[float, ...], x: float) -> float:
