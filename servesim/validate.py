@@ -8,6 +8,7 @@ TRITON_INTERPRET=1 (tiny models only; checks the plumbing, not the timing).
 from __future__ import annotations
 
 import dataclasses
+import gc
 import sys
 import time
 from dataclasses import dataclass
@@ -97,6 +98,12 @@ def validate(config: Config, base_dir: Path, device_name: str = "cuda",
     models = {} if models is None else models
     loaded = models.get(key)
     if loaded is None:
+        # Another model's KV cache fills the memory this one needs (flowprefill then nexus in
+        # one matrix call ran out of memory on the H200): keep one model at a time.
+        models.clear()
+        if device.type == "cuda":
+            gc.collect()
+            torch.cuda.empty_cache()
         model = RuntimeModel(arch, limits.total_blocks, limits.block_size, device, dtype, config.seed)
         loaded = models[key] = _Loaded(model, 0, {})
     prompt = int(workload.num_prompt_tokens.max())

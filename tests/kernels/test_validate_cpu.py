@@ -74,3 +74,17 @@ def test_validate_nexus_prices_each_step_on_its_partition(tmp_path: Path) -> Non
     read = pd.read_csv(tmp_path / "steps.csv", dtype={"chunks": str, "prefixes": str, "layers": str})
     again = repredict(config, tmp_path, report, read, out.measured_itl_s)
     assert again.steps.predicted_s.tolist() == steps.predicted_s.tolist()
+
+
+def test_validations_sharing_models_keep_one_model_at_a_time(tmp_path: Path) -> None:
+    """A matrix call passes one `models` dict to every run: a run whose engine limits differ
+    replaces the cached model instead of adding a second KV cache beside it."""
+    pd.DataFrame({"arrival_s": [0.0, 0.05], "num_prompt_tokens": [9, 5],
+                  "num_output_tokens": [2, 2]}).to_csv(tmp_path / "t.csv", index=False)
+    models: dict = {}
+    for blocks in (64, 48, 48):
+        config = from_mapping({"model": str(TINY), "workload": {"trace": "t.csv"},
+                               "policy": {"name": "sarathi", "token_budget": 8}}, "test")
+        out = validate(config, tmp_path, "cpu", max_kv_blocks=blocks, warmup=False, models=models)
+        assert out.report["completed_measured"] == 2 and len(models) == 1
+        assert next(iter(models.values())).model.k_cache[0].shape[0] == blocks + 1  # + a pad block
