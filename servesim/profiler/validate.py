@@ -109,8 +109,9 @@ PASS_BATCHES = {"tiny": (1, 4), "quick": (1, 4, 16, 64, 256), "full": (1, 2, 4, 
 PASS_CONTEXTS = {"tiny": (16, 48), "quick": (512, 4096), "full": (256, 1024, 4096, 16384)}
 PASS_SMS = {"tiny": (2,), "quick": (64, 96), "full": (32, 64, 96)}
 """Partitions the passes also run on (besides the whole GPU): the decode shares Nexus picks.
-On the H200 a decode pass on 52-92 SMs costs its operators' sum, where the whole GPU runs the
-same pass 7-14 % faster (issue 7's Nexus runs), so the factor is measured per share."""
+In issue 7's Nexus runs, decode passes on 52-92 SMs measured at their operators' sum (-5..+5 %)
+and the factor measured on the whole GPU (0.86-0.93 then) made them 12-16 % fast, so the factor
+is measured per share."""
 
 
 MIXED_PASS_TOKENS = {"tiny": (16, 32), "quick": (256, 1024, 4096), "full": (256, 1024, 4096, 8192)}

@@ -39,8 +39,8 @@ PREFILL_AHEAD = 6
 milliseconds, a decode piece for ~0.1 ms: launching all of a prefill pass at once would hold the
 one host thread for ~3 ms while decode's queue runs dry, so prefill is fed at the pace of its
 GPU: each turn of the host loop tops its queue up to this depth. (One piece per turn made a
-short prefill host-bound: 105 pieces of ~0.1 ms GPU each, one per ~0.26 ms turn, took 27 ms on
-48 SMs where its GPU time is ~17 ms, issue 7's Nexus runs.)"""
+short prefill host-bound: a prompt of <= 256 tokens beside decode on 48 SMs, 105 pieces at one
+per ~0.26 ms turn, took 27 ms; topped up, 21 ms. Issue 7's Nexus runs.)"""
 
 DECODE_BURST = 8
 """Pieces of a decode pass launched per turn of the host loop. One per turn paid the loop's
