@@ -173,6 +173,7 @@ def test_profile_dry_run_writes_every_table(tmp_path) -> None:
     out = tmp_path / "cpu" / "tiny-dense"
     assert json.loads((out / "meta.json").read_text())["schema_version"] == SCHEMA_VERSION
     assert meta["tables"]["ops"] >= 1 and (out / "ops.parquet").exists()
+    assert set(meta["sm_clock"]) == {"operators", "held_out", "passes", "partitions"}  # {} off the GPU
     passes = pd.read_parquet(out / "passes.parquet")
     assert sorted(set(passes.sms)) == [2, 4]  # a partition of the CPU's 4 "SMs", and all 4
     assert len(passes) == len(calibration_passes("tiny")) and (passes.median_us > 0).all()

@@ -40,6 +40,7 @@ from servesim.profiler.validate import (
     random_batches,
 )
 from servesim.profiler.warm import kv_tokens, specs_of, warm_compile
+from servesim.runtime.clocks import ClockMonitor
 
 
 class ModelProfiler:
@@ -87,21 +88,31 @@ class ModelProfiler:
         done = sum(p.key in journal for p in self.points + self.held_out)
         bar = tqdm(total=total, initial=done, mininterval=15, desc=self.arch.name, file=sys.stderr)
         grid_s = 0.0
+        gpu_index = (self.device.index or 0) if self.device.type == "cuda" else None
+        clocks: dict[str, dict[str, Any]] = {}
         try:
-            self._measure_all([p for p in first if p.key not in journal], measurer, journal, bar)
+            for phase, points in (("operators", first[: len(first) - len(self.held_out)]),
+                                  ("held_out", self.held_out)):
+                with ClockMonitor(gpu_index) as clock:
+                    self._measure_all([p for p in points if p.key not in journal], measurer, journal, bar)
+                clocks[phase] = clock.summary()
             factory.free()
             passes = [("passes", b) for b in self.passes] + [("validation_iters", b) for b in self.batches]
-            if any(f"{t}|{b.batch_id}" not in journal for t, b in passes) and not self.poisoned:
-                # One pass thrown away first: Llama's first pass after the operators measured
-                # 6.18 ms against 5.49 ms at 8x its context (and 5.34 ms in the profile before).
-                self._guarded("warm-up pass", lambda: self._iteration(factory, passes[0][1]))
-            for table, batch in passes:
-                key = f"{table}|{batch.batch_id}"
-                if key not in journal and not self.poisoned:
-                    self._guarded(key, lambda b=batch, k=key, t=table: journal.add(k, t, self._iteration(factory, b)))
-                bar.update()
+            with ClockMonitor(gpu_index) as clock:
+                if any(f"{t}|{b.batch_id}" not in journal for t, b in passes) and not self.poisoned:
+                    # One pass thrown away first: Llama's first pass after the operators measured
+                    # 6.18 ms against 5.49 ms at 8x its context (and 5.34 ms in the profile before).
+                    self._guarded("warm-up pass", lambda: self._iteration(factory, passes[0][1]))
+                for table, batch in passes:
+                    key = f"{table}|{batch.batch_id}"
+                    if key not in journal and not self.poisoned:
+                        self._guarded(key, lambda b=batch, k=key, t=table: journal.add(k, t, self._iteration(factory, b)))
+                    bar.update()
+            clocks["passes"] = clock.summary()
             factory.free()
-            self._measure_all([p for p in later if p.key not in journal], measurer, journal, bar)
+            with ClockMonitor(gpu_index) as clock:
+                self._measure_all([p for p in later if p.key not in journal], measurer, journal, bar)
+            clocks["partitions"] = clock.summary()
         except KeyboardInterrupt:
             # Stopped (Ctrl-C, a time limit): write what exists; a rerun resumes the rest.
             self.interrupted = True
@@ -114,7 +125,7 @@ class ModelProfiler:
                      "grid_seconds": round(grid_s, 1), "failures": self.failures,
                      "partition_graphs": measurer.graphs_on_partitions,
                      "contention_uncovered": measurer.uncovered, "interrupted": self.interrupted,
-                     "cuda_context_lost": self.poisoned})
+                     "cuda_context_lost": self.poisoned, "sm_clock": clocks})
         write_meta(self.out_dir, meta)
         journal.close()
         return meta

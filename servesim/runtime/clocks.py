@@ -1,6 +1,7 @@
-"""The GPU's SM clock while the runtime serves, sampled by `nvidia-smi` in its own process: a
-run whose clock sagged (power or thermal capping, another tenant) measures a slower GPU than
-the profile's, and its report says so instead of blaming the cost model."""
+"""The GPU's SM clock while the runtime serves or the profiler times, sampled by `nvidia-smi` in
+its own process: a run whose clock sagged (power or thermal capping, another tenant) measures a
+slower GPU than the profile's, and its report says so instead of blaming the cost model; a
+profile's meta.json records it per phase (operators, held-out shapes, passes, partitions)."""
 
 from __future__ import annotations
 
