@@ -82,7 +82,7 @@ class ModelProfiler:
         if any(p.table != "ops" for p in self.points if p.key not in journal):
             measurer.graphs_on_partitions = self._graphs_stay_in_partition(factory)
         # Most valuable first: whole-GPU ops, held-out shapes, iterations, SM shares, contention.
-        first = [p for p in self.points if p.table == "ops"] + self.held_out
+        grid_ops = [p for p in self.points if p.table == "ops"]
         later = [p for p in self.points if p.table != "ops"]
         total = len(self.points) + len(self.held_out) + len(self.batches) + len(self.passes)
         done = sum(p.key in journal for p in self.points + self.held_out)
@@ -91,8 +91,7 @@ class ModelProfiler:
         gpu_index = (self.device.index or 0) if self.device.type == "cuda" else None
         clocks: dict[str, dict[str, Any]] = {}
         try:
-            for phase, points in (("operators", first[: len(first) - len(self.held_out)]),
-                                  ("held_out", self.held_out)):
+            for phase, points in (("operators", grid_ops), ("held_out", self.held_out)):
                 with ClockMonitor(gpu_index) as clock:
                     self._measure_all([p for p in points if p.key not in journal], measurer, journal, bar)
                 clocks[phase] = clock.summary()

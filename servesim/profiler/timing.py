@@ -123,8 +123,9 @@ class Timer:
             first[0]()
             self.sync()
             estimate_us = self._once(first)
+        one_call = None
         if graph and self.graphs:
-            estimate_us = self._graph_once(first, stream, estimate_us)
+            estimate_us, one_call = self._graph_once(first, stream, estimate_us)
         copies = 1 if estimate_us >= _SMALL_US else min(_MAX_COPIES, math.ceil(_SMALL_US / max(estimate_us, 1.0)))
         calls = build(copies) if copies > 1 else first
         if copies > 1:
@@ -134,7 +135,7 @@ class Timer:
                     call()
                 self.sync()
         if graph and self.graphs:
-            captured = self._capture(calls, stream)
+            captured = one_call if copies == 1 else self._capture(calls, stream)
             if captured is not None:
                 prepared = Prepared(captured.replay, len(calls), estimate_us, "graph", calls, captured)
                 half = len(calls) // 2
@@ -157,14 +158,16 @@ class Timer:
         end.synchronize()
         return begin.elapsed_time(end) * 1e3
 
-    def _graph_once(self, first: list[Call], stream: Any, eager_us: float) -> float:
-        """One call's time from the fastest of 3 replays of a one-call graph (eager_us if the
-        call cannot be captured). The eager estimate alone is not enough even to tell small from
-        large: the first eager calls of a new shape can take ~180 us of host time, which left 3 us
-        operators timed one per replay."""
+    def _graph_once(self, first: list[Call], stream: Any,
+                    eager_us: float) -> tuple[float, torch.cuda.CUDAGraph | None]:
+        """One call's time from the fastest of 3 replays of a one-call graph, and the graph (a
+        G = 1 operator is timed with it); eager_us and None if the call cannot be captured. The
+        eager estimate alone is not enough even to tell small from large: the first eager calls
+        of a new shape can take ~180 us of host time, which left 3 us operators timed one per
+        replay."""
         graph = self._capture(first, stream)
         if graph is None:
-            return eager_us
+            return eager_us, None
         with self.on(stream):
             pairs = []
             for _ in range(3):
@@ -174,7 +177,7 @@ class Timer:
                 end.record()
                 pairs.append((begin, end))
             self.sync()
-        return min(a.elapsed_time(b) * 1e3 for a, b in pairs)
+        return min(a.elapsed_time(b) * 1e3 for a, b in pairs), graph
 
     def _capture(self, calls: list[Call], stream: Any) -> torch.cuda.CUDAGraph | None:
         graph = torch.cuda.CUDAGraph()

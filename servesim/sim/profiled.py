@@ -3,7 +3,7 @@
 time(op) = table(op, shape) x sm_ratio(op, shape, sms) x slowdown(class(op), co-runner mix), plus
 the profile's per-iteration fixed cost once per step; a decode-only pass is then scaled by what
 the profile's whole decode-only passes (`passes`) measured against their operators' sum, at its
-(batch, mean context). Prefill chunks packed into one launch take
+(batch, mean context, SMs). Prefill chunks packed into one launch take
 the measured packing factor of `attn_prefill_packed`. Co-runners are priced on their own
 partition and split into the profile's co-runner classes by time; the target's slowdown is the
 time-weighted measured slowdown. Lookups off a grid, below the smallest partition, or for
