@@ -33,7 +33,7 @@ from servesim.runner import (
     make_policy,
     resolved_kind,
 )
-from servesim.runtime.clocks import ClockMonitor
+from servesim.runtime.clocks import HOST_SLOW_RATIO, ClockMonitor, HostMonitor
 from servesim.runtime.engine import Runtime, StepRecord
 from servesim.runtime.model import RuntimeModel
 from servesim.runtime.partitioned import Lanes, PartitionedRuntime, PartitionLanes
@@ -129,7 +129,7 @@ def validate(config: Config, base_dir: Path, device_name: str = "cuda",
     requests = build_requests(workload, config)
     last = max((r.arrival_s for r in requests), default=0.0)
     _say(f"serving {len(requests)} requests in real time ({last:.0f} s of arrivals)")
-    with ClockMonitor((device.index or 0) if device.type == "cuda" else None) as clocks:
+    with ClockMonitor((device.index or 0) if device.type == "cuda" else None) as clocks, HostMonitor() as host_speed:
         measured = runtime.run(requests)
     _say("simulating the same requests")
     predicted = simulate(build_requests(workload, config), make_policy(config, limits), cost_model,
@@ -144,7 +144,7 @@ def validate(config: Config, base_dir: Path, device_name: str = "cuda",
               "alloc_retries": int(torch.cuda.memory_stats(device).get("num_alloc_retries", 0))
               if device.type == "cuda" else 0,
               "jit_compiles": len(runtime.jit_compiles), "jit_compiled": sorted(set(runtime.jit_compiles)),
-              **clocks.summary()}
+              **clocks.summary(), **host_speed.summary()}
     report = {**_report(config, summaries[0], summaries[1], device, limits,
                         resolved_kind(config, arch, gpu)), "runtime_setup": setup,
               "runtime_health": health, "steps": step_errors(steps)}
@@ -341,7 +341,10 @@ def report_markdown(report: dict[str, Any]) -> str:
                   + (f", {h['jit_compiles']} kernel compiles while serving" if "jit_compiles" in h else "")
                   + (f"; SM clock median {h['sm_clock_median_mhz']:.0f} MHz (min {h['sm_clock_min_mhz']:.0f}, "
                      f"slowed for power or heat in {100 * h['clock_slowed_share']:.0f} % of samples)"
-                     if "sm_clock_median_mhz" in h else "")]
+                     if "sm_clock_median_mhz" in h else "")
+                  + (f"; host probe {h['host_probe_median_us']:.0f} us median (fast decile "
+                     f"{h['host_probe_fast_us']:.0f}), slower than {HOST_SLOW_RATIO:g}x that in "
+                     f"{100 * h['host_slowed_share']:.0f} % of samples" if "host_probe_median_us" in h else "")]
     if report.get("steps"):
         lines += ["", "Per step (same shape, measured vs predicted; queueing excluded):", "",
                   "| steps | count | median busy ms | median error | p90 abs error | "

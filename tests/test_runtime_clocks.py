@@ -1,6 +1,6 @@
 """The SM-clock summary a validation report carries (nvidia-smi's CSV lines)."""
 
-from servesim.runtime.clocks import ClockMonitor, clock_summary
+from servesim.runtime.clocks import ClockMonitor, HostMonitor, clock_summary, host_summary
 
 
 def test_clock_summary_flags_power_and_thermal_slowdowns_only():
@@ -20,3 +20,21 @@ def test_no_samples_off_the_gpu():
     with ClockMonitor(None) as clocks:
         pass
     assert clocks.summary() == {}
+
+
+def test_host_summary_counts_slow_samples_against_the_fast_decile():
+    lines = [str(200_000)] * 16 + [str(400_000)] * 4 + ["garbage"]
+    s = host_summary(lines)
+    assert s["host_probe_samples"] == 20
+    assert s["host_probe_fast_us"] == 200.0 and s["host_probe_median_us"] == 200.0
+    assert abs(s["host_slowed_share"] - 0.2) < 1e-12
+    assert host_summary(lines[:5]) == {}
+
+
+def test_host_monitor_samples_this_machine():
+    import time
+    with HostMonitor(period_ms=5) as host:
+        time.sleep(0.5)
+    s = host.summary()
+    assert s["host_probe_samples"] >= 10
+    assert 0 < s["host_probe_fast_us"] <= s["host_probe_median_us"]

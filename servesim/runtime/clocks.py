@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import sys
 from typing import Any
 
 import numpy as np
@@ -71,3 +72,62 @@ def clock_summary(lines: list[str]) -> dict[str, Any]:
             "sm_clock_min_mhz": float(values.min()), "sm_clock_max_mhz": max_clock,
             "clock_slowed_share": float(np.mean([s != 0 for s in slowed])),
             "clock_slowed_reasons": f"{int(np.bitwise_or.reduce(slowed)) if slowed else 0:#x}"}
+
+
+# The host's speed, sampled in its own process: a fixed piece of pure-Python work timed every
+# period. A serving loop is host-bound for small decode batches, so a host that slows for a
+# few seconds (another tenant, a frequency step) stretches those steps; the cost model holds one
+# host constant, measured by benchmarks/runtime_overhead.py, and cannot know.
+_HOST_PROBE = """
+import sys, time
+period = float(sys.argv[1])
+while True:
+    t = time.perf_counter_ns()
+    s = 0
+    for i in range(20000):
+        s += i
+    print(time.perf_counter_ns() - t, flush=True)
+    time.sleep(period)
+"""
+HOST_SLOW_RATIO = 1.25
+"""A sample slower than this times the run's fast decile counts as the host slowed."""
+
+
+class HostMonitor:
+    """`with HostMonitor() as host:` ... `host.summary()` after the block."""
+
+    def __init__(self, period_ms: int = 100) -> None:
+        self.period_ms = period_ms
+        self._proc: subprocess.Popen[str] | None = None
+        self.lines: list[str] = []
+
+    def __enter__(self) -> HostMonitor:
+        self._proc = subprocess.Popen([sys.executable, "-c", _HOST_PROBE, str(self.period_ms / 1e3)],
+                                      stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        return self
+
+    def __exit__(self, *_: Any) -> None:
+        if self._proc is None:
+            return
+        self._proc.terminate()
+        self.lines = self._proc.communicate(timeout=5)[0].splitlines()
+
+    def summary(self) -> dict[str, Any]:
+        return host_summary(self.lines)
+
+
+def host_summary(lines: list[str]) -> dict[str, Any]:
+    """Median time of the probe's work, its fast decile, and the share of samples slower than
+    HOST_SLOW_RATIO x the fast decile (empty without samples)."""
+    values = []
+    for line in lines:
+        try:
+            values.append(int(line) / 1e3)
+        except ValueError:
+            continue
+    if len(values) < 10:
+        return {}
+    us = np.asarray(values)
+    fast = float(np.percentile(us, 10))
+    return {"host_probe_samples": len(us), "host_probe_median_us": float(np.median(us)),
+            "host_probe_fast_us": fast, "host_slowed_share": float(np.mean(us > HOST_SLOW_RATIO * fast))}
