@@ -1,0 +1,156 @@
+"""Whole passes on SM partitions, alone and beside a pass on the complementary partition,
+measured and predicted side by side (the Nexus setting; GPU only).
+
+A prefill pass (one prompt) runs on a partition of `sms` SMs while a decode pass loops on the
+other SMs, and the reverse; each is a whole-model CUDA graph replayed on its partition's stream,
+so the host's launches are out and what differs from "alone" is the GPU's contention. The
+prediction is ProfiledCostModel.step_time on the same shapes, alone and with the other pass as
+its Corunner, from the shipped profile (or --profile DIR). Prints a table and one JSON object;
+--out also writes the JSON.
+
+    PYTHONPATH=. python benchmarks/pass_contention.py --out FILE
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+from pathlib import Path
+
+import torch
+
+from servesim.models.arch import load_model
+from servesim.models.shapes import BatchShape, Corunner
+from servesim.profiler.forward import Forward
+from servesim.profiler.operators import OperatorFactory
+from servesim.profiler.partitions import Partitions
+from servesim.runtime.clocks import ClockMonitor
+from servesim.sim.hardware import get_gpu
+from servesim.sim.profiled import ProfiledCostModel
+
+# (prompt tokens, prefill SMs, decodes, context per decode): the prompts and splits Nexus ran
+# in the validation runs (prompts of 200-1k tokens on 40-64 SMs), and two beyond them.
+CASES = ((256, 48, 8, 1024), (256, 64, 8, 1024), (256, 48, 32, 2048), (1024, 48, 8, 1024),
+         (1024, 64, 32, 2048), (2048, 64, 32, 2048), (256, 96, 8, 1024))
+REPS = 8
+
+
+def _graph(factory: OperatorFactory, batch: BatchShape, sms: int, stream: object) -> torch.cuda.CUDAGraph:
+    chunks = list(zip(batch.prefill_tokens, batch.prefill_prefix, strict=True))
+    contexts = [batch.max_decode_context] * batch.num_decodes
+    forward = Forward(factory, chunks, contexts, batch.num_logits, sms)
+    torch.cuda.synchronize()
+    with torch.cuda.stream(stream):  # type: ignore[arg-type]
+        forward.run()
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph, stream=stream):  # type: ignore[arg-type]
+        forward.run()
+    torch.cuda.synchronize()
+    return graph
+
+
+def _replays_us(graph: torch.cuda.CUDAGraph, stream: object) -> list[tuple[torch.cuda.Event, torch.cuda.Event]]:
+    events = []
+    with torch.cuda.stream(stream):  # type: ignore[arg-type]
+        for _ in range(REPS):
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            graph.replay()
+            end.record()
+            events.append((start, end))
+    return events
+
+
+def _median_us(events: list[tuple[torch.cuda.Event, torch.cuda.Event]]) -> float:
+    torch.cuda.synchronize()
+    return statistics.median(s.elapsed_time(e) * 1e3 for s, e in events[1:])
+
+
+def _alone(graph: torch.cuda.CUDAGraph, stream: object) -> float:
+    graph.replay()
+    torch.cuda.synchronize()
+    return _median_us(_replays_us(graph, stream))
+
+
+def _beside(graph: torch.cuda.CUDAGraph, stream: object, other: torch.cuda.CUDAGraph, other_stream: object,
+            own_us: float, other_us: float) -> tuple[float, bool]:
+    """Median of the target's replays while the other graph loops; whether it covered them."""
+    loops = int(1.5 * REPS * own_us / other_us) + 3
+    with torch.cuda.stream(other_stream):  # type: ignore[arg-type]
+        for _ in range(loops):
+            other.replay()
+        other_end = torch.cuda.Event(enable_timing=True)
+        other_end.record()
+    events = _replays_us(graph, stream)
+    median = _median_us(events)
+    return median, events[-1][1].elapsed_time(other_end) >= 0
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--model", default="llama-3.1-8b")
+    parser.add_argument("--profile", help="profile directory to predict with (default: the shipped one)")
+    parser.add_argument("--out")
+    args = parser.parse_args()
+    if not torch.cuda.is_available():
+        print("pass_contention.py: needs a CUDA GPU", file=sys.stderr)
+        return 2
+    device = torch.device("cuda")
+    arch = load_model(args.model)
+    model = ProfiledCostModel(arch, get_gpu("h200"), args.profile)
+    factory = OperatorFactory(arch, device, 8192)
+    partitions = Partitions(device)
+    if not partitions.disjoint:
+        print(f"pass_contention.py: partitions are not disjoint ({partitions.method})", file=sys.stderr)
+        return 2
+    rows = []
+    with ClockMonitor(device.index or 0) as clocks:
+        for prompt, sms, decodes, context in CASES:
+            part, rest = partitions.pair(sms)
+            assert rest is not None
+            prefill = BatchShape((prompt,), (0,), num_logits=1)
+            decode = BatchShape(num_decodes=decodes, decode_context=decodes * context,
+                                max_decode_context=context, num_logits=decodes)
+            pg, dg = _graph(factory, prefill, sms, part.stream), _graph(factory, decode, rest.sms, rest.stream)
+            p_alone, d_alone = _alone(pg, part.stream), _alone(dg, rest.stream)
+            p_beside, p_cov = _beside(pg, part.stream, dg, rest.stream, p_alone, d_alone)
+            d_beside, d_cov = _beside(dg, rest.stream, pg, part.stream, d_alone, p_alone)
+            row = {"prompt": prompt, "prefill_sms": sms, "decodes": decodes, "context": context,
+                   "decode_sms": rest.sms, "covered": p_cov and d_cov,
+                   "prefill_alone_us": p_alone, "prefill_beside_us": p_beside,
+                   "decode_alone_us": d_alone, "decode_beside_us": d_beside,
+                   "pred_prefill_alone_us": 1e6 * model.step_time(prefill, sms),
+                   "pred_prefill_beside_us": 1e6 * model.step_time(prefill, sms, Corunner(decode, rest.sms)),
+                   "pred_decode_alone_us": 1e6 * model.step_time(decode, rest.sms),
+                   "pred_decode_beside_us": 1e6 * model.step_time(decode, rest.sms, Corunner(prefill, sms))}
+            rows.append(row)
+            del pg, dg
+            torch.cuda.synchronize()
+            torch.cuda.empty_cache()
+    print("| prefill on SMs | decode on SMs | prefill alone err | beside err | slowdown meas / pred "
+          "| decode alone err | beside err | slowdown meas / pred |")
+    print("|---|---|---:|---:|---|---:|---:|---|")
+    for r in rows:
+        def err(side: str, how: str, r: dict = r) -> str:
+            return f"{100 * (r[f'pred_{side}_{how}_us'] / r[f'{side}_{how}_us'] - 1):+.1f} %"
+
+        def slow(side: str, r: dict = r) -> str:
+            return (f"{r[f'{side}_beside_us'] / r[f'{side}_alone_us']:.2f} / "
+                    f"{r[f'pred_{side}_beside_us'] / r[f'pred_{side}_alone_us']:.2f}")
+
+        print(f"| {r['prompt']} tokens on {r['prefill_sms']} | {r['decodes']} x {r['context']} on "
+              f"{r['decode_sms']} | {err('prefill', 'alone')} | {err('prefill', 'beside')} | {slow('prefill')} "
+              f"| {err('decode', 'alone')} | {err('decode', 'beside')} | {slow('decode')} |")
+    result = {"model": args.model, "gpu": torch.cuda.get_device_name(device), "profile": args.profile or "shipped",
+              "partitions": partitions.method, "clock": clocks.summary(), "rows": rows}
+    print(json.dumps({k: v for k, v in result.items() if k != "rows"}))
+    if args.out:
+        Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
