@@ -314,3 +314,58 @@ def test_a_co_runner_never_makes_a_pass_faster_than_alone():
         alone = cm.step_time(decode, sms)
         beside = cm.step_time(decode, sms, Corunner(prefill, 132 - sms))
         assert beside >= alone * 0.999, (sms, alone, beside)
+
+
+def _with_lane_passes(tmp_path: Path, scale: dict[tuple[int, int, int], float]) -> Path:
+    """The shipped Llama profile plus prompt passes on partitions measured at `scale` x their
+    operators' sum, keyed (SMs, tokens, co-runner decodes)."""
+    src = shipped_root() / "h200" / "llama-3.1-8b"
+    dst = tmp_path / "llama-lanes"
+    shutil.copytree(str(src), dst)
+    base = ProfiledCostModel(load_model("llama-3.1-8b"), H200, dst)
+    passes = pd.read_parquet(dst / "passes.parquet")
+    rows = []
+    for (sms, q, n), k in scale.items():
+        corunner = Corunner(BatchShape(num_decodes=n, decode_context=n * 1024, max_decode_context=1024,
+                                       num_logits=n), 132 - sms) if n else None
+        us = 1e6 * k * base.step_time(BatchShape((q,), (0,), num_logits=1), sms, corunner)
+        rows.append({"batch_id": 1000 + len(rows), "prefill_tokens": str(q), "prefill_prefix": "0",
+                     "num_decodes": 0, "decode_context": 0, "max_decode_context": 0, "num_logits": 1,
+                     "median_us": us, "p20_us": us, "p80_us": us, "reps": 5, "method": "graph", "sms": sms,
+                     "corunner_decodes": n, "corunner_context": n * 1024, "corunner_sms": 132 - sms if n else 0})
+    pd.concat([passes, pd.DataFrame(rows)], ignore_index=True).to_parquet(dst / "passes.parquet", index=False)
+    return dst
+
+
+def test_prompt_passes_on_partitions_take_their_measured_time_alone_and_beside_decode(tmp_path) -> None:
+    """A Nexus prefill lane's pass: measured whole on 48 and 96 SMs, alone and beside 8 and 32
+    decodes. On the grid a pass costs what it measured; between SM counts the factor is linear;
+    above the largest partition it goes to 1 at the whole GPU; a pass with decodes and a pass
+    on the whole GPU are not touched."""
+    llama = load_model("llama-3.1-8b")
+    scale = {(sms, q, n): f for sms, f0 in ((48, 1.10), (96, 0.90)) for q in (256, 1024)
+             for n, f in ((0, f0), (8, f0 + 0.15), (32, f0 - 0.05))}
+    base = ProfiledCostModel(llama, H200)
+    lanes = ProfiledCostModel(llama, H200, _with_lane_passes(tmp_path, scale))
+    assert base._lane is None and lanes._lane is not None
+
+    def decode(n: int) -> BatchShape:
+        return BatchShape(num_decodes=n, decode_context=n * 1024, max_decode_context=1024, num_logits=n)
+
+    def ratio(q: int, sms: int, n: int) -> float:
+        batch = BatchShape((q,), (0,), num_logits=1)
+        corunner = Corunner(decode(n), 132 - sms) if n else None
+        return lanes.step_time(batch, sms, corunner) / base.step_time(batch, sms, corunner)
+
+    for (sms, q, n), f in scale.items():
+        assert ratio(q, sms, n) == pytest.approx(f, rel=1e-9)
+    assert ratio(256, 72, 0) == pytest.approx(1.0, rel=1e-9)  # halfway between 1.10 and 0.90
+    assert ratio(256, 114, 0) == pytest.approx(0.95, rel=1e-9)  # halfway from 96 to the whole GPU
+    assert ratio(512, 48, 0) == pytest.approx(1.10, rel=1e-9) and ratio(256, 40, 8) == pytest.approx(1.25, rel=1e-9)
+    assert 1.05 < ratio(256, 48, 16) < 1.25  # between the co-runners measured
+    mixed = BatchShape((256,), (0,), num_decodes=4, decode_context=4096, max_decode_context=1024, num_logits=5)
+    assert lanes.step_time(mixed, 48) == base.step_time(mixed, 48)
+    whole = BatchShape((256,), (0,), num_logits=1)
+    assert lanes.step_time(whole) == base.step_time(whole)
+    batch_cost = lanes.batch_cost(BatchShape((256,), (0,), num_logits=1), 48, Corunner(decode(8), 84))
+    assert sum(c.seconds for c in batch_cost.ops) == pytest.approx(batch_cost.total_s, rel=1e-6)

@@ -177,8 +177,11 @@ def test_profile_dry_run_writes_every_table(tmp_path) -> None:
     passes = pd.read_parquet(out / "passes.parquet")
     assert sorted(set(passes.sms)) == [2, 4]  # a partition of the CPU's 4 "SMs", and all 4
     assert len(passes) == len(calibration_passes("tiny")) and (passes.median_us > 0).all()
-    mixed = passes[passes.prefill_tokens != ""]
-    assert len(mixed) == 4 and set(mixed.sms) == {4} and len(calibration_passes("tiny", partitions=False)) == 8
+    mixed = passes[(passes.prefill_tokens != "") & (passes.sms == 4)]
+    assert len(mixed) == 4 and len(calibration_passes("tiny", partitions=False)) == 8
+    lanes = passes[(passes.prefill_tokens != "") & (passes.sms == 2)]  # a prompt on a partition
+    assert sorted(lanes.corunner_decodes) == [0, 2] and sorted(lanes.corunner_sms) == [0, 2]
+    assert (lanes.num_decodes == 0).all() and (lanes.corunner_context == lanes.corunner_decodes * 16).all()
     again = profiler_run.ModelProfiler(load_model(TINY), tmp_path, "tiny", torch.device("cpu"))
     again.points = prof.points
     assert again.run("test")["profile_seconds"] < meta["profile_seconds"] + 5

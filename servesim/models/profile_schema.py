@@ -23,12 +23,16 @@ TABLES: dict[str, tuple[str, ...]] = {
     # Target `op` on a partition of `sms` SMs while `corunner` loops on the complementary one.
     "contention": ("op", "a", "b", "c", "sms", "corunner", "corunner_sms", "alone_us",
                    "corun_us", "slowdown"),
-    # Whole-model decode-only passes on a small grid (every layer, as --validate times its
-    # iterations), on the whole GPU and on partitions of `sms` SMs: what the operators cost
-    # inside a pass, against their sum timed one by one. (Profiles before the column: NaN.)
+    # Whole-model passes on a small grid (every layer, as --validate times its iterations):
+    # decode-only ones on the whole GPU and on partitions of `sms` SMs, prompts on the whole
+    # GPU, and prompts on partitions alone and beside a decode-only pass of `corunner_decodes`
+    # sequences (`corunner_context` tokens in all) looping on the other `corunner_sms` SMs:
+    # what the operators cost inside a pass, against their sum timed one by one. (Profiles
+    # before a column: NaN.)
     "passes": ("batch_id", "prefill_tokens", "prefill_prefix", "num_decodes",
                "decode_context", "max_decode_context", "num_logits", "median_us",
-               "p20_us", "p80_us", "reps", "method", "sms"),
+               "p20_us", "p80_us", "reps", "method", "sms", "corunner_decodes",
+               "corunner_context", "corunner_sms"),
     # --validate: held-out operator shapes (not on the grid), whole GPU.
     "validation_ops": ("op", "a", "b", "c", "median_us", "p20_us", "p80_us", "reps", "method"),
     # --validate: whole-model iterations of random mixed batches (every layer).

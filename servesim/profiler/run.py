@@ -11,6 +11,7 @@ with the same arguments. `--device cpu` is a dry run under TRITON_INTERPRET=1 (t
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 import time
@@ -65,6 +66,8 @@ class ModelProfiler:
         self.interrupted = False
         self.poisoned = False
         """A CUDA error broke the context: stop measuring, still write the tables."""
+        self.passes_uncovered = 0
+        """Passes with a co-runner whose co-runner ended before their last timed step."""
 
     def specs(self) -> list[Any]:
         return specs_of(self.points + self.held_out, contention_targets(self.arch, self.mode),
@@ -123,7 +126,8 @@ class ModelProfiler:
         meta.update({"profile_seconds": round(time.perf_counter() - started, 1),
                      "grid_seconds": round(grid_s, 1), "failures": self.failures,
                      "partition_graphs": measurer.graphs_on_partitions,
-                     "contention_uncovered": measurer.uncovered, "interrupted": self.interrupted,
+                     "contention_uncovered": measurer.uncovered,
+                     "passes_uncovered": self.passes_uncovered, "interrupted": self.interrupted,
                      "cuda_context_lost": self.poisoned, "sm_clock": clocks})
         write_meta(self.out_dir, meta)
         journal.close()
@@ -160,12 +164,8 @@ class ModelProfiler:
         graph = self.timer.measure(build, False, part.stream, graph=True).median_us
         return graph >= 0.8 * eager
 
-    def _iteration(self, factory: OperatorFactory, batch: MixedBatch) -> dict[str, Any]:
-        """One whole pass, captured and timed as the engine steps it; with `batch.sms`, on a
-        partition of that many SMs (the kernels sized for it, as a Nexus lane runs them)."""
-        stream = self.partitions.pair(batch.sms)[0].stream if batch.sms else None
-        forward = Forward(factory, list(batch.chunks), list(batch.decode_context), batch.num_logits,
-                          batch.sms or None)
+    def _pass(self, forward: Forward, stream: Any) -> tuple[Any, str]:
+        """(one step of the pass, captured in a CUDA graph where there is CUDA; method)."""
         io = IterationIO(self.device)
         self.timer.sync()  # the inputs were made on the current stream
         with self.timer.on(stream):
@@ -178,13 +178,39 @@ class ModelProfiler:
                     forward.run()
                 self.timer.sync()
                 run, method = graph.replay, "graph"
-        build = lambda g: [lambda: io.step(run, forward.sampled)]  # noqa: E731
-        prepared = self.timer.prepare(build, stream, graph=False)
+        return (lambda: io.step(run, forward.sampled)), method
+
+    def _iteration(self, factory: OperatorFactory, batch: MixedBatch) -> dict[str, Any]:
+        """One whole pass, captured and timed as the engine steps it; with `batch.sms`, on a
+        partition of that many SMs (the kernels sized for it, as a Nexus lane runs them); with
+        `batch.corunner`, while a decode-only pass loops on the other SMs from before the first
+        timed step to after the last (counted in meta.json's passes_uncovered if it did not)."""
+        part, rest = self.partitions.pair(batch.sms) if batch.sms else (None, None)
+        stream = part.stream if part is not None else None
+        forward = Forward(factory, list(batch.chunks), list(batch.decode_context), batch.num_logits,
+                          batch.sms or None)
+        step, method = self._pass(forward, stream)
+        prepared = self.timer.prepare(lambda g: [step], stream, graph=False)
+        decodes, context = batch.corunner
+        co_end = None
+        if decodes and rest is not None and self.timer.cuda:  # (no concurrency to time on a CPU)
+            co_forward = Forward(factory, [], [context] * decodes, decodes, rest.sms)
+            co_step, _ = self._pass(co_forward, rest.stream)
+            co_us = self.timer.prepare(lambda g: [co_step], rest.stream, graph=False).estimate_us
+            loops = math.ceil(1.5 * 5 * (prepared.estimate_us + 100.0) / max(co_us, 1.0)) + 2
+            with self.timer.on(rest.stream):
+                for _ in range(loops):
+                    co_step()
+                co_end = torch.cuda.Event(enable_timing=True)
+                co_end.record()
         with self.timer.on(stream):
             pairs = self.timer.enqueue(prepared, 5, flush=False)
-            self.timer.sync()
-        timing = summarize(self.timer.elapsed_us(pairs, 1), method)
-        return {**batch.row(), "sms": batch.sms or self.partitions.num_sms, **timing.row()}
+        self.timer.sync()
+        if co_end is not None and pairs[-1][-1].elapsed_time(co_end) < 0:
+            self.passes_uncovered += 1
+        timing = summarize(self.timer.elapsed_us(pairs, 1), method + ("+corun" if decodes else ""))
+        return {**batch.row(), "sms": batch.sms or self.partitions.num_sms,
+                "corunner_sms": rest.sms if decodes and rest is not None else 0, **timing.row()}
 
     def _tables(self, journal: Journal) -> dict[str, pd.DataFrame]:
         keys = {p.key for p in self.points + self.held_out}

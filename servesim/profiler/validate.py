@@ -67,6 +67,8 @@ class MixedBatch:
     decode_context: tuple[int, ...]
     sms: int = 0
     """SMs of the partition the pass runs on (0: the whole GPU)."""
+    corunner: tuple[int, int] = (0, 0)
+    """(decodes, context of each) of a decode-only pass looping on the other SMs meanwhile."""
 
     @property
     def num_logits(self) -> int:
@@ -79,7 +81,9 @@ class MixedBatch:
                 "num_decodes": len(self.decode_context),
                 "decode_context": sum(self.decode_context),
                 "max_decode_context": max(self.decode_context, default=0),
-                "num_logits": self.num_logits}
+                "num_logits": self.num_logits,
+                "corunner_decodes": self.corunner[0],
+                "corunner_context": self.corunner[0] * self.corunner[1]}
 
 
 def random_batches(count: int, mode: str, seed: int = 2) -> list[MixedBatch]:
@@ -126,13 +130,32 @@ held-out mixed iterations of the other three models from -3..+5 % to -2..+12 % (
 from -8..0 % to +3..+4 %)."""
 
 
+PREFILL_PASS_TOKENS = {"tiny": (16,), "quick": (256, 1024), "full": (256, 1024, 4096)}
+PREFILL_PASS_SMS = {"tiny": (2,), "quick": (48, 64, 96), "full": (32, 48, 64, 96)}
+PREFILL_PASS_CORUNNERS = {"tiny": ((2, 16),), "quick": ((8, 1024), (32, 2048)),
+                          "full": ((8, 1024), (32, 2048), (128, 2048))}
+"""Prompts on partitions (a Nexus prefill lane), alone and beside a decode-only pass of
+(decodes, context each) looping on the other SMs. On the H200 (Llama-3.1-8B, benchmarks/
+pass_contention.py) their operators' sum on the share was 3-7 % fast on 48 SMs and up to 10 %
+slow on 96, and the contention composed from the operator table missed the whole pass's by
+-16..+4 %: 1.51x measured beside 8 decodes against 1.40x composed, 1.31x beside 32 against
+1.47x (the decode pass of 8 streams weights without pause; the operator table ranks decode
+attention as the harsher co-runner)."""
+
+
 def calibration_passes(mode: str, partitions: bool = True) -> list[MixedBatch]:
     """The `passes` table's batches: decode-only ones (every decode with the same context) on
-    the whole GPU and (with `partitions`) on each of PASS_SMS, then the mixed ones."""
+    the whole GPU and (with `partitions`) on each of PASS_SMS, then the mixed ones, then (with
+    `partitions`) prompts on each of PREFILL_PASS_SMS alone and beside each co-runner."""
     shares = (0, *PASS_SMS[mode]) if partitions else (0,)
     grid = [(sms, n, ctx) for sms in shares for n in PASS_BATCHES[mode] for ctx in PASS_CONTEXTS[mode]]
     out = [MixedBatch(i, (), (ctx,) * n, sms) for i, (sms, n, ctx) in enumerate(grid)]
     ctx = MIXED_PASS_CONTEXT[mode]
     mixed = [(q, n) for q in MIXED_PASS_TOKENS[mode] for n in MIXED_PASS_DECODES[mode]]
-    return out + [MixedBatch(len(out) + i, ((q, 0),), (ctx,) * n) for i, (q, n) in enumerate(mixed)]
+    out += [MixedBatch(len(out) + i, ((q, 0),), (ctx,) * n) for i, (q, n) in enumerate(mixed)]
+    if not partitions:
+        return out
+    lanes = [(sms, q, cor) for sms in PREFILL_PASS_SMS[mode] for q in PREFILL_PASS_TOKENS[mode]
+             for cor in ((0, 0), *PREFILL_PASS_CORUNNERS[mode])]
+    return out + [MixedBatch(len(out) + i, ((q, 0),), (), sms, cor) for i, (sms, q, cor) in enumerate(lanes)]
 

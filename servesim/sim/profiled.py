@@ -3,7 +3,9 @@
 time(op) = table(op, shape) x sm_ratio(op, shape, sms) x slowdown(class(op), co-runner mix), plus
 the profile's per-iteration fixed cost once per step; a decode-only pass is then scaled by what
 the profile's whole decode-only passes (`passes`) measured against their operators' sum, at its
-(batch, mean context, SMs). Prefill chunks packed into one launch take
+(batch, mean context, SMs); a prompt-only pass on a partition (a Nexus prefill lane) likewise by
+the profile's prompt passes on partitions, alone or beside a decode-only co-runner, at its
+(tokens, SMs, co-runner's decodes). Prefill chunks packed into one launch take
 the measured packing factor of `attn_prefill_packed`. Co-runners are priced on their own
 partition and split into the profile's co-runner classes by time; the target's slowdown is the
 time-weighted measured slowdown. Lookups off a grid, below the smallest partition, or for
@@ -86,7 +88,9 @@ class ProfiledCostModel:
         self._decode: dict[tuple[int, int], _Curves | None] = {}
         self._slowdowns: dict[tuple[Corunner, int], tuple[tuple[float, ...], int]] = {}
         self._in_pass: _InPass | None = None
+        self._lane: _LanePass | None = None
         self._in_pass = self._in_pass_table()
+        self._lane = self._lane_pass_table()
 
     def _in_pass_table(self) -> _InPass | None:
         """The profile's whole decode-only passes (`passes`) over the same passes priced
@@ -113,6 +117,42 @@ class ProfiledCostModel:
         batches, contexts, _ = levels[whole]
         levels = {sms: g for sms, g in levels.items() if g[0] == batches and g[1] == contexts}
         return _InPass(batches, contexts, {sms: g[2] for sms, g in levels.items()}, whole)
+
+    def _lane_pass_table(self) -> _LanePass | None:
+        """The profile's prompt-only passes on partitions (`passes` rows with a prompt, no
+        decodes and fewer SMs than the GPU's), alone and beside a decode-only co-runner, over
+        the same passes priced operator by operator (with the operator table's contention).
+        None for a profile without them; an SM count whose (tokens x co-runner) grid is not
+        complete is left out."""
+        rows = self.profile.tables.get("passes")
+        if rows is None or "corunner_decodes" not in rows:
+            return None
+        rows = rows.dropna(subset=["median_us", "sms"])
+        prompt = rows.prefill_tokens.astype(str).str.strip()
+        rows = rows[(prompt != "") & ~prompt.str.contains(" ") & (rows.num_decodes == 0)
+                    & (rows.sms < self.gpu.num_sms)]
+        counted = self.extrapolated
+        levels: dict[int, tuple[list[int], list[int], list[list[float]]]] = {}
+        for sms, at in rows.groupby(rows.sms.astype(int)):
+            tokens = sorted({int(q) for q in at.prefill_tokens})
+            corunners = sorted({int(n) for n in at.corunner_decodes.fillna(0)})
+            if len(at) != len(tokens) * len(corunners) or 0 not in corunners:
+                continue
+            factors = [[math.nan] * len(corunners) for _ in tokens]
+            columns = (at.prefill_tokens.astype(int).tolist(), at.corunner_decodes.fillna(0).astype(int).tolist(),
+                       at.corunner_context.fillna(0).astype(int).tolist(), at.corunner_sms.fillna(0).astype(int).tolist(),
+                       at.median_us.astype(float).tolist())
+            for q, n, ctx, other_sms, measured_us in zip(*columns, strict=True):
+                corunner = None
+                if n:
+                    corunner = Corunner(BatchShape(num_decodes=n, decode_context=ctx, max_decode_context=ctx // n,
+                                                   num_logits=n), other_sms)
+                priced = self._total(BatchShape((q,), (0,), num_logits=1), int(sms), corunner)
+                factors[tokens.index(q)][corunners.index(n)] = measured_us * 1e-6 / priced
+            if not any(math.isnan(f) for row in factors for f in row):
+                levels[int(sms)] = (tokens, corunners, factors)
+        self.extrapolated = counted
+        return _LanePass(levels, self.gpu.num_sms) if levels else None
 
     def _in_pass_grid(self, rows: pd.DataFrame, sms: int) -> tuple[list[int], list[int], list[list[float]]] | None:
         batches = sorted({int(n) for n in rows.num_decodes})
@@ -339,12 +379,17 @@ class ProfiledCostModel:
         slowdown, fallback = self._slowdown(corunner, sms)
         parts = self._parts(batch, sms)
         self.extrapolated += sum(times * g.extrapolated for times, g in parts) + fallback
-        return (self.fixed_s + sum(times * g.seconds(slowdown) for times, g in parts)) * self._pass_factor(batch, sms)
+        return (self.fixed_s + sum(times * g.seconds(slowdown) for times, g in parts)) * self._pass_factor(batch, sms, corunner)
 
-    def _pass_factor(self, batch: BatchShape, sms: int) -> float:
-        """The in-pass factor of a decode-only pass on `sms` SMs (1 for a pass with prefill
-        tokens)."""
-        if self._in_pass is None or batch.prefill_tokens or not batch.num_decodes:
+    def _pass_factor(self, batch: BatchShape, sms: int, corunner: Corunner | None = None) -> float:
+        """The in-pass factor of a decode-only pass on `sms` SMs, or of a prompt-only pass on a
+        partition (beside `corunner`); 1 for any other pass."""
+        if batch.prefill_tokens:
+            if self._lane is None or batch.num_decodes or sms >= self.gpu.num_sms:
+                return 1.0
+            beside = corunner.batch.num_decodes if corunner is not None and not corunner.batch.prefill_tokens else 0
+            return self._lane.factor(batch.num_prefill_tokens, sms, beside)
+        if self._in_pass is None or not batch.num_decodes:
             return 1.0
         return self._in_pass.factor(batch.num_decodes, batch.decode_context / batch.num_decodes, sms)
 
@@ -392,7 +437,7 @@ class ProfiledCostModel:
             out.append(OpCost(layer, op.name, t, op.flops, op.hbm_bytes))
         if out:
             out.append(OpCost(layers, "iteration_fixed", self.fixed_s, 0.0, 0.0))
-        factor = self._pass_factor(batch, num_sms)
+        factor = self._pass_factor(batch, num_sms, corunner)
         if factor != 1.0:
             out = [dataclasses.replace(c, seconds=c.seconds * factor) for c in out]
         layer_s = [0.0] * layers
@@ -452,6 +497,37 @@ class _InPass:
 
     def factor(self, n: int, mean_context: float, sms: int) -> float:
         return _interp(self.log_ctx, self.row(n, sms), math.log(max(mean_context, 1.0)))
+
+
+class _LanePass:
+    """Factors of prompt-only passes on partitions: per SM count measured, a (prompt tokens x
+    co-runner decodes) grid, bilinear in log tokens and log(1 + decodes), held at its edges
+    (0 decodes: alone). Between SM counts measured: linear in SMs; below the smallest, held;
+    above the largest, linear to 1 at the whole GPU (no co-runner there, operators' sum)."""
+
+    def __init__(self, levels: dict[int, tuple[list[int], list[int], list[list[float]]]], whole_sms: int) -> None:
+        self.levels, self.whole_sms = levels, whole_sms
+        self.sms = sorted(levels)
+
+    def _at(self, sms: int, tokens: int, decodes: int) -> float:
+        qs, ns, grid = self.levels[sms]
+        log_q = [math.log(q) for q in qs]
+        log_n = [math.log1p(n) for n in ns]
+        column = [_interp(log_n, row, math.log1p(decodes)) for row in grid]
+        return _interp(log_q, column, math.log(max(tokens, 1)))
+
+    def factor(self, tokens: int, sms: int, decodes: int) -> float:
+        below = [s for s in self.sms if s <= sms]
+        above = [s for s in self.sms if s > sms]
+        if not below:
+            return self._at(above[0], tokens, decodes)
+        lo = below[-1]
+        if lo == sms:
+            return self._at(lo, tokens, decodes)
+        hi, f_hi = (above[0], self._at(above[0], tokens, decodes)) if above else (self.whole_sms, 1.0)
+        w = (sms - lo) / (hi - lo)
+        f_lo = self._at(lo, tokens, decodes)
+        return f_lo + (f_hi - f_lo) * w
 
 
 def _interp(xs: list[float], ys: list[float] | tuple[float, ...], x: float) -> float:
