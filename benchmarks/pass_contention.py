@@ -37,7 +37,9 @@ CASES = ((256, 48, 8, 1024), (256, 64, 8, 1024), (256, 48, 32, 2048), (1024, 48,
 REPS = 8
 
 
-def _graph(factory: OperatorFactory, batch: BatchShape, sms: int, stream: object) -> torch.cuda.CUDAGraph:
+def _graph(factory: OperatorFactory, batch: BatchShape, sms: int, stream: object) -> tuple[Forward, torch.cuda.CUDAGraph]:
+    """The pass captured on `stream`, and its Forward: the graph reads the Forward's inputs
+    (KV cache, block tables, positions), so the caller keeps both alive while it replays."""
     chunks = list(zip(batch.prefill_tokens, batch.prefill_prefix, strict=True))
     contexts = [batch.max_decode_context] * batch.num_decodes
     forward = Forward(factory, chunks, contexts, batch.num_logits, sms)
@@ -49,7 +51,7 @@ def _graph(factory: OperatorFactory, batch: BatchShape, sms: int, stream: object
     with torch.cuda.graph(graph, stream=stream):  # type: ignore[arg-type]
         forward.run()
     torch.cuda.synchronize()
-    return graph
+    return forward, graph
 
 
 def _replays_us(graph: torch.cuda.CUDAGraph, stream: object) -> list[tuple[torch.cuda.Event, torch.cuda.Event]]:
@@ -114,7 +116,8 @@ def main() -> int:
             prefill = BatchShape((prompt,), (0,), num_logits=1)
             decode = BatchShape(num_decodes=decodes, decode_context=decodes * context,
                                 max_decode_context=context, num_logits=decodes)
-            pg, dg = _graph(factory, prefill, sms, part.stream), _graph(factory, decode, rest.sms, rest.stream)
+            (p_forward, pg), (d_forward, dg) = (_graph(factory, prefill, sms, part.stream),
+                                                _graph(factory, decode, rest.sms, rest.stream))
             p_alone, d_alone = _alone(pg, part.stream), _alone(dg, rest.stream)
             p_beside, p_cov = _beside(pg, part.stream, dg, rest.stream, p_alone, d_alone)
             d_beside, d_cov = _beside(dg, rest.stream, pg, part.stream, d_alone, p_alone)
@@ -127,7 +130,7 @@ def main() -> int:
                    "pred_decode_alone_us": 1e6 * model.step_time(decode, rest.sms),
                    "pred_decode_beside_us": 1e6 * model.step_time(decode, rest.sms, Corunner(prefill, sms))}
             rows.append(row)
-            del pg, dg
+            del pg, dg, p_forward, d_forward
             torch.cuda.synchronize()
             torch.cuda.empty_cache()
     print("| prefill on SMs | decode on SMs | prefill alone err | beside err | slowdown meas / pred "
