@@ -316,9 +316,11 @@ def test_a_co_runner_never_makes_a_pass_faster_than_alone():
         assert beside >= alone * 0.999, (sms, alone, beside)
 
 
-def _with_lane_passes(tmp_path: Path, scale: dict[tuple[int, int, int], float]) -> Path:
+def _with_lane_passes(tmp_path: Path, scale: dict[tuple[int, int, int], float],
+                      beside: dict[tuple[int, int, int], float] | None = None) -> Path:
     """The shipped Llama profile plus prompt passes on partitions measured at `scale` x their
-    operators' sum, keyed (SMs, tokens, co-runner decodes)."""
+    operators' sum, keyed (SMs, tokens, co-runner decodes), and decode passes of 2k contexts
+    beside a prompt at `beside` x theirs, keyed (SMs, decodes, co-runner's tokens)."""
     src = shipped_root() / "h200" / "llama-3.1-8b"
     dst = tmp_path / "llama-lanes"
     shutil.copytree(str(src), dst)
@@ -332,7 +334,15 @@ def _with_lane_passes(tmp_path: Path, scale: dict[tuple[int, int, int], float]) 
         rows.append({"batch_id": 1000 + len(rows), "prefill_tokens": str(q), "prefill_prefix": "0",
                      "num_decodes": 0, "decode_context": 0, "max_decode_context": 0, "num_logits": 1,
                      "median_us": us, "p20_us": us, "p80_us": us, "reps": 5, "method": "graph", "sms": sms,
-                     "corunner_decodes": n, "corunner_context": n * 1024, "corunner_sms": 132 - sms if n else 0})
+                     "corunner_decodes": n, "corunner_context": n * 1024, "corunner_sms": 132 - sms if n else 0,
+                     "corunner_prompt": 0})
+    for (sms, n, q), k in (beside or {}).items():
+        decode = BatchShape(num_decodes=n, decode_context=n * 2048, max_decode_context=2048, num_logits=n)
+        us = 1e6 * k * base.step_time(decode, sms, Corunner(BatchShape((q,), (0,), num_logits=1), 132 - sms))
+        rows.append({"batch_id": 1000 + len(rows), "prefill_tokens": "", "prefill_prefix": "",
+                     "num_decodes": n, "decode_context": n * 2048, "max_decode_context": 2048, "num_logits": n,
+                     "median_us": us, "p20_us": us, "p80_us": us, "reps": 5, "method": "graph", "sms": sms,
+                     "corunner_decodes": 0, "corunner_context": 0, "corunner_sms": 132 - sms, "corunner_prompt": q})
     pd.concat([passes, pd.DataFrame(rows)], ignore_index=True).to_parquet(dst / "passes.parquet", index=False)
     return dst
 
@@ -369,3 +379,31 @@ def test_prompt_passes_on_partitions_take_their_measured_time_alone_and_beside_d
     assert lanes.step_time(whole) == base.step_time(whole)
     batch_cost = lanes.batch_cost(BatchShape((256,), (0,), num_logits=1), 48, Corunner(decode(8), 84))
     assert sum(c.seconds for c in batch_cost.ops) == pytest.approx(batch_cost.total_s, rel=1e-6)
+
+
+def test_decode_passes_beside_a_prompt_take_their_measured_time(tmp_path) -> None:
+    """A Nexus decode lane's pass beside a prompt on the other SMs, measured whole on 68 and 84
+    SMs for 8 and 32 decodes beside 256 and 1,024 tokens: on the grid it costs what it
+    measured, alone (or beside decodes) the in-pass factor alone prices it, and between prompt
+    sizes the factor is interpolated."""
+    llama = load_model("llama-3.1-8b")
+    beside = {(sms, n, q): 0.8 + 0.1 * i for i, (sms, n, q) in
+              enumerate((s, n, q) for s in (68, 84) for n in (8, 32) for q in (256, 1024))}
+    base = ProfiledCostModel(llama, H200)
+    lanes = ProfiledCostModel(llama, H200, _with_lane_passes(tmp_path, {}, beside))
+    assert lanes._beside is not None and lanes._lane is None and lanes._in_pass is not None
+
+    def decode(n: int) -> BatchShape:
+        return BatchShape(num_decodes=n, decode_context=n * 2048, max_decode_context=2048, num_logits=n)
+
+    def ratio(n: int, sms: int, q: int) -> float:
+        corunner = Corunner(BatchShape((q,), (0,), num_logits=1), 132 - sms)
+        return lanes.step_time(decode(n), sms, corunner) / base.step_time(decode(n), sms, corunner)
+
+    for (sms, n, q), f in beside.items():
+        assert ratio(n, sms, q) == pytest.approx(f, rel=1e-9)
+    assert ratio(8, 76, 256) == pytest.approx((0.8 + 1.2) / 2, rel=1e-9)
+    assert min(beside[(68, 8, 256)], beside[(68, 8, 1024)]) < ratio(8, 68, 512) < max(beside[(68, 8, 256)], beside[(68, 8, 1024)])
+    assert lanes.step_time(decode(8), 68) == base.step_time(decode(8), 68)
+    other = Corunner(decode(4), 64)
+    assert lanes.step_time(decode(8), 68, other) == base.step_time(decode(8), 68, other)

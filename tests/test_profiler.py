@@ -182,6 +182,9 @@ def test_profile_dry_run_writes_every_table(tmp_path) -> None:
     lanes = passes[(passes.prefill_tokens != "") & (passes.sms == 2)]  # a prompt on a partition
     assert sorted(lanes.corunner_decodes) == [0, 2] and sorted(lanes.corunner_sms) == [0, 2]
     assert (lanes.num_decodes == 0).all() and (lanes.corunner_context == lanes.corunner_decodes * 16).all()
+    beside = passes[passes.corunner_prompt > 0]  # a decode lane beside a looping prompt
+    assert len(beside) == 1 and beside.iloc[0].num_decodes == 2 and beside.iloc[0].corunner_prompt == 16
+    assert beside.iloc[0].sms == 2 and beside.iloc[0].corunner_sms == 2
     again = profiler_run.ModelProfiler(load_model(TINY), tmp_path, "tiny", torch.device("cpu"))
     again.points = prof.points
     assert again.run("test")["profile_seconds"] < meta["profile_seconds"] + 5

@@ -25,14 +25,15 @@ TABLES: dict[str, tuple[str, ...]] = {
                    "corun_us", "slowdown"),
     # Whole-model passes on a small grid (every layer, as --validate times its iterations):
     # decode-only ones on the whole GPU and on partitions of `sms` SMs, prompts on the whole
-    # GPU, and prompts on partitions alone and beside a decode-only pass of `corunner_decodes`
-    # sequences (`corunner_context` tokens in all) looping on the other `corunner_sms` SMs:
-    # what the operators cost inside a pass, against their sum timed one by one. (Profiles
-    # before a column: NaN.)
+    # GPU, prompts on partitions alone and beside a decode-only pass of `corunner_decodes`
+    # sequences (`corunner_context` tokens in all) looping on the other `corunner_sms` SMs, and
+    # decode-only passes on partitions beside a prompt of `corunner_prompt` tokens looping
+    # there: what the operators cost inside a pass, against their sum timed one by one.
+    # (Profiles before a column: NaN.)
     "passes": ("batch_id", "prefill_tokens", "prefill_prefix", "num_decodes",
                "decode_context", "max_decode_context", "num_logits", "median_us",
                "p20_us", "p80_us", "reps", "method", "sms", "corunner_decodes",
-               "corunner_context", "corunner_sms"),
+               "corunner_context", "corunner_sms", "corunner_prompt"),
     # --validate: held-out operator shapes (not on the grid), whole GPU.
     "validation_ops": ("op", "a", "b", "c", "median_us", "p20_us", "p80_us", "reps", "method"),
     # --validate: whole-model iterations of random mixed batches (every layer).

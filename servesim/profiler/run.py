@@ -192,9 +192,11 @@ class ModelProfiler:
         step, method = self._pass(forward, stream)
         prepared = self.timer.prepare(lambda g: [step], stream, graph=False)
         decodes, context = batch.corunner
+        prompt = batch.corunner_prompt
         co_end = None
-        if decodes and rest is not None and self.timer.cuda:  # (no concurrency to time on a CPU)
-            co_forward = Forward(factory, [], [context] * decodes, decodes, rest.sms)
+        if (decodes or prompt) and rest is not None and self.timer.cuda:  # (no concurrency on a CPU)
+            co_forward = Forward(factory, [(prompt, 0)], [], 1, rest.sms) if prompt else \
+                Forward(factory, [], [context] * decodes, decodes, rest.sms)
             co_step, _ = self._pass(co_forward, rest.stream)
             co_us = self.timer.prepare(lambda g: [co_step], rest.stream, graph=False).estimate_us
             loops = math.ceil(1.5 * 5 * (prepared.estimate_us + 100.0) / max(co_us, 1.0)) + 2
@@ -208,9 +210,9 @@ class ModelProfiler:
         self.timer.sync()
         if co_end is not None and pairs[-1][-1].elapsed_time(co_end) < 0:
             self.passes_uncovered += 1
-        timing = summarize(self.timer.elapsed_us(pairs, 1), method + ("+corun" if decodes else ""))
+        timing = summarize(self.timer.elapsed_us(pairs, 1), method + ("+corun" if decodes or prompt else ""))
         return {**batch.row(), "sms": batch.sms or self.partitions.num_sms,
-                "corunner_sms": rest.sms if decodes and rest is not None else 0, **timing.row()}
+                "corunner_sms": rest.sms if (decodes or prompt) and rest is not None else 0, **timing.row()}
 
     def _tables(self, journal: Journal) -> dict[str, pd.DataFrame]:
         keys = {p.key for p in self.points + self.held_out}

@@ -69,6 +69,8 @@ class MixedBatch:
     """SMs of the partition the pass runs on (0: the whole GPU)."""
     corunner: tuple[int, int] = (0, 0)
     """(decodes, context of each) of a decode-only pass looping on the other SMs meanwhile."""
+    corunner_prompt: int = 0
+    """Tokens of a prompt-only pass looping on the other SMs meanwhile (0: none)."""
 
     @property
     def num_logits(self) -> int:
@@ -83,7 +85,8 @@ class MixedBatch:
                 "max_decode_context": max(self.decode_context, default=0),
                 "num_logits": self.num_logits,
                 "corunner_decodes": self.corunner[0],
-                "corunner_context": self.corunner[0] * self.corunner[1]}
+                "corunner_context": self.corunner[0] * self.corunner[1],
+                "corunner_prompt": self.corunner_prompt}
 
 
 def random_batches(count: int, mode: str, seed: int = 2) -> list[MixedBatch]:
@@ -143,10 +146,21 @@ slow on 96, and the contention composed from the operator table missed the whole
 attention as the harsher co-runner)."""
 
 
+DECODE_BESIDE_SMS = {"tiny": (2,), "quick": (68, 84), "full": (68, 84, 100)}
+DECODE_BESIDE_BATCHES = {"tiny": (2,), "quick": (8, 32), "full": (8, 32, 128)}
+DECODE_BESIDE_CONTEXT = {"tiny": 16, "quick": 2048, "full": 2048}
+"""Decode-only passes on a partition (a Nexus decode lane: the complements of 48 and 64 SMs)
+beside a prompt of each of PREFILL_PASS_TOKENS looping on the other SMs. The operator
+table's contention for this direction moved between two profiles of Llama-3.1-8B taken hours
+apart on the H200 from 1.03-1.12x to 1.30-1.55x for passes measured at 1.08-1.16x
+(benchmarks/pass_contention.py); the whole pass measured beside its co-runner sets it."""
+
+
 def calibration_passes(mode: str, partitions: bool = True) -> list[MixedBatch]:
     """The `passes` table's batches: decode-only ones (every decode with the same context) on
     the whole GPU and (with `partitions`) on each of PASS_SMS, then the mixed ones, then (with
-    `partitions`) prompts on each of PREFILL_PASS_SMS alone and beside each co-runner."""
+    `partitions`) prompts on each of PREFILL_PASS_SMS alone and beside each decode co-runner,
+    and decode-only passes on each of DECODE_BESIDE_SMS beside each prompt."""
     shares = (0, *PASS_SMS[mode]) if partitions else (0,)
     grid = [(sms, n, ctx) for sms in shares for n in PASS_BATCHES[mode] for ctx in PASS_CONTEXTS[mode]]
     out = [MixedBatch(i, (), (ctx,) * n, sms) for i, (sms, n, ctx) in enumerate(grid)]
@@ -157,5 +171,9 @@ def calibration_passes(mode: str, partitions: bool = True) -> list[MixedBatch]:
         return out
     lanes = [(sms, q, cor) for sms in PREFILL_PASS_SMS[mode] for q in PREFILL_PASS_TOKENS[mode]
              for cor in ((0, 0), *PREFILL_PASS_CORUNNERS[mode])]
-    return out + [MixedBatch(len(out) + i, ((q, 0),), (), sms, cor) for i, (sms, q, cor) in enumerate(lanes)]
+    out += [MixedBatch(len(out) + i, ((q, 0),), (), sms, cor) for i, (sms, q, cor) in enumerate(lanes)]
+    ctx = DECODE_BESIDE_CONTEXT[mode]
+    beside = [(sms, n, q) for sms in DECODE_BESIDE_SMS[mode] for n in DECODE_BESIDE_BATCHES[mode]
+              for q in PREFILL_PASS_TOKENS[mode]]
+    return out + [MixedBatch(len(out) + i, (), (ctx,) * n, sms, corunner_prompt=q) for i, (sms, n, q) in enumerate(beside)]
 

@@ -5,8 +5,9 @@ the profile's per-iteration fixed cost once per step; a decode-only pass is then
 the profile's whole decode-only passes (`passes`) measured against their operators' sum, at its
 (batch, mean context, SMs); a prompt-only pass on a partition (a Nexus prefill lane) likewise by
 the profile's prompt passes on partitions, alone or beside a decode-only co-runner, at its
-(tokens, SMs, co-runner's decodes). Prefill chunks packed into one launch take
-the measured packing factor of `attn_prefill_packed`. Co-runners are priced on their own
+(tokens, SMs, co-runner's decodes), and a decode-only pass on a partition beside a prompt by
+the decode passes measured so, at its (decodes, SMs, co-runner's tokens). Prefill chunks
+packed into one launch take the measured packing factor of `attn_prefill_packed`. Co-runners are priced on their own
 partition and split into the profile's co-runner classes by time; the target's slowdown is the
 time-weighted measured slowdown. Lookups off a grid, below the smallest partition, or for
 co-runner pairs the profile lacks (then the roofline model's HBM contention, hardware.py) are
@@ -89,8 +90,10 @@ class ProfiledCostModel:
         self._slowdowns: dict[tuple[Corunner, int], tuple[tuple[float, ...], int]] = {}
         self._in_pass: _InPass | None = None
         self._lane: _LanePass | None = None
+        self._beside: _LanePass | None = None
         self._in_pass = self._in_pass_table()
         self._lane = self._lane_pass_table()
+        self._beside = self._beside_table()
 
     def _in_pass_table(self) -> _InPass | None:
         """The profile's whole decode-only passes (`passes`) over the same passes priced
@@ -103,6 +106,8 @@ class ProfiledCostModel:
             return None
         rows = rows.dropna(subset=["median_us"])
         rows = rows[(rows.num_decodes > 0) & (rows.prefill_tokens.astype(str).str.strip() == "")]
+        if "corunner_prompt" in rows:  # beside a prompt: _beside_table's
+            rows = rows[rows.corunner_prompt.fillna(0) == 0]
         whole = self.gpu.num_sms
         sms_of = rows.sms.fillna(whole).astype(int) if "sms" in rows else pd.Series(whole, index=rows.index)
         counted = self.extrapolated
@@ -151,6 +156,39 @@ class ProfiledCostModel:
                 factors[tokens.index(q)][corunners.index(n)] = measured_us * 1e-6 / priced
             if not any(math.isnan(f) for row in factors for f in row):
                 levels[int(sms)] = (tokens, corunners, factors)
+        self.extrapolated = counted
+        return _LanePass(levels, self.gpu.num_sms) if levels else None
+
+    def _beside_table(self) -> _LanePass | None:
+        """The profile's decode-only passes on partitions beside a looping prompt (`passes`
+        rows with `corunner_prompt`), over the same passes priced operator by operator with the
+        operator table's contention and the in-pass factor: per SM count a (decodes x prompt
+        tokens) grid, with factor 1 alone (the in-pass factor's). None for a profile without
+        them; an SM count whose grid is not complete is left out."""
+        rows = self.profile.tables.get("passes")
+        if rows is None or "corunner_prompt" not in rows:
+            return None
+        rows = rows.dropna(subset=["median_us", "sms"])
+        rows = rows[(rows.corunner_prompt.fillna(0) > 0) & (rows.num_decodes > 0)
+                    & (rows.prefill_tokens.astype(str).str.strip() == "") & (rows.sms < self.gpu.num_sms)]
+        counted = self.extrapolated
+        levels: dict[int, tuple[list[int], list[int], list[list[float]]]] = {}
+        for sms, at in rows.groupby(rows.sms.astype(int)):
+            batches = sorted({int(n) for n in at.num_decodes})
+            prompts = sorted({int(q) for q in at.corunner_prompt})
+            if len(at) != len(batches) * len(prompts):
+                continue
+            factors = [[1.0] + [math.nan] * len(prompts) for _ in batches]
+            columns = (at.num_decodes.astype(int).tolist(), at.decode_context.astype(int).tolist(),
+                       at.max_decode_context.astype(int).tolist(), at.corunner_prompt.astype(int).tolist(),
+                       at.corunner_sms.astype(int).tolist(), at.median_us.astype(float).tolist())
+            for n, ctx, longest, q, other_sms, measured_us in zip(*columns, strict=True):
+                corunner = Corunner(BatchShape((q,), (0,), num_logits=1), other_sms)
+                priced = self._total(BatchShape(num_decodes=n, decode_context=ctx, max_decode_context=longest,
+                                                num_logits=n), int(sms), corunner)
+                factors[batches.index(n)][1 + prompts.index(q)] = measured_us * 1e-6 / priced
+            if not any(math.isnan(f) for row in factors for f in row):
+                levels[int(sms)] = (batches, [0, *prompts], factors)
         self.extrapolated = counted
         return _LanePass(levels, self.gpu.num_sms) if levels else None
 
@@ -389,9 +427,14 @@ class ProfiledCostModel:
                 return 1.0
             beside = corunner.batch.num_decodes if corunner is not None and not corunner.batch.prefill_tokens else 0
             return self._lane.factor(batch.num_prefill_tokens, sms, beside)
-        if self._in_pass is None or not batch.num_decodes:
+        if not batch.num_decodes:
             return 1.0
-        return self._in_pass.factor(batch.num_decodes, batch.decode_context / batch.num_decodes, sms)
+        factor = 1.0 if self._in_pass is None else \
+            self._in_pass.factor(batch.num_decodes, batch.decode_context / batch.num_decodes, sms)
+        if self._beside is not None and corunner is not None and sms < self.gpu.num_sms \
+                and corunner.batch.prefill_tokens and not corunner.batch.num_decodes:
+            factor *= self._beside.factor(batch.num_decodes, sms, corunner.batch.num_prefill_tokens)
+        return factor
 
     def _slowdown(self, corunner: Corunner | None, sms: int) -> tuple[tuple[float, ...], int]:
         """Per target class: 1 + sum over co-runner classes of (time share x (slowdown - 1))."""
@@ -500,10 +543,11 @@ class _InPass:
 
 
 class _LanePass:
-    """Factors of prompt-only passes on partitions: per SM count measured, a (prompt tokens x
-    co-runner decodes) grid, bilinear in log tokens and log(1 + decodes), held at its edges
-    (0 decodes: alone). Between SM counts measured: linear in SMs; below the smallest, held;
-    above the largest, linear to 1 at the whole GPU (no co-runner there, operators' sum)."""
+    """Factors of whole passes on partitions: per SM count measured, a grid over the pass's
+    size (prompt tokens, or decodes) x the co-runner's size (its decodes, or prompt tokens; 0:
+    alone), bilinear in log size and log(1 + co-runner size), held at its edges. Between SM
+    counts measured: linear in SMs; below the smallest, held; above the largest, linear to 1 at
+    the whole GPU (no co-runner there)."""
 
     def __init__(self, levels: dict[int, tuple[list[int], list[int], list[list[float]]]], whole_sms: int) -> None:
         self.levels, self.whole_sms = levels, whole_sms
