@@ -6,9 +6,11 @@ other SMs, and the reverse; each is a whole-model CUDA graph replayed on its par
 so the host's launches are out and what differs from "alone" is the GPU's contention. The
 prediction is ProfiledCostModel.step_time on the same shapes, alone and with the other pass as
 its Corunner, from the shipped profile (or --profile DIR). Prints a table and one JSON object;
---out also writes the JSON.
+--out also writes the JSON. --measured FILE predicts a written JSON's measurements again (on a
+CPU, with this checkout's cost model and --profile).
 
     PYTHONPATH=. python benchmarks/pass_contention.py --out FILE
+    PYTHONPATH=. python benchmarks/pass_contention.py --measured FILE [--profile DIR] [--out FILE2]
 """
 
 from __future__ import annotations
@@ -96,7 +98,14 @@ def main() -> int:
     parser.add_argument("--model", default="llama-3.1-8b")
     parser.add_argument("--profile", help="profile directory to predict with (default: the shipped one)")
     parser.add_argument("--out")
+    parser.add_argument("--measured", help="a JSON this script wrote: predict its rows again, no GPU")
     args = parser.parse_args()
+    if args.measured:
+        result = json.loads(Path(args.measured).read_text())
+        model = ProfiledCostModel(load_model(result["model"]), get_gpu("h200"), args.profile)
+        result["rows"] = [{**r, **_predicted(model, r)} for r in result["rows"]]
+        result["profile"] = args.profile or "shipped"
+        return _report(result, args.out)
     if not torch.cuda.is_available():
         print("pass_contention.py: needs a CUDA GPU", file=sys.stderr)
         return 2
@@ -124,15 +133,34 @@ def main() -> int:
             row = {"prompt": prompt, "prefill_sms": sms, "decodes": decodes, "context": context,
                    "decode_sms": rest.sms, "covered": p_cov and d_cov,
                    "prefill_alone_us": p_alone, "prefill_beside_us": p_beside,
-                   "decode_alone_us": d_alone, "decode_beside_us": d_beside,
-                   "pred_prefill_alone_us": 1e6 * model.step_time(prefill, sms),
-                   "pred_prefill_beside_us": 1e6 * model.step_time(prefill, sms, Corunner(decode, rest.sms)),
-                   "pred_decode_alone_us": 1e6 * model.step_time(decode, rest.sms),
-                   "pred_decode_beside_us": 1e6 * model.step_time(decode, rest.sms, Corunner(prefill, sms))}
-            rows.append(row)
+                   "decode_alone_us": d_alone, "decode_beside_us": d_beside}
+            rows.append({**row, **_predicted(model, row)})
             del pg, dg, p_forward, d_forward
             torch.cuda.synchronize()
             torch.cuda.empty_cache()
+    result = {"model": args.model, "gpu": torch.cuda.get_device_name(device), "profile": args.profile or "shipped",
+              "partitions": partitions.method, "clock": clocks.summary(), "rows": rows}
+    return _report(result, args.out)
+
+
+def _shapes(row: dict) -> tuple[BatchShape, BatchShape]:
+    prefill = BatchShape((row["prompt"],), (0,), num_logits=1)
+    decode = BatchShape(num_decodes=row["decodes"], decode_context=row["decodes"] * row["context"],
+                        max_decode_context=row["context"], num_logits=row["decodes"])
+    return prefill, decode
+
+
+def _predicted(model: ProfiledCostModel, row: dict) -> dict[str, float]:
+    prefill, decode = _shapes(row)
+    sms, other = row["prefill_sms"], row["decode_sms"]
+    return {"pred_prefill_alone_us": 1e6 * model.step_time(prefill, sms),
+            "pred_prefill_beside_us": 1e6 * model.step_time(prefill, sms, Corunner(decode, other)),
+            "pred_decode_alone_us": 1e6 * model.step_time(decode, other),
+            "pred_decode_beside_us": 1e6 * model.step_time(decode, other, Corunner(prefill, sms))}
+
+
+def _report(result: dict, out: str | None) -> int:
+    rows = result["rows"]
     print("| prefill on SMs | decode on SMs | prefill alone err | beside err | slowdown meas / pred "
           "| decode alone err | beside err | slowdown meas / pred |")
     print("|---|---|---:|---:|---|---:|---:|---|")
@@ -147,11 +175,9 @@ def main() -> int:
         print(f"| {r['prompt']} tokens on {r['prefill_sms']} | {r['decodes']} x {r['context']} on "
               f"{r['decode_sms']} | {err('prefill', 'alone')} | {err('prefill', 'beside')} | {slow('prefill')} "
               f"| {err('decode', 'alone')} | {err('decode', 'beside')} | {slow('decode')} |")
-    result = {"model": args.model, "gpu": torch.cuda.get_device_name(device), "profile": args.profile or "shipped",
-              "partitions": partitions.method, "clock": clocks.summary(), "rows": rows}
     print(json.dumps({k: v for k, v in result.items() if k != "rows"}))
-    if args.out:
-        Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
+    if out:
+        Path(out).write_text(json.dumps(result, indent=1) + "\n")
     return 0
 
 
