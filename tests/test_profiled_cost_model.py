@@ -119,6 +119,8 @@ def test_decode_only_passes_take_their_measured_in_pass_time(model: str) -> None
     cost = ProfiledCostModel(load_model(model), H200)
     passes = cost.profile.tables["passes"]
     passes = passes[passes.prefill_tokens.astype(str).str.strip() == ""]
+    if "corunner_prompt" in passes:  # decode passes beside a prompt: another test's
+        passes = passes[passes.corunner_prompt.fillna(0) == 0]
     sms_of = passes.sms.fillna(H200.num_sms).astype(int) if "sms" in passes else [H200.num_sms] * len(passes)
     assert cost._in_pass is not None and len(passes) == 10 * len(set(sms_of))
     factors: dict[int, list[float]] = {}
