@@ -183,8 +183,9 @@ class ModelProfiler:
     def _iteration(self, factory: OperatorFactory, batch: MixedBatch) -> dict[str, Any]:
         """One whole pass, captured and timed as the engine steps it; with `batch.sms`, on a
         partition of that many SMs (the kernels sized for it, as a Nexus lane runs them); with
-        `batch.corunner`, while a decode-only pass loops on the other SMs from before the first
-        timed step to after the last (counted in meta.json's passes_uncovered if it did not)."""
+        `batch.corunner` (or `batch.corunner_prompt`), while a decode-only pass (or a prompt)
+        loops on the other SMs from before the first timed step to after the last (counted in
+        meta.json's passes_uncovered if it did not)."""
         part, rest = self.partitions.pair(batch.sms) if batch.sms else (None, None)
         stream = part.stream if part is not None else None
         forward = Forward(factory, list(batch.chunks), list(batch.decode_context), batch.num_logits,

@@ -6,10 +6,11 @@ the profile's whole decode-only passes (`passes`) measured against their operato
 (batch, mean context, SMs); a prompt-only pass on a partition (a Nexus prefill lane) likewise by
 the profile's prompt passes on partitions, alone or beside a decode-only co-runner, at its
 (tokens, SMs, co-runner's decodes), and a decode-only pass on a partition beside a prompt by
-the decode passes measured so, at its (decodes, SMs, co-runner's tokens). Prefill chunks
-packed into one launch take the measured packing factor of `attn_prefill_packed`. Co-runners are priced on their own
-partition and split into the profile's co-runner classes by time; the target's slowdown is the
-time-weighted measured slowdown. Lookups off a grid, below the smallest partition, or for
+the decode passes measured so, at its (decodes, SMs, co-runner's tokens); with a co-runner, no
+pass costs less than alone. Prefill chunks packed into one launch take the measured packing
+factor of `attn_prefill_packed`. Co-runners are priced on their own partition and split into
+the profile's co-runner classes by time; the target's slowdown is the time-weighted measured
+slowdown. Lookups off a grid, below the smallest partition, or for
 co-runner pairs the profile lacks (then the roofline model's HBM contention, hardware.py) are
 counted in `extrapolated`; the run's summary reports them. Groups of operators are priced once
 per shape and cached, so a decode step costs a few dict lookups, two interpolations and decode
