@@ -25,7 +25,7 @@ import math
 from collections.abc import Callable
 from importlib.resources.abc import Traversable
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import pandas as pd
 
@@ -125,71 +125,68 @@ class ProfiledCostModel:
         return _InPass(batches, contexts, {sms: g[2] for sms, g in levels.items()}, whole)
 
     def _lane_pass_table(self) -> _LanePass | None:
-        """The profile's prompt-only passes on partitions (`passes` rows with a prompt, no
+        """The profile's prompt-only passes on partitions (`passes` rows with one prompt, no
         decodes and fewer SMs than the GPU's), alone and beside a decode-only co-runner, over
         the same passes priced operator by operator (with the operator table's contention).
-        None for a profile without them; an SM count whose (tokens x co-runner) grid is not
-        complete is left out."""
+        None for a profile without them."""
         rows = self.profile.tables.get("passes")
         if rows is None or "corunner_decodes" not in rows:
             return None
-        rows = rows.dropna(subset=["median_us", "sms"])
         prompt = rows.prefill_tokens.astype(str).str.strip()
-        rows = rows[(prompt != "") & ~prompt.str.contains(" ") & (rows.num_decodes == 0)
-                    & (rows.sms < self.gpu.num_sms)]
-        counted = self.extrapolated
-        levels: dict[int, tuple[list[int], list[int], list[list[float]]]] = {}
-        for sms, at in rows.groupby(rows.sms.astype(int)):
-            tokens = sorted({int(q) for q in at.prefill_tokens})
-            corunners = sorted({int(n) for n in at.corunner_decodes.fillna(0)})
-            if len(at) != len(tokens) * len(corunners) or 0 not in corunners:
-                continue
-            factors = [[math.nan] * len(corunners) for _ in tokens]
-            columns = (at.prefill_tokens.astype(int).tolist(), at.corunner_decodes.fillna(0).astype(int).tolist(),
-                       at.corunner_context.fillna(0).astype(int).tolist(), at.corunner_sms.fillna(0).astype(int).tolist(),
-                       at.median_us.astype(float).tolist())
-            for q, n, ctx, other_sms, measured_us in zip(*columns, strict=True):
-                corunner = None
-                if n:
-                    corunner = Corunner(BatchShape(num_decodes=n, decode_context=ctx, max_decode_context=ctx // n,
-                                                   num_logits=n), other_sms)
-                priced = self._total(BatchShape((q,), (0,), num_logits=1), int(sms), corunner)
-                factors[tokens.index(q)][corunners.index(n)] = measured_us * 1e-6 / priced
-            if not any(math.isnan(f) for row in factors for f in row):
-                levels[int(sms)] = (tokens, corunners, factors)
-        self.extrapolated = counted
-        return _LanePass(levels, self.gpu.num_sms) if levels else None
+        rows = rows[(prompt != "") & ~prompt.str.contains(" ") & (rows.num_decodes == 0)]
+
+        def priced(r: dict[str, Any], sms: int) -> float:
+            n = int(r["corunner_decodes"] or 0)
+            corunner = Corunner(BatchShape(num_decodes=n, decode_context=int(r["corunner_context"]),
+                                           max_decode_context=int(r["corunner_context"]) // n, num_logits=n),
+                                int(r["corunner_sms"])) if n else None
+            return self._total(BatchShape((int(r["prefill_tokens"]),), (0,), num_logits=1), sms, corunner)
+
+        return self._lane_levels(rows, "prefill_tokens", "corunner_decodes", priced, alone_measured=True)
 
     def _beside_table(self) -> _LanePass | None:
         """The profile's decode-only passes on partitions beside a looping prompt (`passes`
         rows with `corunner_prompt`), over the same passes priced operator by operator with the
-        operator table's contention and the in-pass factor: per SM count a (decodes x prompt
-        tokens) grid, with factor 1 alone (the in-pass factor's). None for a profile without
-        them; an SM count whose grid is not complete is left out."""
+        operator table's contention and the in-pass factor; alone, the in-pass factor's (1).
+        None for a profile without them."""
         rows = self.profile.tables.get("passes")
         if rows is None or "corunner_prompt" not in rows:
             return None
-        rows = rows.dropna(subset=["median_us", "sms"])
         rows = rows[(rows.corunner_prompt.fillna(0) > 0) & (rows.num_decodes > 0)
-                    & (rows.prefill_tokens.astype(str).str.strip() == "") & (rows.sms < self.gpu.num_sms)]
+                    & (rows.prefill_tokens.astype(str).str.strip() == "")]
+
+        def priced(r: dict[str, Any], sms: int) -> float:
+            n = int(r["num_decodes"])
+            decode = BatchShape(num_decodes=n, decode_context=int(r["decode_context"]),
+                                max_decode_context=int(r["max_decode_context"]), num_logits=n)
+            prompt = BatchShape((int(r["corunner_prompt"]),), (0,), num_logits=1)
+            return self._total(decode, sms, Corunner(prompt, int(r["corunner_sms"])))
+
+        return self._lane_levels(rows, "num_decodes", "corunner_prompt", priced, alone_measured=False)
+
+    def _lane_levels(self, rows: pd.DataFrame, size: str, co_size: str,
+                     priced: Callable[[dict[str, Any], int], float], alone_measured: bool) -> _LanePass | None:
+        """Measured / priced per SM count below the whole GPU, on a (size x co-runner size)
+        grid; co-runner size 0 (alone) is measured or, without `alone_measured`, 1. An SM
+        count whose grid is not complete is left out; pricing here leaves `extrapolated` as
+        it was."""
+        rows = rows.dropna(subset=["median_us", "sms"])
+        rows = rows[rows.sms < self.gpu.num_sms]
+        rows = rows.assign(**{co_size: rows[co_size].fillna(0)})
         counted = self.extrapolated
         levels: dict[int, tuple[list[int], list[int], list[list[float]]]] = {}
         for sms, at in rows.groupby(rows.sms.astype(int)):
-            batches = sorted({int(n) for n in at.num_decodes})
-            prompts = sorted({int(q) for q in at.corunner_prompt})
-            if len(at) != len(batches) * len(prompts):
+            records = [{str(k): v for k, v in r.items()} for r in at.to_dict("records")]
+            sizes = sorted({int(r[size]) for r in records})
+            measured = sorted({int(r[co_size]) for r in records})
+            co_sizes = measured if alone_measured else [0, *measured]
+            if len(records) != len(sizes) * len(measured) or 0 not in co_sizes:
                 continue
-            factors = [[1.0] + [math.nan] * len(prompts) for _ in batches]
-            columns = (at.num_decodes.astype(int).tolist(), at.decode_context.astype(int).tolist(),
-                       at.max_decode_context.astype(int).tolist(), at.corunner_prompt.astype(int).tolist(),
-                       at.corunner_sms.astype(int).tolist(), at.median_us.astype(float).tolist())
-            for n, ctx, longest, q, other_sms, measured_us in zip(*columns, strict=True):
-                corunner = Corunner(BatchShape((q,), (0,), num_logits=1), other_sms)
-                priced = self._total(BatchShape(num_decodes=n, decode_context=ctx, max_decode_context=longest,
-                                                num_logits=n), int(sms), corunner)
-                factors[batches.index(n)][1 + prompts.index(q)] = measured_us * 1e-6 / priced
-            if not any(math.isnan(f) for row in factors for f in row):
-                levels[int(sms)] = (batches, [0, *prompts], factors)
+            factors = [[1.0] * len(co_sizes) for _ in sizes]
+            for r in records:
+                factors[sizes.index(int(r[size]))][co_sizes.index(int(r[co_size]))] = \
+                    float(r["median_us"]) * 1e-6 / priced(r, int(sms))
+            levels[int(sms)] = (sizes, co_sizes, factors)
         self.extrapolated = counted
         return _LanePass(levels, self.gpu.num_sms) if levels else None
 
@@ -557,13 +554,13 @@ class _LanePass:
     the whole GPU (no co-runner there)."""
 
     def __init__(self, levels: dict[int, tuple[list[int], list[int], list[list[float]]]], whole_sms: int) -> None:
-        self.levels, self.whole_sms = levels, whole_sms
+        self.whole_sms = whole_sms
         self.sms = sorted(levels)
+        self.levels = {sms: ([math.log(q) for q in qs], [math.log1p(n) for n in ns], grid)
+                       for sms, (qs, ns, grid) in levels.items()}
 
     def _at(self, sms: int, tokens: int, decodes: int) -> float:
-        qs, ns, grid = self.levels[sms]
-        log_q = [math.log(q) for q in qs]
-        log_n = [math.log1p(n) for n in ns]
+        log_q, log_n, grid = self.levels[sms]
         column = [_interp(log_n, row, math.log1p(decodes)) for row in grid]
         return _interp(log_q, column, math.log(max(tokens, 1)))
 
