@@ -139,14 +139,15 @@ held-out mixed iterations of the other three models from -3..+5 % to -2..+12 % (
 from -8..0 % to +3..+4 %)."""
 
 
-PREFILL_PASS_TOKENS = {"tiny": (16,), "quick": (256, 1024), "full": (256, 1024, 4096)}
+PREFILL_PASS_TOKENS = {"tiny": (16,), "quick": (256, 1024, 2048), "full": (256, 1024, 2048, 4096)}
 PREFILL_PASS_SMS = {"tiny": (2,), "quick": (32, 48, 64, 96), "full": (24, 32, 40, 48, 64, 96)}
 PREFILL_PASS_CORUNNERS = {"tiny": ((2, 16),), "quick": ((8, 1024), (32, 2048)),
                           "full": ((8, 1024), (32, 2048), (128, 2048))}
 """Prompts on partitions (a Nexus prefill lane), alone and beside a decode-only pass of
 (decodes, context each) looping on the other SMs. The shares are those Nexus's controller
 picked in the validation runs: prefill on 48 SMs at 30-60 % load, on 24-48 at 90 % (32 and 40
-for half of its prefill passes), decode batches of 1-40. On the H200 (Llama-3.1-8B, benchmarks/
+for half of its prefill passes), decode batches of 1-40, prefill batches up to its 2,048-token
+budget (passes of 1,025-2,048 tokens, priced with 1,024's factor, came out +12 % slow). On the H200 (Llama-3.1-8B, benchmarks/
 pass_contention.py) their operators' sum on the share was 3-7 % fast on 48 SMs and up to 10 %
 slow on 96, and the contention composed from the operator table missed the whole pass's by
 -16..+4 %: 1.51x measured beside 8 decodes against 1.40x composed, 1.31x beside 32 against
