@@ -319,6 +319,9 @@ def test_a_co_runner_never_makes_a_pass_faster_than_alone():
             for target, other in ((decode, prefill), (prefill, decode)):
                 alone = cm.step_time(target, sms)
                 assert cm.step_time(target, sms, Corunner(other, 132 - sms)) >= alone, (n, q, sms)
+                # batch_cost's operators add up to the floored total too
+                cost = cm.batch_cost(target, sms, Corunner(other, 132 - sms))
+                assert sum(o.seconds for o in cost.ops) == pytest.approx(cost.total_s, rel=1e-9), (n, q, sms)
 
 
 def _with_lane_passes(tmp_path: Path, scale: dict[tuple[int, int, int], float],

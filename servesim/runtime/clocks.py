@@ -8,7 +8,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
-from typing import Any
+from typing import Any, Self
 
 import numpy as np
 
@@ -18,29 +18,44 @@ FIELDS = "clocks.sm,clocks.max.sm,clocks_event_reasons.active"
 SLOWING_REASONS = 0x4 | 0x8 | 0x20 | 0x40 | 0x80  # power cap, HW slowdown, SW thermal, HW thermal, HW power brake
 
 
-class ClockMonitor:
-    """`with ClockMonitor(index) as clocks:` ... `clocks.summary()` after the block."""
+class _Sampler:
+    """A sampling process started on entering the block and stopped on leaving it; `lines` are
+    what it printed. No command (None): samples nothing."""
 
-    def __init__(self, index: int | None, period_ms: int = 200) -> None:
-        """`index`: the GPU's nvidia-smi index; None samples nothing (a run off the GPU)."""
-        self.index, self.period_ms = index, period_ms
+    def __init__(self) -> None:
         self._proc: subprocess.Popen[str] | None = None
         self.lines: list[str] = []
 
-    def __enter__(self) -> ClockMonitor:
-        exe = shutil.which("nvidia-smi")
-        if exe is not None and self.index is not None:
-            self._proc = subprocess.Popen(
-                [exe, f"--query-gpu={FIELDS}", "--format=csv,noheader,nounits",
-                 f"--loop-ms={self.period_ms}", f"--id={self.index}"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    def command(self) -> list[str] | None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        cmd = self.command()
+        if cmd is not None:
+            self._proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
         return self
 
     def __exit__(self, *_: Any) -> None:
         if self._proc is None:
             return
         self._proc.terminate()
-        printed = self._proc.communicate(timeout=5)[0]
-        self.lines = printed.splitlines()
+        self.lines = self._proc.communicate(timeout=5)[0].splitlines()
+
+
+class ClockMonitor(_Sampler):
+    """`with ClockMonitor(index) as clocks:` ... `clocks.summary()` after the block."""
+
+    def __init__(self, index: int | None, period_ms: int = 200) -> None:
+        """`index`: the GPU's nvidia-smi index; None samples nothing (a run off the GPU)."""
+        super().__init__()
+        self.index, self.period_ms = index, period_ms
+
+    def command(self) -> list[str] | None:
+        exe = shutil.which("nvidia-smi")
+        if exe is None or self.index is None:
+            return None
+        return [exe, f"--query-gpu={FIELDS}", "--format=csv,noheader,nounits",
+                f"--loop-ms={self.period_ms}", f"--id={self.index}"]
 
     def summary(self) -> dict[str, Any]:
         return clock_summary(self.lines)
@@ -93,24 +108,15 @@ HOST_SLOW_RATIO = 1.25
 """A sample slower than this times the run's fast decile counts as the host slowed."""
 
 
-class HostMonitor:
+class HostMonitor(_Sampler):
     """`with HostMonitor() as host:` ... `host.summary()` after the block."""
 
     def __init__(self, period_ms: int = 100) -> None:
+        super().__init__()
         self.period_ms = period_ms
-        self._proc: subprocess.Popen[str] | None = None
-        self.lines: list[str] = []
 
-    def __enter__(self) -> HostMonitor:
-        self._proc = subprocess.Popen([sys.executable, "-c", _HOST_PROBE, str(self.period_ms / 1e3)],
-                                      stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-        return self
-
-    def __exit__(self, *_: Any) -> None:
-        if self._proc is None:
-            return
-        self._proc.terminate()
-        self.lines = self._proc.communicate(timeout=5)[0].splitlines()
+    def command(self) -> list[str] | None:
+        return [sys.executable, "-c", _HOST_PROBE, str(self.period_ms / 1e3)]
 
     def summary(self) -> dict[str, Any]:
         return host_summary(self.lines)

@@ -485,6 +485,10 @@ class ProfiledCostModel:
         if out:
             out.append(OpCost(layers, "iteration_fixed", self.fixed_s, 0.0, 0.0))
         factor = self._pass_factor(batch, num_sms, corunner)
+        total = self.step_time(batch, sms, corunner)
+        op_sum = factor * sum(c.seconds for c in out)
+        if op_sum > 0 and total > op_sum:  # step_time's floor at the pass alone
+            factor *= total / op_sum
         if factor != 1.0:
             out = [dataclasses.replace(c, seconds=c.seconds * factor) for c in out]
         layer_s = [0.0] * layers
@@ -492,7 +496,7 @@ class ProfiledCostModel:
             if 0 <= c.layer < layers:
                 layer_s[c.layer] += c.seconds
         specs = [op for _, op in model_ops.forward_ops(self.arch, batch)]
-        return BatchCost(self.step_time(batch, sms, corunner), tuple(layer_s), tuple(out),
+        return BatchCost(total, tuple(layer_s), tuple(out),
                          sum(o.flops for o in specs), sum(o.hbm_bytes for o in specs),
                          sum(o.weight_bytes for o in specs if o.kind == "moe_gemm"), extrapolated)
 
