@@ -19,20 +19,17 @@ SLOWING_REASONS = 0x4 | 0x8 | 0x20 | 0x40 | 0x80  # power cap, HW slowdown, SW t
 
 
 class _Sampler:
-    """A sampling process started on entering the block and stopped on leaving it; `lines` are
-    what it printed. No command (None): samples nothing."""
+    """A sampling process (`command`) started on entering the block and stopped on leaving it;
+    `lines` are what it printed. No command (None): samples nothing."""
 
-    def __init__(self) -> None:
+    def __init__(self, command: list[str] | None) -> None:
+        self.command = command
         self._proc: subprocess.Popen[str] | None = None
         self.lines: list[str] = []
 
-    def command(self) -> list[str] | None:
-        raise NotImplementedError
-
     def __enter__(self) -> Self:
-        cmd = self.command()
-        if cmd is not None:
-            self._proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        if self.command is not None:
+            self._proc = subprocess.Popen(self.command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
         return self
 
     def __exit__(self, *_: Any) -> None:
@@ -47,15 +44,11 @@ class ClockMonitor(_Sampler):
 
     def __init__(self, index: int | None, period_ms: int = 200) -> None:
         """`index`: the GPU's nvidia-smi index; None samples nothing (a run off the GPU)."""
-        super().__init__()
-        self.index, self.period_ms = index, period_ms
-
-    def command(self) -> list[str] | None:
         exe = shutil.which("nvidia-smi")
-        if exe is None or self.index is None:
-            return None
-        return [exe, f"--query-gpu={FIELDS}", "--format=csv,noheader,nounits",
-                f"--loop-ms={self.period_ms}", f"--id={self.index}"]
+        super().__init__(None if exe is None or index is None else
+                         [exe, f"--query-gpu={FIELDS}", "--format=csv,noheader,nounits",
+                          f"--loop-ms={period_ms}", f"--id={index}"])
+        self.index, self.period_ms = index, period_ms
 
     def summary(self) -> dict[str, Any]:
         return clock_summary(self.lines)
@@ -112,11 +105,8 @@ class HostMonitor(_Sampler):
     """`with HostMonitor() as host:` ... `host.summary()` after the block."""
 
     def __init__(self, period_ms: int = 100) -> None:
-        super().__init__()
+        super().__init__([sys.executable, "-c", _HOST_PROBE, str(period_ms / 1e3)])
         self.period_ms = period_ms
-
-    def command(self) -> list[str] | None:
-        return [sys.executable, "-c", _HOST_PROBE, str(self.period_ms / 1e3)]
 
     def summary(self) -> dict[str, Any]:
         return host_summary(self.lines)
