@@ -328,7 +328,8 @@ def _with_lane_passes(tmp_path: Path, scale: dict[tuple[int, int, int], float],
                       beside: dict[tuple[int, int, int], float] | None = None) -> Path:
     """The shipped Llama profile plus prompt passes on partitions measured at `scale` x their
     operators' sum, keyed (SMs, tokens, co-runner decodes), and decode passes of 2k contexts
-    beside a prompt at `beside` x theirs, keyed (SMs, decodes, co-runner's tokens)."""
+    beside a prompt at `beside` x theirs, keyed (SMs, decodes, co-runner's tokens; 0: the pass
+    alone on its partition)."""
     src = shipped_root() / "h200" / "llama-3.1-8b"
     dst = tmp_path / "llama-lanes"
     shutil.copytree(str(src), dst)
@@ -350,11 +351,13 @@ def _with_lane_passes(tmp_path: Path, scale: dict[tuple[int, int, int], float],
                      "corunner_prompt": 0})
     for (sms, n, q), k in (beside or {}).items():
         decode = BatchShape(num_decodes=n, decode_context=n * 2048, max_decode_context=2048, num_logits=n)
-        us = 1e6 * k * base.step_time(decode, sms, Corunner(BatchShape((q,), (0,), num_logits=1), 132 - sms))
+        prompt = Corunner(BatchShape((q,), (0,), num_logits=1), 132 - sms) if q else None
+        us = 1e6 * k * base.step_time(decode, sms, prompt)
         rows.append({"batch_id": 1000 + len(rows), "prefill_tokens": "", "prefill_prefix": "",
                      "num_decodes": n, "decode_context": n * 2048, "max_decode_context": 2048, "num_logits": n,
                      "median_us": us, "p20_us": us, "p80_us": us, "reps": 5, "method": "graph", "sms": sms,
-                     "corunner_decodes": 0, "corunner_context": 0, "corunner_sms": 132 - sms, "corunner_prompt": q})
+                     "corunner_decodes": 0, "corunner_context": 0, "corunner_sms": 132 - sms if q else 0,
+                     "corunner_prompt": q})
     pd.concat([passes, pd.DataFrame(rows)], ignore_index=True).to_parquet(dst / "passes.parquet", index=False)
     return dst
 
@@ -425,3 +428,36 @@ def test_decode_passes_beside_a_prompt_take_their_measured_time(tmp_path) -> Non
     assert lanes.step_time(decode(8), 68) == base.step_time(decode(8), 68)
     other = Corunner(decode(4), 64)
     assert lanes.step_time(decode(8), 68, other) == base.step_time(decode(8), 68, other)
+
+
+def test_decode_passes_beside_a_prompt_carry_their_measured_slowdown_onto_the_price_alone(tmp_path) -> None:
+    """With each decode lane's pass also timed alone on its partition, the pass beside a
+    prompt costs its price alone times measured beside / measured alone, whatever the price
+    alone is off by (here the passes alone measured 0.85x and 1.2x their price); alone, and
+    on partitions of the whole GPU's in-pass grid, nothing moves."""
+    llama = load_model("llama-3.1-8b")
+    alone = {(68, 8): 0.85, (68, 32): 1.2, (84, 8): 1.0, (84, 32): 0.9}
+    slowdown = {(sms, n, q): 1.05 + 0.04 * i for i, (sms, n, q) in
+                enumerate((s, n, q) for s in (68, 84) for n in (8, 32) for q in (256, 1024))}
+    base = ProfiledCostModel(llama, H200, _without_lane_passes(tmp_path))
+
+    def decode(n: int) -> BatchShape:
+        return BatchShape(num_decodes=n, decode_context=n * 2048, max_decode_context=2048, num_logits=n)
+
+    def prompt(q: int, sms: int) -> Corunner:
+        return Corunner(BatchShape((q,), (0,), num_logits=1), 132 - sms)
+
+    # measured beside = measured alone x slowdown, as factors of the base model's prices
+    measured = {(sms, n, 0): f for (sms, n), f in alone.items()}
+    for (sms, n, q), k in slowdown.items():
+        measured[(sms, n, q)] = alone[(sms, n)] * k * base.step_time(decode(n), sms) \
+            / base.step_time(decode(n), sms, prompt(q, sms))
+    lanes = ProfiledCostModel(llama, H200, _with_lane_passes(tmp_path / "lanes", {}, measured))
+    assert lanes._beside is not None and lanes._in_pass is not None
+    assert sorted(lanes._in_pass.factors) == sorted(base._in_pass.factors)  # alone rows are not its grid
+    for (sms, n, q), k in slowdown.items():
+        assert lanes.step_time(decode(n), sms, prompt(q, sms)) == pytest.approx(
+            k * lanes.step_time(decode(n), sms), rel=1e-9), (sms, n, q)
+        assert lanes.step_time(decode(n), sms) == base.step_time(decode(n), sms)
+    between = lanes.step_time(decode(8), 68, prompt(512, 68)) / lanes.step_time(decode(8), 68)
+    assert slowdown[(68, 8, 256)] < between < slowdown[(68, 8, 1024)]

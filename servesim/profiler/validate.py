@@ -159,7 +159,8 @@ DECODE_BESIDE_SMS = {"tiny": (2,), "quick": (68, 84, 100), "full": (68, 84, 92, 
 DECODE_BESIDE_BATCHES = {"tiny": (2,), "quick": (8, 32), "full": (8, 32, 128)}
 DECODE_BESIDE_CONTEXT = {"tiny": 16, "quick": 2048, "full": 2048}
 """Decode-only passes on a partition (a Nexus decode lane: the complements of 48 and 64 SMs)
-beside a prompt of each of PREFILL_PASS_TOKENS looping on the other SMs. The operator
+alone and beside a prompt of each of PREFILL_PASS_TOKENS looping on the other SMs; the cost
+model carries the slowdown measured (beside / alone) onto its price alone. The operator
 table's contention for this direction moved between two profiles of Llama-3.1-8B taken hours
 apart on the H200 from 1.03-1.12x to 1.30-1.55x for passes measured at 1.08-1.16x
 (benchmarks/pass_contention.py); the whole pass measured beside its co-runner sets it."""
@@ -169,7 +170,7 @@ def calibration_passes(mode: str, partitions: bool = True) -> list[MixedBatch]:
     """The `passes` table's batches: decode-only ones (every decode with the same context) on
     the whole GPU and (with `partitions`) on each of PASS_SMS, then the mixed ones, then (with
     `partitions`) prompts on each of PREFILL_PASS_SMS alone and beside each decode co-runner,
-    and decode-only passes on each of DECODE_BESIDE_SMS beside each prompt."""
+    and decode-only passes on each of DECODE_BESIDE_SMS alone and beside each prompt."""
     shares = (0, *PASS_SMS[mode]) if partitions else (0,)
     grid = [(sms, n, ctx) for sms in shares for n in PASS_BATCHES[mode] for ctx in PASS_CONTEXTS[mode]]
     out = [MixedBatch(i, (), (ctx,) * n, sms) for i, (sms, n, ctx) in enumerate(grid)]
@@ -183,6 +184,6 @@ def calibration_passes(mode: str, partitions: bool = True) -> list[MixedBatch]:
     out += [MixedBatch(len(out) + i, ((q, 0),), (), sms, cor) for i, (sms, q, cor) in enumerate(lanes)]
     ctx = DECODE_BESIDE_CONTEXT[mode]
     beside = [(sms, n, q) for sms in DECODE_BESIDE_SMS[mode] for n in DECODE_BESIDE_BATCHES[mode]
-              for q in PREFILL_PASS_TOKENS[mode]]
+              for q in (0, *PREFILL_PASS_TOKENS[mode])]
     return out + [MixedBatch(len(out) + i, (), (ctx,) * n, sms, corunner_prompt=q) for i, (sms, n, q) in enumerate(beside)]
 

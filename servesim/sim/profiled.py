@@ -112,17 +112,22 @@ class ProfiledCostModel:
         whole = self.gpu.num_sms
         sms_of = rows.sms.fillna(whole).astype(int) if "sms" in rows else pd.Series(whole, index=rows.index)
         counted = self.extrapolated
-        levels = {}
-        for sms in sorted(set(sms_of)):
-            grid = self._in_pass_grid(rows[sms_of == sms], sms)
-            if grid is not None:
-                levels[sms] = grid
-        self.extrapolated = counted
-        if whole not in levels:
+        grid = self._in_pass_grid(rows[sms_of == whole], whole)
+        if grid is None:
+            self.extrapolated = counted
             return None
-        batches, contexts, _ = levels[whole]
-        levels = {sms: g for sms, g in levels.items() if g[0] == batches and g[1] == contexts}
-        return _InPass(batches, contexts, {sms: g[2] for sms, g in levels.items()}, whole)
+        batches, contexts, _ = grid
+        levels = {whole: grid[2]}
+        # a partition's rows on the whole GPU's grid (decode passes timed alone for the
+        # decode-beside-prompt grid are other shapes: _beside_table's)
+        on_grid = rows.num_decodes.isin(batches) & \
+            (rows.decode_context / rows.num_decodes).round().astype(int).isin(contexts)
+        for sms in sorted(set(sms_of) - {whole}):
+            part = self._in_pass_grid(rows[(sms_of == sms) & on_grid], sms)
+            if part is not None and part[0] == batches and part[1] == contexts:
+                levels[sms] = part[2]
+        self.extrapolated = counted
+        return _InPass(batches, contexts, levels, whole)
 
     def _lane_pass_table(self) -> _LanePass | None:
         """The profile's prompt-only passes on partitions (`passes` rows with one prompt, no
@@ -147,29 +152,43 @@ class ProfiledCostModel:
     def _beside_table(self) -> _LanePass | None:
         """The profile's decode-only passes on partitions beside a looping prompt (`passes`
         rows with `corunner_prompt`), over the same passes priced operator by operator with the
-        operator table's contention and the in-pass factor; alone, the in-pass factor's (1).
-        None for a profile without them."""
+        operator table's contention and the in-pass factor. Where the profile also timed each
+        such pass alone on its partition, the factor carries the measured slowdown (beside /
+        alone) onto the price alone; a profile without those rows sets the price beside to
+        the time measured beside. None for a profile without them."""
         rows = self.profile.tables.get("passes")
         if rows is None or "corunner_prompt" not in rows:
             return None
-        rows = rows[(rows.corunner_prompt.fillna(0) > 0) & (rows.num_decodes > 0)
-                    & (rows.prefill_tokens.astype(str).str.strip() == "")]
+        rows = rows[(rows.num_decodes > 0) & (rows.prefill_tokens.astype(str).str.strip() == "")
+                    & rows.sms.notna() & (rows.sms < self.gpu.num_sms)]
+        key = rows.sms.astype(int).astype(str) + "/" + rows.num_decodes.astype(int).astype(str) + "/" \
+            + rows.decode_context.astype(int).astype(str)
+        beside = rows.corunner_prompt.fillna(0) > 0
+        rows = rows[beside | key.isin(set(key[beside]))]  # those passes, beside and alone
+
+        alone = bool((rows.corunner_prompt.fillna(0) == 0).any())
 
         def priced(r: dict[str, Any], sms: int) -> float:
             n = int(r["num_decodes"])
             decode = BatchShape(num_decodes=n, decode_context=int(r["decode_context"]),
                                 max_decode_context=int(r["max_decode_context"]), num_logits=n)
-            prompt = BatchShape((int(r["corunner_prompt"]),), (0,), num_logits=1)
-            return self._total(decode, sms, Corunner(prompt, int(r["corunner_sms"])))
+            q = int(r["corunner_prompt"])
+            prompt = Corunner(BatchShape((q,), (0,), num_logits=1), int(r["corunner_sms"])) if q and not alone else None
+            return self._total(decode, sms, prompt)
 
-        return self._lane_levels(rows, "num_decodes", "corunner_prompt", priced, alone_measured=False)
+        return self._lane_levels(rows, "num_decodes", "corunner_prompt", priced, alone_measured=alone,
+                                 relative=alone)
 
     def _lane_levels(self, rows: pd.DataFrame, size: str, co_size: str,
-                     priced: Callable[[dict[str, Any], int], float], alone_measured: bool) -> _LanePass | None:
+                     priced: Callable[[dict[str, Any], int], float], alone_measured: bool,
+                     relative: bool = False) -> _LanePass | None:
         """Measured / priced per SM count below the whole GPU, on a (size x co-runner size)
-        grid; co-runner size 0 (alone) is measured or, without `alone_measured`, 1. An SM
-        count whose grid is not complete is left out; pricing here leaves `extrapolated` as
-        it was."""
+        grid; co-runner size 0 (alone) is measured or, without `alone_measured`, 1. With
+        `relative`, each size's factors are divided by its factor alone: the pass beside a
+        co-runner then costs its price alone times the slowdown measured. An SM count whose
+        grid is not complete is left out; pricing here leaves `extrapolated` as it was. A
+        relative table's factors are measured slowdowns: they scale the price without the
+        operator table's contention (`_composed`)."""
         rows = rows.dropna(subset=["median_us", "sms"])
         rows = rows[rows.sms < self.gpu.num_sms]
         rows = rows.assign(**{co_size: rows[co_size].fillna(0)})
@@ -186,9 +205,11 @@ class ProfiledCostModel:
             for r in records:
                 factors[sizes.index(int(r[size]))][co_sizes.index(int(r[co_size]))] = \
                     float(r["median_us"]) * 1e-6 / priced(r, int(sms))
+            if relative:
+                factors = [[f / row[0] for f in row] for row in factors]
             levels[int(sms)] = (sizes, co_sizes, factors)
         self.extrapolated = counted
-        return _LanePass(levels, self.gpu.num_sms) if levels else None
+        return _LanePass(levels, self.gpu.num_sms, relative) if levels else None
 
     def _in_pass_grid(self, rows: pd.DataFrame, sms: int) -> tuple[list[int], list[int], list[list[float]]] | None:
         batches = sorted({int(n) for n in rows.num_decodes})
@@ -418,7 +439,7 @@ class ProfiledCostModel:
     def _total(self, batch: BatchShape, sms: int, corunner: Corunner | None) -> float:
         if batch.is_empty:
             return 0.0
-        slowdown, fallback = self._slowdown(corunner, sms)
+        slowdown, fallback = self._slowdown(self._composed(batch, sms, corunner), sms)
         parts = self._parts(batch, sms)
         self.extrapolated += sum(times * g.extrapolated for times, g in parts) + fallback
         return (self.fixed_s + sum(times * g.seconds(slowdown) for times, g in parts)) * self._pass_factor(batch, sms, corunner)
@@ -435,10 +456,23 @@ class ProfiledCostModel:
             return 1.0
         factor = 1.0 if self._in_pass is None else \
             self._in_pass.factor(batch.num_decodes, batch.decode_context / batch.num_decodes, sms)
-        if self._beside is not None and corunner is not None and sms < self.gpu.num_sms \
-                and corunner.batch.prefill_tokens and not corunner.batch.num_decodes:
+        if self._beside_applies(batch, sms, corunner):
+            assert self._beside is not None and corunner is not None
             factor *= self._beside.factor(batch.num_decodes, sms, corunner.batch.num_prefill_tokens)
         return factor
+
+    def _beside_applies(self, batch: BatchShape, sms: int, corunner: Corunner | None) -> bool:
+        """A decode-only pass on a partition beside a prompt-only pass, with a beside table."""
+        return self._beside is not None and corunner is not None and sms < self.gpu.num_sms \
+            and not batch.prefill_tokens and batch.num_decodes > 0 \
+            and bool(corunner.batch.prefill_tokens) and not corunner.batch.num_decodes
+
+    def _composed(self, batch: BatchShape, sms: int, corunner: Corunner | None) -> Corunner | None:
+        """The co-runner whose contention the operator table composes: none where a relative
+        beside table's measured slowdown prices the pass instead."""
+        if self._beside is not None and self._beside.relative and self._beside_applies(batch, sms, corunner):
+            return None
+        return corunner
 
     def _slowdown(self, corunner: Corunner | None, sms: int) -> tuple[tuple[float, ...], int]:
         """Per target class: 1 + sum over co-runner classes of (time share x (slowdown - 1))."""
@@ -467,7 +501,7 @@ class ProfiledCostModel:
         """Every op priced as step_time prices it; total_s is step_time's (plus the fixed
         per-iteration cost as an op after the last layer)."""
         num_sms, layers = self._check_sms(sms), self.arch.num_layers
-        slowdown, _ = self._slowdown(corunner, num_sms)
+        slowdown, _ = self._slowdown(self._composed(batch, num_sms, corunner), num_sms)
         out: list[OpCost] = []
         extrapolated = 0
         chunks = len(batch.prefill_tokens)
@@ -557,8 +591,9 @@ class _LanePass:
     counts measured: linear in SMs; below the smallest, held; above the largest, linear to 1 at
     the whole GPU (no co-runner there)."""
 
-    def __init__(self, levels: dict[int, tuple[list[int], list[int], list[list[float]]]], whole_sms: int) -> None:
-        self.whole_sms = whole_sms
+    def __init__(self, levels: dict[int, tuple[list[int], list[int], list[list[float]]]], whole_sms: int,
+                 relative: bool = False) -> None:
+        self.whole_sms, self.relative = whole_sms, relative
         self.sms = sorted(levels)
         self.levels = {sms: ([math.log(q) for q in qs], [math.log1p(n) for n in ns], grid)
                        for sms, (qs, ns, grid) in levels.items()}
