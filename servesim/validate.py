@@ -306,10 +306,10 @@ def _metric_rows(measured: dict[str, Any], predicted: dict[str, Any]) -> dict[st
 
 def _priced(cost_model: CostModel, steps: list[tuple[BatchShape, int | None, Corunner | None]]
             ) -> tuple[list[float], list[float]]:
-    """Each step's predicted time, with and without the host-overhead wrapper."""
-    inner = getattr(cost_model, "inner", cost_model)
+    """Each step's predicted time, with and without the host's work around and inside it."""
+    gpu = getattr(cost_model, "gpu_s", cost_model.step_time)
     return ([cost_model.step_time(b, sms, other) for b, sms, other in steps],
-            [inner.step_time(b, sms, other) for b, sms, other in steps])
+            [gpu(b, sms, other) for b, sms, other in steps])
 
 
 def _report(config: Config, measured: dict[str, Any], predicted: dict[str, Any],

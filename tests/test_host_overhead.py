@@ -96,3 +96,29 @@ def test_operator_level_checks_hide_behind_the_gpu_unless_the_host_is_slower(tmp
     assert ttft(0.0, 1e6) == pytest.approx(100e-6 + launches * 1.0, rel=1e-9)
     # The GPU's gaps at the host's launches add to a GPU-bound pass, as in step_time.
     assert ttft(0.0, 0.0, 10.0) - ttft(0.0) == pytest.approx(launches * 10e-6, rel=1e-6)
+
+
+def test_a_host_bound_co_runner_slows_a_pass_only_for_the_share_of_its_steps_it_keeps_the_gpu_busy() -> None:
+    """Nexus's lanes: the contention a profile measures is beside a co-runner looping without
+    pause. A decode lane that spends part of each step on the host (its step, its launches)
+    presses on the prefill lane for its GPU time over its step only."""
+    from servesim.models.shapes import Corunner
+    from servesim.sim.profiled import ProfiledCostModel
+    gpu = get_gpu("h200")
+    inner = ProfiledCostModel(ARCH, gpu)
+    prompt = BatchShape((1024,), (0,), num_logits=1)
+    decode = Corunner(BatchShape((), (), 8, 8 * 1024, 1024, 8), 84)
+    alone, beside = inner.step_time(prompt, 48), inner.step_time(prompt, 48, decode)
+    assert beside > 1.1 * alone
+    none = HostOverheadCostModel(inner, ARCH, 0.0, 0.0, num_sms=132)
+    assert none.duty(decode) == 1.0 and none.step_time(prompt, 48, decode) == pytest.approx(beside, rel=1e-12)
+    for launch_us, step_us in ((30.0, 300.0), (45.0, 500.0), (80.0, 1000.0)):
+        host = HostOverheadCostModel(inner, ARCH, launch_us * 1e-6, step_us * 1e-6, num_sms=132)
+        duty = inner.step_time(decode.batch, 84) / host.step_time(decode.batch, 84)
+        assert host.duty(decode) == pytest.approx(duty, rel=1e-12) and 0.2 < duty < 1.0
+        gpu_s = host.gpu_s(prompt, 48, decode)
+        assert gpu_s == pytest.approx(alone + duty * (beside - alone), rel=1e-12)
+        assert host.step_time(prompt, 48, decode) - host.step_time(prompt, 48) == pytest.approx(gpu_s - alone, rel=1e-9)
+    slower = HostOverheadCostModel(inner, ARCH, 80e-6, 1e-3, num_sms=132)
+    faster = HostOverheadCostModel(inner, ARCH, 30e-6, 3e-4, num_sms=132)
+    assert slower.gpu_s(prompt, 48, decode) < faster.gpu_s(prompt, 48, decode) < beside

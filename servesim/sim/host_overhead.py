@@ -46,6 +46,7 @@ class HostOverheadCostModel:
         """Per preemption point of an operator-level pass (the operator executor adds it)."""
         self.graph_max_tokens, self.num_sms = graph_max_tokens, num_sms
         self._launches: dict[tuple[bool, bool, int, int], int] = {}
+        self._duty: dict[Corunner, float] = {}
 
     def launches(self, batch: BatchShape) -> int:
         """What the host issues for one pass: graph replays and attention kernels when the pass
@@ -89,10 +90,34 @@ class HostOverheadCostModel:
         return count
 
     def step_time(self, batch: BatchShape, sms: int | None = None, corunner: Corunner | None = None) -> float:
-        gpu_s = self.inner.step_time(batch, sms, corunner)
+        gpu_s = self.gpu_s(batch, sms, corunner)
         if batch.is_empty:
             return gpu_s
         return self.step_host_s(batch) + max(gpu_s + self.gaps_s(batch), self.launches(batch) * self.host_launch_s)
+
+    def gpu_s(self, batch: BatchShape, sms: int | None = None, corunner: Corunner | None = None) -> float:
+        """The inner model's time for the pass, its slowdown beside `corunner` scaled by the
+        share of the co-runner's steps its GPU work fills (`duty`)."""
+        beside = self.inner.step_time(batch, sms, corunner)
+        if corunner is None or corunner.batch.is_empty or batch.is_empty:
+            return beside
+        duty = self.duty(corunner)
+        if duty >= 1.0:
+            return beside
+        alone = self.inner.step_time(batch, sms)
+        return alone + duty * (beside - alone)
+
+    def duty(self, corunner: Corunner) -> float:
+        """The share of a co-runner's steps in which its kernels keep its SMs busy: its GPU
+        time over its step, which also holds the host's work around the pass and the launches
+        the GPU waits for. The inner model's contention is measured beside a co-runner looping
+        without pause (the profiler replays it back to back); an engine's lane between steps,
+        or waiting on its host inside one, presses on the other lane only for this share."""
+        duty = self._duty.get(corunner)
+        if duty is None:
+            busy = self.inner.step_time(corunner.batch, corunner.sms)
+            duty = self._duty[corunner] = min(1.0, busy / self.step_time(corunner.batch, corunner.sms))
+        return duty
 
     def gaps_s(self, batch: BatchShape) -> float:
         """The GPU's idle time at the host's launches inside a graphed pass."""
