@@ -10,6 +10,10 @@ its Corunner, from the shipped profile (or --profile DIR). Prints a table and on
 CPU, with this checkout's cost model and --profile).
 
     PYTHONPATH=. python benchmarks/pass_contention.py --out FILE
+    PYTHONPATH=. python benchmarks/pass_contention.py --cases v15 --out FILE
+
+`--cases v15` is policies.md's V15 instead: 32 decodes of 2k on 64 SMs beside a 512-token prompt
+on the other 68 whose prefix (KV already cached) grows 0 -> 2k -> 6k -> 10k.
     PYTHONPATH=. python benchmarks/pass_contention.py --measured FILE [--profile DIR] [--out FILE2]
 """
 
@@ -32,10 +36,12 @@ from servesim.runtime.clocks import ClockMonitor
 from servesim.sim.hardware import get_gpu
 from servesim.sim.profiled import ProfiledCostModel
 
-# (prompt tokens, prefill SMs, decodes, context per decode): the prompts and splits Nexus ran
-# in the validation runs (prompts of 200-1k tokens on 40-64 SMs), and two beyond them.
-CASES = ((256, 48, 8, 1024), (256, 64, 8, 1024), (256, 48, 32, 2048), (1024, 48, 8, 1024),
-         (1024, 64, 32, 2048), (2048, 64, 32, 2048), (256, 96, 8, 1024))
+# (prompt tokens, prefill SMs, decodes, context per decode, prompt's prefix): the prompts and
+# splits Nexus ran in the validation runs (prompts of 200-1k tokens on 40-64 SMs), and two beyond
+# them; V15's co-running prefill whose KV length grows.
+CASES = {"nexus": ((256, 48, 8, 1024, 0), (256, 64, 8, 1024, 0), (256, 48, 32, 2048, 0), (1024, 48, 8, 1024, 0),
+                   (1024, 64, 32, 2048, 0), (2048, 64, 32, 2048, 0), (256, 96, 8, 1024, 0)),
+         "v15": tuple((512, 68, 32, 2048, prefix) for prefix in (0, 2048, 6144, 10240))}
 REPS = 8
 
 
@@ -98,6 +104,7 @@ def main() -> int:
     parser.add_argument("--model", default="llama-3.1-8b")
     parser.add_argument("--profile", help="profile directory to predict with (default: the shipped one)")
     parser.add_argument("--out")
+    parser.add_argument("--cases", choices=sorted(CASES), default="nexus")
     parser.add_argument("--measured", help="a JSON this script wrote: predict its rows again, no GPU")
     args = parser.parse_args()
     if args.measured:
@@ -112,26 +119,25 @@ def main() -> int:
     device = torch.device("cuda")
     arch = load_model(args.model)
     model = ProfiledCostModel(arch, get_gpu("h200"), args.profile)
-    factory = OperatorFactory(arch, device, 8192)
+    factory = OperatorFactory(arch, device, 96 * 1024)  # 32 decodes of 2k beside a prompt after 10k
     partitions = Partitions(device)
     if not partitions.disjoint:
         print(f"pass_contention.py: partitions are not disjoint ({partitions.method})", file=sys.stderr)
         return 2
     rows = []
     with ClockMonitor(device.index or 0) as clocks:
-        for prompt, sms, decodes, context in CASES:
+        for prompt, sms, decodes, context, prefix in CASES[args.cases]:
             part, rest = partitions.pair(sms)
             assert rest is not None
-            prefill = BatchShape((prompt,), (0,), num_logits=1)
-            decode = BatchShape(num_decodes=decodes, decode_context=decodes * context,
-                                max_decode_context=context, num_logits=decodes)
+            row = {"prompt": prompt, "prefix": prefix, "prefill_sms": sms, "decodes": decodes, "context": context,
+                   "decode_sms": rest.sms}
+            prefill, decode = _shapes(row)
             (p_forward, pg), (d_forward, dg) = (_graph(factory, prefill, sms, part.stream),
                                                 _graph(factory, decode, rest.sms, rest.stream))
             p_alone, d_alone = _alone(pg, part.stream), _alone(dg, rest.stream)
             p_beside, p_cov = _beside(pg, part.stream, dg, rest.stream, p_alone, d_alone)
             d_beside, d_cov = _beside(dg, rest.stream, pg, part.stream, d_alone, p_alone)
-            row = {"prompt": prompt, "prefill_sms": sms, "decodes": decodes, "context": context,
-                   "decode_sms": rest.sms, "covered": p_cov and d_cov,
+            row = {**row, "covered": p_cov and d_cov,
                    "prefill_alone_us": p_alone, "prefill_beside_us": p_beside,
                    "decode_alone_us": d_alone, "decode_beside_us": d_beside}
             rows.append({**row, **_predicted(model, row)})
@@ -144,7 +150,7 @@ def main() -> int:
 
 
 def _shapes(row: dict) -> tuple[BatchShape, BatchShape]:
-    prefill = BatchShape((row["prompt"],), (0,), num_logits=1)
+    prefill = BatchShape((row["prompt"],), (row.get("prefix", 0),), num_logits=1)
     decode = BatchShape(num_decodes=row["decodes"], decode_context=row["decodes"] * row["context"],
                         max_decode_context=row["context"], num_logits=row["decodes"])
     return prefill, decode
@@ -172,7 +178,8 @@ def _report(result: dict, out: str | None) -> int:
             return (f"{r[f'{side}_beside_us'] / r[f'{side}_alone_us']:.2f} / "
                     f"{r[f'pred_{side}_beside_us'] / r[f'pred_{side}_alone_us']:.2f}")
 
-        print(f"| {r['prompt']} tokens on {r['prefill_sms']} | {r['decodes']} x {r['context']} on "
+        prefix = f" after {r['prefix']}" if r.get("prefix") else ""
+        print(f"| {r['prompt']} tokens{prefix} on {r['prefill_sms']} | {r['decodes']} x {r['context']} on "
               f"{r['decode_sms']} | {err('prefill', 'alone')} | {err('prefill', 'beside')} | {slow('prefill')} "
               f"| {err('decode', 'alone')} | {err('decode', 'beside')} | {slow('decode')} |")
     print(json.dumps({k: v for k, v in result.items() if k != "rows"}))
