@@ -16,6 +16,7 @@ from servesim.config import from_mapping
 from servesim.errors import InputError
 from servesim.models.arch import load_model
 from servesim.models.shapes import BatchShape, Corunner
+from servesim.profiler.validate import DECODE_BESIDE_SMS
 from servesim.runner import run
 from servesim.sim import kernel_work, profile_report
 from servesim.sim.cost_model import RooflineCostModel
@@ -121,8 +122,13 @@ def test_decode_only_passes_take_their_measured_in_pass_time(model: str) -> None
     passes = passes[passes.prefill_tokens.astype(str).str.strip() == ""]
     if "corunner_prompt" in passes:  # decode passes beside a prompt: another test's
         passes = passes[passes.corunner_prompt.fillna(0) == 0]
-    sms_of = passes.sms.fillna(H200.num_sms).astype(int) if "sms" in passes else [H200.num_sms] * len(passes)
-    assert cost._in_pass is not None and len(passes) == 10 * len(set(sms_of))
+    sms_of = passes.sms.fillna(H200.num_sms).astype(int) if "sms" in passes else pd.Series(H200.num_sms, passes.index)
+    assert cost._in_pass is not None and H200.num_sms in cost._in_pass.factors
+    # decode passes timed alone for the decode-beside-prompt grid (other SMs, batches and
+    # contexts) are that grid's, not this one's
+    on_grid = sms_of.isin(list(cost._in_pass.factors))
+    passes, sms_of = passes[on_grid], sms_of[on_grid]
+    assert len(passes) == 10 * len(cost._in_pass.factors)
     factors: dict[int, list[float]] = {}
     for r, sms in zip(passes.itertuples(), sms_of, strict=True):
         shape = BatchShape((), (), int(r.num_decodes), int(r.decode_context), int(r.max_decode_context),
@@ -335,7 +341,8 @@ def _with_lane_passes(tmp_path: Path, scale: dict[tuple[int, int, int], float],
     shutil.copytree(str(src), dst)
     passes = pd.read_parquet(dst / "passes.parquet")
     lane = (passes.prefill_tokens != "") & (passes.num_decodes == 0) & (passes.sms < 132)
-    passes = passes[~lane & (passes.corunner_prompt.fillna(0) == 0)]  # the shipped ones out
+    decode_lane = (passes.num_decodes > 0) & passes.sms.isin(DECODE_BESIDE_SMS["quick"])  # beside and alone
+    passes = passes[~lane & ~decode_lane & (passes.corunner_prompt.fillna(0) == 0)]  # the shipped ones out
     passes.to_parquet(dst / "passes.parquet", index=False)
     base = ProfiledCostModel(load_model("llama-3.1-8b"), H200, dst)
     assert base._lane is None and base._beside is None
@@ -408,7 +415,7 @@ def test_decode_passes_beside_a_prompt_take_their_measured_time(tmp_path) -> Non
     measured, alone (or beside decodes) the in-pass factor alone prices it, and between prompt
     sizes the factor is interpolated."""
     llama = load_model("llama-3.1-8b")
-    beside = {(sms, n, q): 0.8 + 0.1 * i for i, (sms, n, q) in
+    beside = {(sms, n, q): 1.0 + 0.1 * i for i, (sms, n, q) in  # (>= 1: the floor at alone stays out)
               enumerate((s, n, q) for s in (68, 84) for n in (8, 32) for q in (256, 1024))}
     lanes = ProfiledCostModel(llama, H200, _with_lane_passes(tmp_path, {}, beside))
     base = ProfiledCostModel(llama, H200, _without_lane_passes(tmp_path))
@@ -423,7 +430,7 @@ def test_decode_passes_beside_a_prompt_take_their_measured_time(tmp_path) -> Non
 
     for (sms, n, q), f in beside.items():
         assert ratio(n, sms, q) == pytest.approx(f, rel=1e-9)
-    assert ratio(8, 76, 256) == pytest.approx((0.8 + 1.2) / 2, rel=1e-9)
+    assert ratio(8, 76, 256) == pytest.approx((1.0 + 1.4) / 2, rel=1e-9)
     assert min(beside[(68, 8, 256)], beside[(68, 8, 1024)]) < ratio(8, 68, 512) < max(beside[(68, 8, 256)], beside[(68, 8, 1024)])
     assert lanes.step_time(decode(8), 68) == base.step_time(decode(8), 68)
     other = Corunner(decode(4), 64)
