@@ -12,8 +12,9 @@ CPU, with this checkout's cost model and --profile).
     PYTHONPATH=. python benchmarks/pass_contention.py --out FILE
     PYTHONPATH=. python benchmarks/pass_contention.py --cases v15 --out FILE
 
-`--cases v15` is policies.md's V15 instead: 32 decodes of 2k on 64 SMs beside a 512-token prompt
-on the other 68 whose prefix (KV already cached) grows 0 -> 2k -> 6k -> 10k.
+`--cases v15` is policies.md's V15 instead: 32 decodes of 2k on the SMs a 68-SM partition leaves
+(60 on the H200's driver split) beside a 512-token prompt on the 68, whose prefix (KV already
+cached) grows 0 -> 2k -> 6k -> 10k.
     PYTHONPATH=. python benchmarks/pass_contention.py --measured FILE [--profile DIR] [--out FILE2]
 """
 

@@ -8,10 +8,11 @@ import pytest
 
 from servesim.models import ops as model_ops
 from servesim.models.arch import load_model
-from servesim.models.shapes import BatchShape
+from servesim.models.shapes import BatchShape, Corunner
 from servesim.sim.cost_model import RooflineCostModel
 from servesim.sim.hardware import get_gpu
 from servesim.sim.host_overhead import HostOverheadCostModel
+from servesim.sim.profiled import ProfiledCostModel
 
 ARCH = load_model("llama-3.1-8b")
 GPU_MODEL = RooflineCostModel(ARCH, get_gpu("h200"))
@@ -102,8 +103,6 @@ def test_a_host_bound_co_runner_slows_a_pass_only_for_the_share_of_its_steps_it_
     """Nexus's lanes: the contention a profile measures is beside a co-runner looping without
     pause. A decode lane that spends part of each step on the host (its step, its launches)
     presses on the prefill lane for its GPU time over its step only."""
-    from servesim.models.shapes import Corunner
-    from servesim.sim.profiled import ProfiledCostModel
     gpu = get_gpu("h200")
     inner = ProfiledCostModel(ARCH, gpu)
     prompt = BatchShape((1024,), (0,), num_logits=1)

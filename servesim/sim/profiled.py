@@ -161,10 +161,9 @@ class ProfiledCostModel:
             return None
         rows = rows[(rows.num_decodes > 0) & (rows.prefill_tokens.astype(str).str.strip() == "")
                     & rows.sms.notna() & (rows.sms < self.gpu.num_sms)]
-        key = rows.sms.astype(int).astype(str) + "/" + rows.num_decodes.astype(int).astype(str) + "/" \
-            + rows.decode_context.astype(int).astype(str)
-        beside = rows.corunner_prompt.fillna(0) > 0
-        rows = rows[beside | key.isin(set(key[beside]))]  # those passes, beside and alone
+        shape = pd.MultiIndex.from_frame(rows[["sms", "num_decodes", "decode_context"]].astype(int))
+        beside = (rows.corunner_prompt.fillna(0) > 0).to_numpy()
+        rows = rows[beside | shape.isin(shape[beside])]  # those passes, beside and alone
 
         alone = bool((rows.corunner_prompt.fillna(0) == 0).any())
 
