@@ -98,6 +98,20 @@ def _graphed_constants(model: RuntimeModel, limits: EngineLimits, cases: dict[st
     on), timed alone. host_gap_us: the graphed pass's time over the same pass replayed as one
     graph, per launch from the host (median over the cases)."""
     per_launch = [1e3 * c["graphed_issue_ms"] / c["graphed_launches"] for c in cases.values()]
+    loops = _decode_loops(model, limits, shapes, host)
+    gaps = [1e3 * (c["graphed_ms"] - c["gpu_ms"]) / c["graphed_launches"] for c in cases.values()]
+    return {"host_launch_us": round(statistics.median(loop["launch_us"] for loop in loops.values()), 2),
+            "isolated_launch_us": round(statistics.median(per_launch), 2), **_per_seq_fit(loops, shapes),
+            "host_check_us": round(statistics.median(c["host_check_us"] for c in cases.values()
+                                                     if "host_check_us" in c), 1),
+            "host_gap_us": round(statistics.median(gaps), 2), "loops": loops}
+
+
+def _decode_loops(model: RuntimeModel, limits: EngineLimits, shapes: dict[str, BatchShape],
+                  host: HostOverheadCostModel) -> dict[str, dict[str, float]]:
+    """The runtime's own loop serving 1, 8 and 32 requests that decode together: per decode
+    step, the host's time before its first launch and after its end (GPU idle), the interval
+    between steps, and the issue time per launch."""
     loops = {}
     for name in ("decode_b1", "decode_b8", "decode_b32"):
         batch, ctx = shapes[name].num_decodes, shapes[name].max_decode_context - 1
@@ -113,12 +127,21 @@ def _graphed_constants(model: RuntimeModel, limits: EngineLimits, cases: dict[st
         loops[name] = {"steps": len(decode), "interval_ms": 1e3 * interval, "before_ms": 1e3 * before,
                        "after_ms": 1e3 * after, "host_step_us": 1e6 * (before + after),
                        "launch_us": _issue_per_launch([records[i] for i in decode], host)}
-    gaps = [1e3 * (c["graphed_ms"] - c["gpu_ms"]) / c["graphed_launches"] for c in cases.values()]
-    return {"host_launch_us": round(statistics.median(loop["launch_us"] for loop in loops.values()), 2),
-            "isolated_launch_us": round(statistics.median(per_launch), 2), **_per_seq_fit(loops, shapes),
-            "host_check_us": round(statistics.median(c["host_check_us"] for c in cases.values()
-                                                     if "host_check_us" in c), 1),
-            "host_gap_us": round(statistics.median(gaps), 2), "loops": loops}
+    return loops
+
+
+def _full_decode(model: RuntimeModel, limits: EngineLimits, shapes: dict[str, BatchShape],
+                 host: HostOverheadCostModel, max_decodes: int = 256) -> dict[str, object]:
+    """The same loops with every decode-only pass replayed whole from one graph (the runtime's
+    `cuda_graph_max_decodes`): the interval between steps against the piecewise loops', and the
+    host's time around a step, which stays the simulator's host_step_us."""
+    started = time.perf_counter()
+    graphs = model.capture_decode_graphs(max_decodes, limits.max_model_len)
+    capture_s = time.perf_counter() - started
+    full = HostOverheadCostModel(host.inner, host.arch, 1.0, 0.0, host.graph_max_tokens,
+                                 graph_max_decodes=max_decodes)
+    loops = _decode_loops(model, limits, shapes, full)
+    return {"graphs": graphs, "capture_s": round(capture_s, 1), **_per_seq_fit(loops, shapes), "loops": loops}
 
 
 def _issue_per_launch(records: list[StepRecord], host: HostOverheadCostModel) -> float:
@@ -260,8 +283,9 @@ def main() -> None:
     sched_ms = _median_ms(lambda: policy.schedule(state.view(0.0)), 200)
     out["host_step_us"] = round(1e3 * (cases["decode_b32"]["plan_ms"] + sched_ms), 1)
     out["graphed"] = _graphed_constants(model, limits, cases, shapes, host)
-    if not args.no_partitioned:
+    if not args.no_partitioned:  # (before the whole GPU's lane has full decode graphs)
         out["partitioned"] = _partitioned_constants(model, limits, host)
+    out["full_decode"] = _full_decode(model, limits, shapes, host)
     _emit(out, args.out)
 
 

@@ -86,6 +86,11 @@ class EngineConfig(DictConfig):
         0, "passes of up to this many tokens replay CUDA graphs of everything but attention "
         "(servesim's runtime does; the host-overhead model counts launches so); 0 = all eager"
     )
+    cuda_graph_max_decodes: int = _help(
+        0, "decode-only passes of up to this many sequences replay one CUDA graph of the whole pass, "
+        "attention included (vLLM's full graphs for decode batches; the host then launches about ten "
+        "things per step); 0 = none"
+    )
 
     def __post_init__(self) -> None:
         if self.block_size < 1:
@@ -96,6 +101,8 @@ class EngineConfig(DictConfig):
             raise InputError("max_model_len: must be >= 2")
         if self.cuda_graph_max_tokens < 0:
             raise InputError("cuda_graph_max_tokens: must be >= 0")
+        if self.cuda_graph_max_decodes < 0:
+            raise InputError("cuda_graph_max_decodes: must be >= 0")
 
 
 @dataclass(frozen=True)

@@ -77,7 +77,8 @@ def build_cost_model(config: Config, arch: ModelArch, gpu: GpuSpec) -> CostModel
     if cm.host_launch_us or cm.host_step_us or cm.host_per_seq_us or cm.host_check_us or cm.host_gap_us:
         return HostOverheadCostModel(model, arch, cm.host_launch_us * 1e-6, cm.host_step_us * 1e-6,
                                      config.engine.cuda_graph_max_tokens, gpu.num_sms,
-                                     cm.host_per_seq_us * 1e-6, cm.host_check_us * 1e-6, cm.host_gap_us * 1e-6)
+                                     cm.host_per_seq_us * 1e-6, cm.host_check_us * 1e-6, cm.host_gap_us * 1e-6,
+                                     config.engine.cuda_graph_max_decodes)
     return model
 
 

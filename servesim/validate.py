@@ -94,7 +94,8 @@ def validate(config: Config, base_dir: Path, device_name: str = "cuda",
     workload = load_workload(config.workload, np.random.default_rng(config.seed), base_dir)
     check_fits(workload, limits, config)
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    key = (arch, limits, device, dtype, config.seed, config.engine.cuda_graph_max_tokens)
+    graph_rows, decode_rows = config.engine.cuda_graph_max_tokens, config.engine.cuda_graph_max_decodes
+    key = (arch, limits, device, dtype, config.seed, graph_rows, decode_rows)
     models = {} if models is None else models
     loaded = models.get(key)
     if loaded is None:
@@ -119,11 +120,14 @@ def validate(config: Config, base_dir: Path, device_name: str = "cuda",
     if not partitioned and "graphs" not in loaded.setup:  # the whole GPU's lane
         started = time.perf_counter()
         _say("capturing CUDA graphs")
-        graphs = loaded.model.capture_graphs(config.engine.cuda_graph_max_tokens)
+        graphs = loaded.model.capture_graphs(graph_rows)
+        if graph_rows:
+            _say("capturing full CUDA graphs of decode passes")
+            graphs += loaded.model.capture_decode_graphs(decode_rows, limits.max_model_len)
         loaded.setup |= {"graphs": graphs, "capture_s": round(time.perf_counter() - started, 1)}
     cost_model = build_cost_model(config, arch, gpu)
     policy.predict = cost_model.step_time  # the same predictor the simulated policy gets
-    runtime = _nexus_runtime(loaded, policy, limits, config.engine.cuda_graph_max_tokens) \
+    runtime = _nexus_runtime(loaded, policy, limits, graph_rows, decode_rows) \
         if isinstance(policy, Nexus) else Runtime(loaded.model, policy, limits)
     setup = dict(loaded.setup)
     requests = build_requests(workload, config)
@@ -152,7 +156,8 @@ def validate(config: Config, base_dir: Path, device_name: str = "cuda",
                       _itl(predicted.requests), steps)
 
 
-def _nexus_runtime(loaded: _Loaded, policy: Nexus, limits: EngineLimits, graph_rows: int) -> PartitionedRuntime:
+def _nexus_runtime(loaded: _Loaded, policy: Nexus, limits: EngineLimits, graph_rows: int,
+                   decode_rows: int = 0) -> PartitionedRuntime:
     """The partitioned runtime, with the lanes (green contexts, graphs) of every split the
     policy may use made before the clock starts; their set-up time goes into the report."""
     started = time.perf_counter()
@@ -164,10 +169,13 @@ def _nexus_runtime(loaded: _Loaded, policy: Nexus, limits: EngineLimits, graph_r
         if p not in loaded.partitions.lanes:
             _say(f"partitions and graphs for {p} prefill SMs ({i + 1} of {len(splits)} splits)")
         lanes |= loaded.partitions.get([p], min(policy.params.token_budget, graph_rows),
-                                       min(policy.params.max_num_seqs, graph_rows))
+                                       min(policy.params.max_num_seqs, graph_rows), decode_rows,
+                                       limits.max_model_len)
     loaded.setup = {**loaded.setup, "partition_splits": splits,
                     "partition_graphs": sum(len(g) for pair in loaded.partitions.lanes.values()
                                             for lane in pair for g in lane.graphs.values()),
+                    "partition_decode_graphs": sum(len(lane.decode_graphs) for pair in
+                                                   loaded.partitions.lanes.values() for lane in pair),
                     "partition_setup_s": round(time.perf_counter() - started, 1),
                     "partition_method": loaded.partitions.partitions.method,
                     "gpu_memory_reserved_gib": round(torch.cuda.memory_reserved() / 2**30, 1)

@@ -81,6 +81,7 @@ BAD_CONFIGS = {
     "bad_seed": ({**BASE, "seed": -4}, "seed"),
     "bad_rate": ({**BASE, "workload": {"rate_scale": 0}}, "rate_scale"),
     "missing_trace": ({**BASE, "workload": {"trace": "nope.csv"}}, "nope.csv"),
+    "bad_decode_graphs": ({**BASE, "engine": {"cuda_graph_max_decodes": -1}}, "cuda_graph_max_decodes"),
 }
 
 

@@ -11,7 +11,7 @@ from servesim.models.arch import load_model
 from servesim.models.shapes import BatchShape, Corunner
 from servesim.sim.cost_model import RooflineCostModel
 from servesim.sim.hardware import get_gpu
-from servesim.sim.host_overhead import HostOverheadCostModel
+from servesim.sim.host_overhead import FULL_DECODE_LAUNCHES, HostOverheadCostModel
 from servesim.sim.profiled import ProfiledCostModel
 
 ARCH = load_model("llama-3.1-8b")
@@ -58,6 +58,23 @@ def test_graphed_passes_issue_replays_and_attention_only() -> None:
     # Above the largest captured pass every kernel is launched again.
     assert host.launches(PREFILL) == host.eager_launches(PREFILL) > 4 * layers
     assert host.launches(DECODE) < host.eager_launches(DECODE) / 2
+
+
+def test_full_decode_graphs_turn_a_host_bound_decode_step_gpu_bound() -> None:
+    """A decode-only pass the engine replays whole issues a handful of launches and leaves no
+    gaps between pieces; a larger batch, or any pass with a prompt, stays piecewise."""
+    piecewise = HostOverheadCostModel(GPU_MODEL, ARCH, 50e-6, 300e-6, graph_max_tokens=2048, host_gap_s=4e-6)
+    full = HostOverheadCostModel(GPU_MODEL, ARCH, 50e-6, 300e-6, graph_max_tokens=2048, host_gap_s=4e-6,
+                                 graph_max_decodes=8)
+    assert full.launches(DECODE) == FULL_DECODE_LAUNCHES < piecewise.launches(DECODE) / 10
+    assert full.gaps_s(DECODE) == 0.0 < piecewise.gaps_s(DECODE)
+    # piecewise: host-bound (launches x 50 us over the GPU time); whole: the GPU's time
+    assert piecewise.step_time(DECODE) == pytest.approx(300e-6 + piecewise.launches(DECODE) * 50e-6)
+    assert full.step_time(DECODE) == pytest.approx(300e-6 + GPU_MODEL.step_time(DECODE))
+    nine = BatchShape((), (), 9, 9000, 1000, 9)
+    mixed = BatchShape((100,), (0,), 8, 8000, 1000, 9)
+    for batch in (nine, mixed):
+        assert full.launches(batch) == piecewise.launches(batch) and full.gaps_s(batch) > 0
 
 
 def test_host_time_grows_with_the_sequences_of_the_batch() -> None:

@@ -12,6 +12,7 @@ from servesim.kernels.attention_decode import (
     decode_attention,
     decode_attention_ref,
     decode_num_splits,
+    decode_split_plan,
 )
 from servesim.kernels.attention_prefill import prefill_attention, prefill_attention_ref
 from servesim.kernels.configs import GemmConfig, gemm_config
@@ -32,6 +33,7 @@ __all__ = [
     "decode_attention",
     "decode_attention_ref",
     "decode_num_splits",
+    "decode_split_plan",
     "resolve_num_sms",
     "fused_moe",
     "fused_moe_ref",

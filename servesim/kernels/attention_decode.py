@@ -23,16 +23,18 @@ from servesim.kernels.attention_prefill import _check_paged, gather_kv_ref
 @triton.jit
 def _decode_attn_kernel(
     q_ptr, kc_ptr, vc_ptr, out_ptr, part_ptr, lse_ptr, bt_ptr, ctx_ptr, qk_scale, tokens_per_split,
-    stride_qs, stride_qh, stride_kb, stride_kt, stride_kh, stride_vb, stride_vt, stride_vh,
+    split_tokens_ptr, stride_qs, stride_qh, stride_kb, stride_kt, stride_kh, stride_vb, stride_vt, stride_vh,
     stride_os, stride_oh, stride_bt,
     G: tl.constexpr, HEAD_D: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_N: tl.constexpr,
-    PAGE: tl.constexpr, NUM_SPLITS: tl.constexpr,
+    PAGE: tl.constexpr, NUM_SPLITS: tl.constexpr, SPLIT_TOKENS_IN_MEMORY: tl.constexpr,
 ):
     # q, out: [S, HQ, D]; part: [S, HQ, NUM_SPLITS, D] fp32; lse: [S, HQ, NUM_SPLITS] (log2)
     s = tl.program_id(0)
     kvh = tl.program_id(1)
     split = tl.program_id(2)
     ctx = tl.load(ctx_ptr + s)
+    if SPLIT_TOKENS_IN_MEMORY:  # a CUDA graph replays with the step's split size
+        tokens_per_split = tl.load(split_tokens_ptr)
     begin = split * tokens_per_split
     end = tl.minimum(begin + tokens_per_split, ctx)
     h = tl.arange(0, BLOCK_H)
@@ -97,6 +99,16 @@ def decode_num_splits(num_seqs: int, num_kv_heads: int, max_context_len: int, nu
     return max(1, min(want, max_context_len // 256, 64))
 
 
+def decode_split_plan(num_seqs: int, num_kv_heads: int, max_context_len: int, num_sms: int,
+                      block_n: int = 64) -> tuple[int, int]:
+    """(splits, tokens per split) of a launch: decode_num_splits' count, each split a whole
+    number of BLOCK_N tiles, and only as many splits as those tiles need."""
+    context = max(max_context_len, 1)
+    splits = decode_num_splits(num_seqs, num_kv_heads, context, num_sms)
+    tokens = triton.cdiv(triton.cdiv(context, splits), block_n) * block_n
+    return triton.cdiv(context, tokens), tokens
+
+
 def decode_attention(
     q: torch.Tensor,
     k_cache: torch.Tensor,
@@ -107,10 +119,16 @@ def decode_attention(
     sm_scale: float | None = None,
     num_sms: int | None = None,
     out: torch.Tensor | None = None,
+    num_splits: int | None = None,
+    split_tokens: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Attention of one new token per sequence, q [S, Hq, D], over its context_lens[s] cached
     tokens (the new token's K/V included). max_context_len bounds context_lens (caller-given,
-    so no device sync); num_sms is the SM budget (partition size), the device's by default."""
+    so no device sync); num_sms is the SM budget (partition size), the device's by default.
+
+    For a CUDA graph that replays with other contexts: `num_splits` fixes the split count and
+    `split_tokens` (int32 [1] on the device) holds the tokens per split the kernel reads at
+    each replay (`decode_split_plan` gives both for a step); padded rows need a context >= 1."""
     _check_paged(q, k_cache, v_cache, block_tables)
     check_tensor("context_lens", context_lens, 1, (torch.int32,))
     s, hq, d = q.shape
@@ -130,12 +148,19 @@ def decode_attention(
         return out
     hkv = k_cache.shape[2]
     g = hq // hkv
-    sms = resolve_num_sms(num_sms, q.device)
-    splits = decode_num_splits(s, hkv, max_context_len, sms)
     on_gpu = q.device.type == "cuda"
     block_n = 64 if on_gpu else 16
-    tokens_per_split = triton.cdiv(triton.cdiv(max_context_len, splits), block_n) * block_n
-    splits = triton.cdiv(max_context_len, tokens_per_split)
+    if (num_splits is None) != (split_tokens is None):
+        raise ValueError("num_splits and split_tokens go together")
+    if num_splits is None:
+        splits, tokens_per_split = decode_split_plan(s, hkv, max_context_len,
+                                                     resolve_num_sms(num_sms, q.device), block_n)
+    else:
+        assert split_tokens is not None
+        check_tensor("split_tokens", split_tokens, 1, (torch.int32,))
+        if num_splits < 1:
+            raise ValueError(f"num_splits must be >= 1, got {num_splits}")
+        splits, tokens_per_split = num_splits, block_n
     part = lse = out  # placeholders when there is one split
     if splits > 1:
         part = torch.empty((s, hq, splits, d), device=q.device, dtype=torch.float32)
@@ -143,11 +168,12 @@ def decode_attention(
     scale = sm_scale if sm_scale is not None else 1.0 / math.sqrt(d)
     _decode_attn_kernel[(s, hkv, splits)](
         q, k_cache, v_cache, out, part, lse, block_tables, context_lens, scale * math.log2(math.e),
-        tokens_per_split, q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1),
+        tokens_per_split, context_lens if split_tokens is None else split_tokens, q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1),
         k_cache.stride(2), v_cache.stride(0), v_cache.stride(1), v_cache.stride(2),
         out.stride(0), out.stride(1), block_tables.stride(0),
         G=g, HEAD_D=d, BLOCK_H=max(16, next_pow2(g)), BLOCK_N=block_n, PAGE=k_cache.shape[1],
-        NUM_SPLITS=splits, num_warps=4, num_stages=3 if on_gpu else 1,
+        NUM_SPLITS=splits, SPLIT_TOKENS_IN_MEMORY=split_tokens is not None, num_warps=4,
+        num_stages=3 if on_gpu else 1,
     )
     if splits > 1:
         _decode_reduce_kernel[(s, hq)](

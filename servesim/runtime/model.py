@@ -10,7 +10,10 @@ pre-attention piece (norm, QKV, RoPE, KV write), attention, and the post-attenti
 (O projection, norm, MLP). Like vLLM's piecewise CUDA graphs, `capture_graphs` records the two
 non-attention pieces of every layer once per padded row count, so a pass replays 2 graphs per
 layer and launches only attention (whose shapes follow the batch) from the host; without graphs
-(CPU, or more rows than the largest capture) the same pieces run eagerly.
+(CPU, or more rows than the largest capture) the same pieces run eagerly. A decode-only pass
+can instead replay one graph of the whole pass (`capture_decode_graphs`, vLLM's full graphs for
+uniform decode batches): its decode attention reads the step's block tables, contexts and split
+size from static buffers, one graph per padded row count and split count.
 """
 
 from __future__ import annotations
@@ -73,6 +76,18 @@ class Workspace:
 
 
 @dataclass
+class DecodeInputs:
+    """The static buffers a full decode graph of `size` rows reads and writes: block tables
+    (wide enough for the longest context captured for), contexts (padded rows at 1), the split
+    size of decode attention, and the logits of every row."""
+
+    tables: torch.Tensor  # [size, width] int32
+    lens: torch.Tensor  # [size] int32
+    split_tokens: torch.Tensor  # [1] int32
+    logits: torch.Tensor  # [size, vocab]
+
+
+@dataclass
 class Lane:
     """Where passes run: kernels sized for `num_sms` SMs (None: the whole GPU) and launched on
     `stream` (None: the current one), with the workspaces they share and the graphs captured
@@ -85,6 +100,10 @@ class Lane:
     graphs: dict[int, list[torch.cuda.CUDAGraph]] = field(default_factory=dict)
     pool: Any = None
     """The memory pool of the lane's graph captures (intermediate tensors)."""
+    inputs: dict[int, DecodeInputs] = field(default_factory=dict)
+    """Full decode graphs' static buffers by padded row count (shared like `spaces`)."""
+    decode_graphs: dict[tuple[int, int], torch.cuda.CUDAGraph] = field(default_factory=dict)
+    """(padded rows, split count) -> the graph of a whole decode-only pass."""
 
     @property
     def sizes(self) -> list[int]:
@@ -233,6 +252,13 @@ class RuntimeModel:
             lane.spaces.setdefault(size, self._new_workspace(size))
         return lane.sizes
 
+    def _capture_stream(self, lane: Lane) -> Any:
+        """The stream a lane's kernels run on eagerly before a capture (the lane's own, or a
+        side stream for the whole GPU's), with the lane's graph memory pool made."""
+        if lane.pool is None:
+            lane.pool = torch.cuda.graph_pool_handle()
+        return torch.cuda.Stream(self.device) if lane.stream is None else lane.stream
+
     def capture_graphs(self, max_rows: int, lane: Lane | None = None) -> int:
         """Record the pieces of every layer for each size of GRAPH_SIZES up to max_rows on
         `lane`'s stream (run once eagerly there first, which also compiles their kernels).
@@ -240,9 +266,7 @@ class RuntimeModel:
         lane = self.lane if lane is None else lane
         if self.device.type != "cuda" or max_rows < 1:
             return 0
-        if lane.pool is None:
-            lane.pool = torch.cuda.graph_pool_handle()
-        side = torch.cuda.Stream(self.device) if lane.stream is None else lane.stream
+        side = self._capture_stream(lane)
         # Largest first: smaller captures then carve their intermediates out of the blocks the
         # largest left in the pool, instead of each size holding blocks of its own.
         for size in reversed(self.share_workspaces(max_rows, lane)):
@@ -268,6 +292,88 @@ class RuntimeModel:
         torch.cuda.synchronize(self.device)
         return sum(len(g) for g in lane.graphs.values())
 
+    def decode_split_counts(self, size: int, sms: int | None, max_context: int) -> range:
+        """The split counts decode attention can pick for a batch padded to `size` rows: the
+        count falls with the batch, so the bucket's smallest batch bounds it."""
+        smaller = [s for s in GRAPH_SIZES if s < size]
+        fewest = (smaller[-1] + 1) if smaller else 1
+        sms = sms or K.resolve_num_sms(None, self.device)
+        return range(1, K.decode_num_splits(fewest, self.arch.num_kv_heads, max_context, sms) + 1)
+
+    def capture_decode_graphs(self, max_rows: int, max_context: int, lane: Lane | None = None) -> int:
+        """Record every decode-only pass of up to max_rows sequences (padded to GRAPH_SIZES) and
+        contexts of up to max_context tokens as one graph per (padded rows, split count), on
+        `lane` (run once eagerly first, which compiles its kernels). Returns the lane's count."""
+        lane = self.lane if lane is None else lane
+        if self.device.type != "cuda" or max_rows < 1:
+            return 0
+        side = self._capture_stream(lane)
+        blocks = -(-max_context // self.k_cache[0].shape[1])
+        width = -(-blocks // 16) * 16  # runtime.plan's TABLE_ALIGN: one kernel variant
+        for size in reversed([s for s in self.share_workspaces(max_rows, lane) if s <= max_rows]):
+            ws = lane.spaces[size]
+            inputs = lane.inputs.get(size)
+            if inputs is None:
+                dev = self.device
+                inputs = lane.inputs[size] = DecodeInputs(
+                    torch.zeros((size, width), dtype=torch.int32, device=dev),
+                    torch.ones(size, dtype=torch.int32, device=dev),
+                    torch.full((1,), 64, dtype=torch.int32, device=dev),
+                    torch.zeros((size, self.arch.vocab_size), dtype=self.dtype, device=dev))
+            for splits in self.decode_split_counts(size, lane.num_sms, max_context):
+                if (size, splits) in lane.decode_graphs:
+                    continue
+                torch.cuda.synchronize(self.device)
+                with torch.cuda.stream(side):
+                    self._decode_pass(ws, inputs, splits, lane.num_sms)
+                torch.cuda.synchronize(self.device)
+                graph = torch.cuda.CUDAGraph()
+                with torch.cuda.graph(graph, pool=lane.pool, stream=lane.stream):
+                    self._decode_pass(ws, inputs, splits, lane.num_sms)
+                lane.decode_graphs[(size, splits)] = graph
+        torch.cuda.synchronize(self.device)
+        return len(lane.decode_graphs)
+
+    def _decode_pass(self, ws: Workspace, inputs: DecodeInputs, splits: int, sms: int | None) -> None:
+        """Every layer of a decode-only pass over all of ws's rows, then the logits of each."""
+        arch = self.arch
+        q = ws.qkv[:, : arch.q_size].view(ws.size, arch.num_heads, arch.head_dim)
+        out = ws.attn.view(ws.size, arch.num_heads, arch.head_dim)
+        for index in range(arch.num_layers):
+            self._pre(index, ws, sms)
+            K.decode_attention(q, self.k_cache[index], self.v_cache[index], inputs.tables, inputs.lens,
+                               inputs.tables.shape[1] * self.k_cache[index].shape[1], num_sms=sms,
+                               out=out, num_splits=splits, split_tokens=inputs.split_tokens)
+            self._post(index, ws, sms)
+        normed, _ = K.rmsnorm(ws.x, self.final_norm, residual=ws.res)
+        K.gemm(normed, self.lm_head, out=inputs.logits, num_sms=sms)
+
+    def _full_decode(self, plan: Plan, lane: Lane) -> torch.Tensor | None:
+        """Replay the whole pass of a decode-only plan from its graph, with the plan's inputs
+        in the graph's buffers; returns the logits (None: no graph for it, run piecewise)."""
+        n = plan.decode_context_lens.shape[0]
+        if plan.num_prefill_tokens or not n or not lane.decode_graphs:
+            return None
+        sizes = sorted(lane.inputs)
+        i = bisect.bisect_left(sizes, n)
+        if i == len(sizes) or plan.decode_block_tables.shape[1] > lane.inputs[sizes[i]].tables.shape[1]:
+            return None
+        size, inputs = sizes[i], lane.inputs[sizes[i]]
+        sms = lane.num_sms or K.resolve_num_sms(None, self.device)
+        splits, tokens = K.decode_split_plan(n, self.arch.num_kv_heads, plan.max_decode_context, sms)
+        graph = lane.decode_graphs.get((size, splits))
+        if graph is None:
+            return None
+        ws, _ = self._workspace(plan, 0, lane)
+        assert ws.size == size
+        inputs.tables[:n, : plan.decode_block_tables.shape[1]].copy_(plan.decode_block_tables)
+        inputs.lens[:n].copy_(plan.decode_context_lens)
+        if n < size:
+            inputs.lens[n:].fill_(1)
+        inputs.split_tokens.fill_(tokens)
+        graph.replay()
+        return inputs.logits[:n]
+
     # -- the pass ----------------------------------------------------------------------------
 
     def forward(self, plan: Plan, lane: Lane | None = None) -> Generator[str, str | None, torch.Tensor]:
@@ -277,6 +383,9 @@ class RuntimeModel:
         yield "suspended"; the next `next()` restores them and goes on. Kernels launch on the
         stream current at each `next()`: the caller makes `lane.stream` current."""
         lane = self.lane if lane is None else lane
+        logits = self._full_decode(plan, lane)
+        if logits is not None:
+            return logits
         start, end = plan.prefill_layers
         num_layers, p = self.arch.num_layers, plan.num_prefill_tokens
         lo = 0 if start == 0 else p  # before the cohort's group only the decode rows run

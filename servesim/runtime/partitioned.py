@@ -77,9 +77,14 @@ class PartitionLanes:
                              f"driver split); this machine offers '{self.partitions.method}'")
         self.lanes: Lanes = {}
         self._spaces: tuple[dict[int, Any], dict[int, Any]] = ({}, {})
+        self._inputs: dict[int, Any] = {}
+        """Full decode graphs' buffers, shared by the decode lanes as their workspaces are."""
 
-    def get(self, splits: Iterable[int], prefill_rows: int, decode_rows: int) -> Lanes:
-        """The lanes of `splits`, ready for passes of up to prefill_rows / decode_rows rows."""
+    def get(self, splits: Iterable[int], prefill_rows: int, decode_rows: int,
+            decode_graph_rows: int = 0, max_context: int = 0) -> Lanes:
+        """The lanes of `splits`, ready for passes of up to prefill_rows / decode_rows rows; with
+        graphs and decode_graph_rows, the decode lane also replays decode-only passes of up to
+        that many sequences (contexts up to max_context) whole from one graph."""
         model, total = self.model, self.partitions.num_sms
         for p in splits:
             if p not in self.lanes:
@@ -89,7 +94,7 @@ class PartitionLanes:
                     raise InputError(f"nexus: a split of {p} prefill SMs gave partitions of {got} "
                                      f"SMs (prefill shares must be multiples of 8 below {total})")
                 self.lanes[p] = (Lane(p, first.stream, self._spaces[0]),
-                                 Lane(rest.sms, rest.stream, self._spaces[1]))
+                                 Lane(rest.sms, rest.stream, self._spaces[1], inputs=self._inputs))
                 if model.device.type == "cuda":  # (the interpreter compiles nothing)
                     with _on(rest.stream):
                         compile_decode_splits(model, self.limits, rest.sms)
@@ -100,6 +105,8 @@ class PartitionLanes:
                 model.share_workspaces(rows, lane)
                 if self.graphs:
                     model.capture_graphs(rows, lane)
+                    if lane is self.lanes[p][1] and decode_graph_rows:
+                        model.capture_decode_graphs(min(decode_graph_rows, rows), max_context, lane)
                     torch.cuda.empty_cache()  # the eager runs' blocks, cached for this stream only
         if model.device.type == "cuda":
             torch.cuda.synchronize(model.device)

@@ -10,7 +10,9 @@ the GPU starts as soon as the first kernel is issued, so issuing and executing o
 slower of the two sets the pace. What the host launches depends on the engine: eagerly, every
 kernel of the pass; with piecewise CUDA graphs (`graph_max_tokens`: passes up to that many
 tokens, as servesim's runtime and vLLM capture them), two graph replays per layer plus the
-attention kernels, whose shapes follow the batch, plus a few per pass. The constants are
+attention kernels, whose shapes follow the batch, plus a few per pass; with full decode graphs
+(`graph_max_decodes`: decode-only passes of up to that many sequences, as vLLM replays uniform
+decode batches), one replay and the copies of the step's inputs. The constants are
 measured on the engine being modelled (benchmarks/runtime_overhead.py measures servesim's
 runtime). In a graphed pass the GPU also idles briefly at each launch from the host (a graph
 replay handing over to an attention kernel and back): host_gap_s per launch, on top of the
@@ -31,14 +33,22 @@ from servesim.models.arch import ModelArch
 from servesim.models.shapes import BatchCost, BatchShape, Corunner
 from servesim.sim.cost_model import CostModel
 
+FULL_DECODE_LAUNCHES = 11
+"""What the host issues for a decode-only pass replayed whole from one graph (servesim's
+runtime, `RuntimeModel._full_decode`): ids, positions and KV slots into the graph's rows and
+the padding rows' slots and positions reset (5), block tables and contexts copied in, the
+padding rows' contexts set, the split size (4), the replay, and sampling."""
+
 
 class HostOverheadCostModel:
     """`inner` plus the host's launch and step costs."""
 
     def __init__(self, inner: CostModel, arch: ModelArch, host_launch_s: float, host_step_s: float,
                  graph_max_tokens: int = 0, num_sms: int = 132, host_per_seq_s: float = 0.0,
-                 host_check_s: float = 0.0, host_gap_s: float = 0.0) -> None:
+                 host_check_s: float = 0.0, host_gap_s: float = 0.0, graph_max_decodes: int = 0) -> None:
         self.inner, self.arch = inner, arch
+        self.graph_max_decodes = graph_max_decodes
+        """Decode-only passes of up to this many sequences replay one graph of the whole pass."""
         self.host_gap_s = host_gap_s
         """GPU idle per host launch of a graphed pass, beyond the inner model's whole-pass time."""
         self.host_launch_s, self.host_step_s, self.host_per_seq_s = host_launch_s, host_step_s, host_per_seq_s
@@ -51,9 +61,16 @@ class HostOverheadCostModel:
     def launches(self, batch: BatchShape) -> int:
         """What the host issues for one pass: graph replays and attention kernels when the pass
         is captured, else every kernel."""
+        if self.full_graph(batch):
+            return FULL_DECODE_LAUNCHES
         if 0 < batch.num_tokens <= self.graph_max_tokens:
             return self.graphed_launches(batch)
         return self.eager_launches(batch)
+
+    def full_graph(self, batch: BatchShape) -> bool:
+        """A decode-only pass the engine replays whole from one graph."""
+        return not batch.prefill_tokens and 0 < batch.num_decodes <= self.graph_max_decodes \
+            and 0 < batch.num_tokens <= self.graph_max_tokens
 
     def graphed_launches(self, batch: BatchShape) -> int:
         """Per layer that has rows: 2 replays, the varlen prefill attention if the cohort is
@@ -121,7 +138,7 @@ class HostOverheadCostModel:
 
     def gaps_s(self, batch: BatchShape) -> float:
         """The GPU's idle time at the host's launches inside a graphed pass."""
-        if not self.host_gap_s or not 0 < batch.num_tokens <= self.graph_max_tokens:
+        if not self.host_gap_s or not 0 < batch.num_tokens <= self.graph_max_tokens or self.full_graph(batch):
             return 0.0
         return self.graphed_launches(batch) * self.host_gap_s
 

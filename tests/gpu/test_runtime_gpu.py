@@ -10,10 +10,11 @@ import pytest
 import torch
 
 from servesim.models.arch import load_model
-from servesim.policies import Step
+from servesim.policies import EngineLimits, Step
 from servesim.request import Request
 from servesim.runtime.blocks import BlockTables
 from servesim.runtime.model import Lane, RuntimeModel
+from servesim.runtime.partitioned import PartitionLanes
 from servesim.runtime.plan import build_plan
 
 BS = 16
@@ -76,19 +77,22 @@ def _on_lane(run, stream):  # type: ignore[no-untyped-def]
                 return stop.value
 
 
+def _two_models(num_layers: int):  # type: ignore[no-untyped-def]
+    """Llama-3.1-8B's shapes over `num_layers` layers, twice with the same weights (one to
+    run eagerly on the whole GPU, one for partition lanes), and the limits of 512 KV blocks."""
+    arch = dataclasses.replace(load_model("llama-3.1-8b"), num_layers=num_layers)
+    device = torch.device("cuda")
+    limits = EngineLimits(block_size=BS, total_blocks=512, watermark_blocks=0, max_model_len=4096,
+                          num_layers=arch.num_layers, num_sms=132)
+    models = [RuntimeModel(arch, 512, BS, device, torch.bfloat16, seed=0) for _ in range(2)]
+    return arch, device, limits, *models
+
+
 def test_partition_lanes_replay_graphs_on_their_sms() -> None:
     """Nexus's lanes: graphs captured on a green context's stream compute what eager passes on
     the whole GPU compute, run only on the partition's SMs (a 16-SM prefill is several times
     slower than on 132), and two passes on the two partitions of a split overlap in time."""
-    from servesim.policies import EngineLimits
-    from servesim.runtime.partitioned import PartitionLanes
-
-    arch = dataclasses.replace(load_model("llama-3.1-8b"), num_layers=4)
-    device = torch.device("cuda")
-    limits = EngineLimits(block_size=BS, total_blocks=512, watermark_blocks=0, max_model_len=4096,
-                          num_layers=arch.num_layers, num_sms=132)
-    eager = RuntimeModel(arch, 512, BS, device, torch.bfloat16, seed=0)
-    model = RuntimeModel(arch, 512, BS, device, torch.bfloat16, seed=0)
+    arch, device, limits, eager, model = _two_models(4)
     lanes = PartitionLanes(model, limits).get([16, 64], 2048, 64)
     blocks = BlockTables(512)
     long, short, other = Request(0, 0.0, 2048, 4), Request(1, 0.0, 300, 4), Request(2, 0.0, 2048, 4)
@@ -146,3 +150,65 @@ def test_partition_lanes_replay_graphs_on_their_sms() -> None:
     alone = [min(timed(run) for _ in range(3)) for run in ((prefill, lanes[64][0]), (second, lanes[64][1]))]
     both = min(timed((prefill, lanes[64][0]), (second, lanes[64][1])) for _ in range(3))
     assert both < 0.75 * sum(alone), (both, alone)
+
+
+def _same_random_cache(*models: RuntimeModel) -> None:
+    """The same random K/V in every model's cache, so attention reads something to get wrong."""
+    gen = torch.Generator(device="cuda").manual_seed(1)
+    for caches in zip(*(m.k_cache + m.v_cache for m in models), strict=True):
+        caches[0].normal_(generator=gen)
+        for other in caches[1:]:
+            other.copy_(caches[0])
+
+
+def _decoding(blocks: BlockTables, contexts: list[int], first_id: int) -> list[Request]:
+    """Requests past their prompt of `contexts` tokens, each with its KV blocks."""
+    reqs = []
+    for i, ctx in enumerate(contexts):
+        r = Request(first_id + i, 0.0, ctx, 4)
+        r.num_computed_tokens, r.num_generated_tokens, r.kv_blocks = ctx, 1, -(-(ctx + 1) // BS)
+        blocks.sync(r)
+        reqs.append(r)
+    return reqs
+
+
+@pytest.mark.parametrize("name", ["llama-3.1-8b", "qwen3-30b-a3b"])
+def test_full_decode_graphs_match_piecewise_passes(name: str) -> None:
+    """A decode-only pass replayed whole from one graph (contexts, tables and split size read
+    from its buffers) computes what the piecewise pass computes, for batches that pad (3 of 4
+    rows) or fill their graph, with one split and with several (one long context), and a step
+    after it with other contexts reuses the same graph."""
+    arch = dataclasses.replace(load_model(name), num_layers=2)
+    device = torch.device("cuda")
+    piecewise = RuntimeModel(arch, 4096, BS, device, torch.bfloat16, seed=0)
+    full = RuntimeModel(arch, 4096, BS, device, torch.bfloat16, seed=0)
+    _same_random_cache(piecewise, full)
+    piecewise.capture_graphs(64)
+    full.capture_graphs(64)
+    graphs = full.capture_decode_graphs(64, 4096)
+    assert graphs == sum(len(full.decode_split_counts(s, None, 4096)) for s in (1, 2, 4, 8, 16, 24, 32, 48, 64))
+    assert (1, 16) in full.lane.decode_graphs  # one 4k context on 132 SMs: 16 splits of 256
+    for contexts in ([3000], [40, 2000, 700], [100] * 4, [5, 6], [1500] * 33):
+        blocks = BlockTables(4096)
+        reqs = _decoding(blocks, contexts, 0)
+        plan = build_plan(Step(decodes=reqs), blocks, BS, arch.num_layers, arch.vocab_size, device)
+        assert full._full_decode(plan, full.lane) is not None, contexts
+        got, want = _logits(full, Step(decodes=reqs), blocks), _logits(piecewise, Step(decodes=reqs), blocks)
+        assert got.shape == (len(contexts), arch.vocab_size) and torch.isfinite(got).all()
+        torch.testing.assert_close(got, want, rtol=2e-2, atol=2e-2)
+
+
+def test_full_decode_graphs_on_a_partition_lane() -> None:
+    """Nexus's decode lane replays its full decode graphs on its green context, with kernels
+    sized for its SMs, and computes what the whole GPU's eager pass computes."""
+    arch, device, limits, eager, model = _two_models(2)
+    _same_random_cache(eager, model)
+    _, decode = PartitionLanes(model, limits).get([64], 512, 32, 32, 4096)[64]
+    assert decode.decode_graphs and all(size <= 32 for size, _ in decode.decode_graphs)
+    blocks = BlockTables(512)
+    reqs = _decoding(blocks, [2500, 90, 400], 0)
+    with torch.cuda.stream(decode.stream):
+        plan = build_plan(Step(decodes=reqs), blocks, BS, arch.num_layers, arch.vocab_size, device)
+    assert model._full_decode(plan, decode) is not None
+    got = _on_lane(model.forward(plan, decode), decode.stream).float()
+    torch.testing.assert_close(got, _logits(eager, Step(decodes=reqs), blocks), rtol=2e-2, atol=2e-2)

@@ -10,6 +10,7 @@ from servesim.kernels import (
     decode_attention,
     decode_attention_ref,
     decode_num_splits,
+    decode_split_plan,
     kv_cache_write,
     prefill_attention,
     prefill_attention_ref,
@@ -66,6 +67,38 @@ def test_decode_splits_follow_the_sm_budget():
     assert decode_num_splits(1, 8, 8192, 132) == 32
     assert decode_num_splits(64, 8, 8192, 132) == 1
     assert decode_num_splits(1, 8, 100, 132) == 1
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float32])
+def test_decode_attention_with_a_fixed_split_count_reads_its_split_size_from_memory(dtype, close):
+    """What a full CUDA graph of a decode pass replays: the split count fixed at capture, the
+    tokens per split read from a device tensor, so one launch serves other contexts. Each of
+    three steps reuses the launch's tensors (padded rows at context 1) and matches the
+    reference on its real rows, the split size written for that step."""
+    hq, hkv, rows, splits = 8, 2, 4, 3
+    kc, vc, bt = _paged_cache(200, hkv, dtype, rows, 48)
+    q = torch.randn(rows, hq, D, dtype=dtype)
+    lens = torch.ones(rows, dtype=torch.int32)
+    tokens = torch.zeros(1, dtype=torch.int32)
+    for ctx in ([700, 33], [5], [300, 301, 2]):
+        n = len(ctx)
+        lens.fill_(1)
+        lens[:n] = torch.tensor(ctx, dtype=torch.int32)
+        tiles = -(-max(ctx) // 16)  # BLOCK_N is 16 in the interpreter
+        tokens.fill_(-(-tiles // splits) * 16)  # the last split may be short or empty
+        out = torch.full_like(q, float("nan"))
+        decode_attention(q, kc, vc, bt, lens, 48 * BS, out=out, num_splits=splits, split_tokens=tokens)
+        close(out[:n], decode_attention_ref(q[:n], kc, vc, bt[:n], lens[:n]), f"fixed splits ctx={ctx}")
+    with pytest.raises(ValueError, match="together"):
+        decode_attention(q, kc, vc, bt, lens, 16, num_splits=2)
+
+
+def test_split_plan_covers_the_context_in_whole_tiles():
+    for n, ctx, sms in ((1, 8192, 132), (1, 2049, 132), (16, 3000, 64), (64, 8192, 132), (1, 1, 8)):
+        splits, tokens = decode_split_plan(n, 8, ctx, sms)
+        assert tokens % 64 == 0 and splits * tokens >= ctx > (splits - 1) * tokens
+        assert splits <= decode_num_splits(n, 8, ctx, sms)
+    assert decode_split_plan(1, 8, 2049, 132) == (7, 320)  # 8 wanted, 7 tiles of 320 cover it
 
 
 def test_attention_rejects_bad_gqa_and_tables():
