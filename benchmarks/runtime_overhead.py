@@ -133,15 +133,19 @@ def _decode_loops(model: RuntimeModel, limits: EngineLimits, shapes: dict[str, B
 def _full_decode(model: RuntimeModel, limits: EngineLimits, shapes: dict[str, BatchShape],
                  host: HostOverheadCostModel, max_decodes: int = 256) -> dict[str, object]:
     """The same loops with every decode-only pass replayed whole from one graph (the runtime's
-    `cuda_graph_max_decodes`): the interval between steps against the piecewise loops', and the
-    host's time around a step, which stays the simulator's host_step_us."""
+    `cuda_graph_max_decodes`): the interval between steps against the piecewise loops', the
+    host's time around a step (the simulator's host_step_us is the piecewise loops'), and
+    host_graph_issue_us: the host's time from a step's first launch to its last (the inputs'
+    copies, the replay, sampling), median over the loops, which the GPU's work waits for."""
     started = time.perf_counter()
     graphs = model.capture_decode_graphs(max_decodes, limits.max_model_len)
     capture_s = time.perf_counter() - started
     full = HostOverheadCostModel(host.inner, host.arch, 1.0, 0.0, host.graph_max_tokens,
                                  graph_max_decodes=max_decodes)
     loops = _decode_loops(model, limits, shapes, full)
-    return {"graphs": graphs, "capture_s": round(capture_s, 1), **_per_seq_fit(loops, shapes), "loops": loops}
+    issue = statistics.median(loop["launch_us"] for loop in loops.values()) * full.launches(shapes["decode_b1"])
+    return {"graphs": graphs, "capture_s": round(capture_s, 1), "host_graph_issue_us": round(issue, 1),
+            **_per_seq_fit(loops, shapes), "loops": loops}
 
 
 def _issue_per_launch(records: list[StepRecord], host: HostOverheadCostModel) -> float:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import subprocess
 import time
 import traceback
@@ -29,6 +30,7 @@ import pandas as pd
 import yaml
 
 from servesim.config import Config, load_config
+from servesim.sim.host_overhead import FULL_DECODE_LAUNCHES
 
 
 def _matrix(path: Path, sets: list[str]) -> dict[str, Config]:
@@ -109,7 +111,7 @@ SUMMARY = ("median_ttft_ms", "p99_ttft_ms", "median_itl_ms", "p99_itl_ms", "medi
 def _summary(out: Path) -> None:
     """summary.md: the relative error of the headline metrics for every run under `out`."""
     lines = ["| run | requests | " + " | ".join(SUMMARY) + " | decode steps | steps with prefill "
-             "| host constants (us: launch, step, per seq, check, gap) | compiles while serving |",
+             "| host constants (us: launch, step, per seq, check, gap, graph issue) | compiles while serving |",
              "|---|---:|" + "---:|" * (len(SUMMARY) + 2) + "---|---:|"]
     for report_file in sorted(out.glob("*/report.json")):
         r = json.loads(report_file.read_text())
@@ -118,7 +120,8 @@ def _summary(out: Path) -> None:
                  for k in ("decode_only", "with_prefill")]
         cost = r.get("predicted_again", {}).get("cost_model") or {}
         host = ", ".join(f"{cost[k]:g}" for k in ("host_launch_us", "host_step_us", "host_per_seq_us",
-                                                    "host_check_us", "host_gap_us") if k in cost) or "-"
+                                                    "host_check_us", "host_gap_us", "host_graph_issue_us")
+                         if k in cost) or "-"
         compiles = r.get("runtime_health", {}).get("jit_compiles", "not counted")
         lines.append(f"| {report_file.parent.name} | {r['requests']} | " + " | ".join(cells + steps)
                      + f" | {host} | {compiles} |")
@@ -146,6 +149,11 @@ def main() -> None:
         args.set += [f"cost_model.{k}={constants[k]}" for k in
                      ("host_launch_us", "host_step_us", "host_per_seq_us", "host_check_us", "host_gap_us")
                      if k in constants]
+        full = measured.get("full_decode")
+        if full:  # a file of the runtime with full decode graphs (from 2540a07 on)
+            issue = full.get("host_graph_issue_us") or \
+                statistics.median(loop["launch_us"] for loop in full["loops"].values()) * FULL_DECODE_LAUNCHES
+            args.set += [f"cost_model.host_graph_issue_us={round(issue, 1)}"]
         if "partitioned" in measured:  # Nexus's runtime: one host thread for both partitions
             partitioned = [f"cost_model.host_launch_us={measured['partitioned']['host_launch_us']}"]
     if bool(args.config) == bool(args.matrix):

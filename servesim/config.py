@@ -63,10 +63,14 @@ class CostModelConfig(DictConfig):
     host_gap_us: float = _help(0.0, "GPU idle per host launch of a graphed pass (the switch from a graph "
                                "replay to a kernel the host launches), on top of the profile's "
                                "whole-pass time (microseconds)")
+    host_graph_issue_us: float = _help(0.0, "host time to issue a decode pass replayed whole from one graph "
+                                       "(engine.cuda_graph_max_decodes): its inputs' copies and the replay, "
+                                       "before which the GPU has none of its work (microseconds)")
 
     def __post_init__(self) -> None:
         for f in ("fixed_s", "per_prefill_token_s", "per_decode_s", "per_context_token_s", "per_chunk_s",
-                  "host_launch_us", "host_step_us", "host_per_seq_us", "host_check_us", "host_gap_us"):
+                  "host_launch_us", "host_step_us", "host_per_seq_us", "host_check_us", "host_gap_us",
+                  "host_graph_issue_us"):
             if getattr(self, f) < 0:
                 raise InputError(f"{f}: must be >= 0")
 

@@ -71,6 +71,10 @@ def test_full_decode_graphs_turn_a_host_bound_decode_step_gpu_bound() -> None:
     # piecewise: host-bound (launches x 50 us over the GPU time); whole: the GPU's time
     assert piecewise.step_time(DECODE) == pytest.approx(300e-6 + piecewise.launches(DECODE) * 50e-6)
     assert full.step_time(DECODE) == pytest.approx(300e-6 + GPU_MODEL.step_time(DECODE))
+    # the inputs' copies and the replay are issued before the GPU has the pass: in series
+    issued = HostOverheadCostModel(GPU_MODEL, ARCH, 50e-6, 300e-6, graph_max_tokens=2048, graph_max_decodes=8,
+                                   host_graph_issue_s=150e-6)
+    assert issued.step_time(DECODE) == pytest.approx(450e-6 + GPU_MODEL.step_time(DECODE))
     nine = BatchShape((), (), 9, 9000, 1000, 9)
     mixed = BatchShape((100,), (0,), 8, 8000, 1000, 9)
     for batch in (nine, mixed):

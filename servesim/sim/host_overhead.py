@@ -12,7 +12,9 @@ kernel of the pass; with piecewise CUDA graphs (`graph_max_tokens`: passes up to
 tokens, as servesim's runtime and vLLM capture them), two graph replays per layer plus the
 attention kernels, whose shapes follow the batch, plus a few per pass; with full decode graphs
 (`graph_max_decodes`: decode-only passes of up to that many sequences, as vLLM replays uniform
-decode batches), one replay and the copies of the step's inputs. The constants are
+decode batches), one replay and the copies of the step's inputs: those copies are issued before
+the replay, so the host's time to issue them (host_graph_issue_s) comes before the GPU's work
+instead of overlapping it. The constants are
 measured on the engine being modelled (benchmarks/runtime_overhead.py measures servesim's
 runtime). In a graphed pass the GPU also idles briefly at each launch from the host (a graph
 replay handing over to an attention kernel and back): host_gap_s per launch, on top of the
@@ -45,10 +47,13 @@ class HostOverheadCostModel:
 
     def __init__(self, inner: CostModel, arch: ModelArch, host_launch_s: float, host_step_s: float,
                  graph_max_tokens: int = 0, num_sms: int = 132, host_per_seq_s: float = 0.0,
-                 host_check_s: float = 0.0, host_gap_s: float = 0.0, graph_max_decodes: int = 0) -> None:
+                 host_check_s: float = 0.0, host_gap_s: float = 0.0, graph_max_decodes: int = 0,
+                 host_graph_issue_s: float = 0.0) -> None:
         self.inner, self.arch = inner, arch
         self.graph_max_decodes = graph_max_decodes
         """Decode-only passes of up to this many sequences replay one graph of the whole pass."""
+        self.host_graph_issue_s = host_graph_issue_s
+        """The host's time to issue such a pass (inputs' copies, replay), ahead of its GPU work."""
         self.host_gap_s = host_gap_s
         """GPU idle per host launch of a graphed pass, beyond the inner model's whole-pass time."""
         self.host_launch_s, self.host_step_s, self.host_per_seq_s = host_launch_s, host_step_s, host_per_seq_s
@@ -110,6 +115,8 @@ class HostOverheadCostModel:
         gpu_s = self.gpu_s(batch, sms, corunner)
         if batch.is_empty:
             return gpu_s
+        if self.full_graph(batch):
+            return self.step_host_s(batch) + self.host_graph_issue_s + gpu_s
         return self.step_host_s(batch) + max(gpu_s + self.gaps_s(batch), self.launches(batch) * self.host_launch_s)
 
     def gpu_s(self, batch: BatchShape, sms: int | None = None, corunner: Corunner | None = None) -> float:

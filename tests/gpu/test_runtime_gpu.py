@@ -200,7 +200,7 @@ def test_full_decode_graphs_match_piecewise_passes(name: str) -> None:
 
 def test_full_decode_graphs_on_a_partition_lane() -> None:
     """Nexus's decode lane replays its full decode graphs on its green context, with kernels
-    sized for its SMs, and computes what the whole GPU's eager pass computes."""
+    sized for its SMs, and computes what an eager pass with kernels sized so computes."""
     arch, device, limits, eager, model = _two_models(2)
     _same_random_cache(eager, model)
     _, decode = PartitionLanes(model, limits).get([64], 512, 32, 32, 4096)[64]
@@ -211,4 +211,8 @@ def test_full_decode_graphs_on_a_partition_lane() -> None:
         plan = build_plan(Step(decodes=reqs), blocks, BS, arch.num_layers, arch.vocab_size, device)
     assert model._full_decode(plan, decode) is not None
     got = _on_lane(model.forward(plan, decode), decode.stream).float()
-    torch.testing.assert_close(got, _logits(eager, Step(decodes=reqs), blocks), rtol=2e-2, atol=2e-2)
+    torch.cuda.synchronize()
+    # eagerly, kernels sized for the same SMs (the split count changes bf16 rounding)
+    plan = build_plan(Step(decodes=reqs), blocks, BS, arch.num_layers, arch.vocab_size, device)
+    want = _on_lane(eager.forward(plan, Lane(decode.num_sms)), torch.cuda.current_stream()).float()
+    torch.testing.assert_close(got, want, rtol=2e-2, atol=2e-2)
