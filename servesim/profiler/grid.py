@@ -86,15 +86,16 @@ SPECS: dict[str, GridSpec] = {
     ),
     "quick": GridSpec(
         max_tokens=32768, ladder_ratio=1.5, max_waves=4,
-        elementwise_tokens=(1, 4, 16, 64, 256, 1024, 4096, 16384, 32768),
+        elementwise_tokens=(1, 2, 4, 8, 16, 32, 64, 128, 256, 384, 512, 768, 1024, 1536, 2048, 4096, 8192,
+                            16384, 32768),
         prefill_q=(1, 16, 64, 256, 512, 768, 1024, 2048, 4096, 8192, 16384),
         prefill_prefix=(0, 512, 2048, 8192, 32768),
         packed_q=(16, 128, 1024), packed_seqs=(1, 4, 16),
         decode_batch=(1, 2, 4, 8, 16, 32, 64, 128, 256), decode_context=(64, 512, 2048, 8192, 16384),
         decode_skew=(1, 2, 4, 8), sample_rows=(1, 4, 16, 64, 256, 1024, 4096),
-        sm_counts=(8, 16, 32, 64, 96, 128), split_sms=(16, 32, 64, 96),
-        share_tokens=(1, 64, 1024, 16384),
-        share_prefill=((256, 4096), (0, 8192)),
+        sm_counts=(8, 16, 32, 48, 64, 96, 128), split_sms=(16, 32, 64, 96),
+        share_tokens=(1, 64, 256, 512, 1024, 4096, 16384),
+        share_prefill=((256, 1024, 4096), (0, 2048, 8192)),
         share_decode=((1, 16, 256), (512, 2048)),
     ),
     "tiny": GridSpec(
@@ -207,7 +208,8 @@ def share_points(arch: ModelArch, mode: str) -> list[Point]:
     spec = SPECS[mode]
     base: list[Point] = []
     for op in list(gemm_shapes(arch)) + elementwise_ops(arch) + ["sample"]:
-        tokens = [t for t in spec.share_tokens if op not in ("lm_head", "sample") or t <= 4096]
+        tokens = [t for t in spec.share_tokens if (op not in ("lm_head", "sample") or t <= 4096)
+                  and (op != "sample" or t in spec.sample_rows)]
         base += [Point("sm_shares", op, t) for t in tokens]
     base += [Point("sm_shares", "attn_prefill", q, p) for q in spec.share_prefill[0]
              for p in spec.share_prefill[1]]

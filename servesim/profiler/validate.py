@@ -139,7 +139,7 @@ held-out mixed iterations of the other three models from -3..+5 % to -2..+12 % (
 from -8..0 % to +3..+4 %)."""
 
 
-PREFILL_PASS_TOKENS = {"tiny": (16,), "quick": (256, 1024, 2048), "full": (256, 1024, 2048, 4096)}
+PREFILL_PASS_TOKENS = {"tiny": (16,), "quick": (256, 512, 1024, 2048), "full": (256, 512, 1024, 2048, 4096)}
 PREFILL_PASS_SMS = {"tiny": (2,), "quick": (32, 48, 64, 96), "full": (24, 32, 40, 48, 64, 96)}
 PREFILL_PASS_CORUNNERS = {"tiny": ((2, 16),), "quick": ((8, 1024), (32, 2048)),
                           "full": ((8, 1024), (32, 2048), (128, 2048))}
