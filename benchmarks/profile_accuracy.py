@@ -7,9 +7,11 @@ ProfiledCostModel predicts from the grid tables. Writes the report beside the pr
 <gpu>-profile-summary.md.
 
     PYTHONPATH=. python benchmarks/profile_accuracy.py [--worst N] [--no-write]
+    PYTHONPATH=. python benchmarks/profile_accuracy.py --profile DIR --model NAME [--gpu h200]
 
 --worst N also prints each model's N held-out operators and iterations of largest error;
---no-write prints without writing any report.
+--no-write prints without writing any report. --profile evaluates one profile directory that
+is not shipped (a new measurement) and writes its report into that directory.
 """
 
 from __future__ import annotations
@@ -48,7 +50,24 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--worst", type=int, default=0, help="print the N worst held-out points per model")
     parser.add_argument("--no-write", action="store_true", help="print only; write no report")
+    parser.add_argument("--profile", help="a profile directory to evaluate instead of the shipped ones")
+    parser.add_argument("--model", help="the model of --profile")
+    parser.add_argument("--gpu", default="h200", help="the GPU of --profile")
     args = parser.parse_args()
+    if args.profile:
+        if not args.model:
+            parser.error("--profile needs --model")
+        cost = ProfiledCostModel(load_model(args.model), get_gpu(args.gpu), args.profile)
+        rep = profile_report.report(cost)
+        o, i = rep["operators"], rep["iterations"]
+        print(f"{args.profile}: op median / p95 / max {pct(o, 'median')} / {pct(o, 'p95')} / {pct(o, 'max')} %, "
+              f"iteration {pct(i, 'median')} / {pct(i, 'p95')} / {pct(i, 'max')} %")
+        if args.worst:
+            print(worst(cost, args.worst))
+        if not args.no_write:
+            Path(args.profile, "validation_report.json").write_text(json.dumps(rep, indent=1) + "\n")
+            Path(args.profile, "validation_report.md").write_text(profile_report.markdown(rep))
+        return
     summary = ["| GPU | model | grid | op median % | op p95 % | op max % | iter median % | iter p95 % | "
                "iter max % | targets |", "|---|---|---|---|---|---|---|---|---|---|"]
     for gpu, model in shipped_profiles():

@@ -67,6 +67,12 @@ class GridSpec:
     """(batch, context) axes of decode attention inside partitions."""
 
 
+# Elementwise grids hold 16 and 17 tokens: the embedding gather (torch.index_select) steps
+# there on the H200, 11.6 us at 16 rows and 1.9 us at 17 (2.1 at 32), so a point between two
+# others farther apart was priced at ~11 us (the dense quick profile of 4c5a36d,
+# benchmarks/results/h200-profile-llama-3.1-8b-dense/).
+
+
 def _pow2(lo: int, hi: int) -> tuple[int, ...]:
     return tuple(2**i for i in range(int(math.log2(lo)), int(math.log2(hi)) + 1))
 
@@ -74,7 +80,8 @@ def _pow2(lo: int, hi: int) -> tuple[int, ...]:
 SPECS: dict[str, GridSpec] = {
     "full": GridSpec(
         max_tokens=32768, ladder_ratio=1.25, max_waves=16,
-        elementwise_tokens=_pow2(1, 32768) + (3, 6, 12, 24, 48, 96, 192, 384, 768, 1536, 3072, 6144, 12288, 24576),
+        elementwise_tokens=_pow2(1, 32768) + (3, 6, 12, 17, 24, 48, 96, 192, 384, 768, 1536, 3072, 6144, 12288,
+                                              24576),
         prefill_q=(1, 4) + _pow2(16, 32768), prefill_prefix=(0, 512, 2048, 8192, 32768),
         packed_q=(16, 64, 256, 1024), packed_seqs=(1, 2, 4, 8, 16),
         decode_batch=_pow2(1, 512), decode_context=(32, 128, 512, 1024, 2048, 4096, 8192, 16384),
@@ -86,8 +93,8 @@ SPECS: dict[str, GridSpec] = {
     ),
     "quick": GridSpec(
         max_tokens=32768, ladder_ratio=1.5, max_waves=4,
-        elementwise_tokens=(1, 2, 4, 8, 16, 32, 64, 128, 256, 384, 512, 768, 1024, 1536, 2048, 4096, 8192,
-                            16384, 32768),
+        elementwise_tokens=(1, 2, 4, 8, 16, 17, 32, 64, 128, 256, 384, 512, 768, 1024, 1536, 2048, 4096,
+                            8192, 16384, 32768),
         prefill_q=(1, 16, 64, 256, 512, 768, 1024, 2048, 4096, 8192, 16384),
         prefill_prefix=(0, 512, 2048, 8192, 32768),
         packed_q=(16, 128, 1024), packed_seqs=(1, 4, 16),
