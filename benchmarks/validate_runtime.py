@@ -93,12 +93,12 @@ def _predict_again(runs: dict[str, Config], base: Path, measured: Path, out: Pat
         steps_file = next(f for f in (folder / "steps.csv.gz", folder / "steps.csv") if f.exists())
         steps = pd.read_csv(steps_file, dtype={"chunks": str, "prefixes": str, "layers": str})
         measured_itl = np.load(folder / "itl.npz")["measured"]
-        again = repredict(config, base, report, steps, measured_itl)
+        measured_requests = pd.read_csv(folder / "measured_requests.csv")
+        again = repredict(config, base, report, steps, measured_itl, measured_requests)
         target = out / name if len(runs) > 1 else out
         target.mkdir(parents=True, exist_ok=True)
         again.steps.to_csv(target / "steps.csv.gz", index=False)
         _write(target, again.report, None)
-        measured_requests = pd.read_csv(folder / "measured_requests.csv")
         plot_validation_cdf(measured_requests, again.predicted, measured_itl, again.predicted_itl_s, target / "cdf",
                             f"{name} on {config.model}: runtime vs simulator")
     _summary(out)
@@ -111,13 +111,16 @@ SUMMARY = ("median_ttft_ms", "p99_ttft_ms", "median_itl_ms", "p99_itl_ms", "medi
 def _summary(out: Path) -> None:
     """summary.md: the relative error of the headline metrics for every run under `out`."""
     lines = ["| run | requests | " + " | ".join(SUMMARY) + " | decode steps | steps with prefill "
+             "| per-request TTFT (median, mean) "
              "| host constants (us: launch, step, per seq, check, gap, graph issue) | compiles while serving |",
-             "|---|---:|" + "---:|" * (len(SUMMARY) + 2) + "---|---:|"]
+             "|---|---:|" + "---:|" * (len(SUMMARY) + 3) + "---|---:|"]
     for report_file in sorted(out.glob("*/report.json")):
         r = json.loads(report_file.read_text())
         cells = [f"{100 * r['metrics'][k]['rel_error']:+.1f}%" for k in SUMMARY]
         steps = [f"{100 * r['steps'][k]['median_error']:+.1f}%" if k in r.get("steps", {}) else "-"
                  for k in ("decode_only", "with_prefill")]
+        ttft = r.get("paired", {}).get("ttft_s")
+        steps.append(f"{100 * ttft['median_error']:+.1f}%, {100 * ttft['mean_error']:+.1f}%" if ttft else "-")
         cost = r.get("predicted_again", {}).get("cost_model") or {}
         host = ", ".join(f"{cost[k]:g}" for k in ("host_launch_us", "host_step_us", "host_per_seq_us",
                                                     "host_check_us", "host_gap_us", "host_graph_issue_us")

@@ -10,7 +10,7 @@ import pandas as pd
 
 from servesim.config import from_mapping
 from servesim.plots import plot_validation_cdf
-from servesim.validate import COMPARED, report_markdown, repredict, validate
+from servesim.validate import COMPARED, paired_errors, report_markdown, repredict, validate
 
 TINY = Path(__file__).parent.parent / "data" / "tiny" / "llama.json"
 
@@ -51,6 +51,26 @@ def test_validate_reports_every_metric(tmp_path: Path) -> None:
     assert priced.predicted_s.tolist() == steps.predicted_s.tolist()
     assert again.report["metrics"] == report["metrics"]
     assert json.dumps(again.report["steps"]) == json.dumps(report["steps"])  # NaN-tolerant
+    # Per request: the same three requests on both sides, each with its own error.
+    paired = report["paired"]
+    assert paired["ttft_s"]["requests"] == 3 and "| ttft_s | 3 |" in report_markdown(report)
+    own = out.predicted.set_index("request_id").ttft_s / out.measured.set_index("request_id").ttft_s - 1
+    assert paired["ttft_s"]["median_error"] == float(own.median())
+    assert repredict(config, tmp_path, report, read, out.measured_itl_s, out.measured).report["paired"] == paired
+
+
+def test_paired_errors_match_requests_by_id_and_leave_out_those_not_completed_on_both_sides() -> None:
+    measured = pd.DataFrame({"request_id": [0, 1, 2, 3], "status": ["completed"] * 3 + ["rejected"],
+                             "ttft_s": [0.1, 0.2, 0.4, 0.1], "tpot_s": [0.01] * 4, "e2el_s": [1.0] * 4})
+    predicted = pd.DataFrame({"request_id": [3, 2, 1, 0], "status": ["completed"] * 4,
+                              "ttft_s": [0.5, 0.3, 0.2, 0.11], "tpot_s": [0.01] * 4, "e2el_s": [1.1] * 4})
+    paired = paired_errors(measured, predicted)
+    ttft = paired["ttft_s"]
+    assert ttft["requests"] == 3  # request 3 was rejected by the runtime
+    assert abs(ttft["median_error"] - 0.0) < 1e-12  # +10 %, 0 %, -25 %
+    assert abs(ttft["mean_error"] - (0.1 + 0.0 - 0.25) / 3) < 1e-12
+    assert abs(ttft["median_diff_ms"] - 0.0) < 1e-9
+    assert abs(paired["e2el_s"]["median_error"] - 0.1) < 1e-12
 
 
 def test_validate_nexus_prices_each_step_on_its_partition(tmp_path: Path) -> None:
