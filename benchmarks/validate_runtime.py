@@ -130,6 +130,27 @@ def _summary(out: Path) -> None:
                      + f" | {host} | {compiles} |")
     (out / "summary.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
+    _summary_figure(out)
+
+
+TARGETS = {"median_ttft_ms": 0.05, "p99_ttft_ms": 0.10, "median_itl_ms": 0.05, "p99_itl_ms": 0.10}
+"""Issue 7's targets: 5 % at p50 and 10 % at p99 of TTFT and ITL."""
+
+
+def _summary_figure(out: Path) -> None:
+    """summary.png / .svg / .points.csv: every run's errors as a grid, green within target."""
+    from servesim.plots import plot_validation_matrix
+
+    rows = {}
+    for report_file in sorted(out.glob("*/report.json")):
+        r = json.loads(report_file.read_text())
+        row = {k: r["metrics"][k]["rel_error"] for k in (*TARGETS, "median_tpot_ms")}
+        ttft = r.get("paired", {}).get("ttft_s")
+        row["per-request TTFT (median)"] = ttft["median_error"] if ttft else float("nan")
+        rows[report_file.parent.name] = row
+    if rows:
+        plot_validation_matrix(pd.DataFrame.from_dict(rows, orient="index"), TARGETS, out / "summary",
+                               f"{out.name}: predicted vs measured, error in % (green: within target)")
 
 
 def main() -> None:

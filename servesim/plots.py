@@ -332,3 +332,40 @@ def plot_validation_cdf(measured: pd.DataFrame, predicted: pd.DataFrame, measure
         ax.legend(fontsize=7, loc="lower right")
     fig.suptitle(title or "measured vs predicted")
     return save_figure(fig, stem, pd.concat(points))
+
+
+def plot_validation_matrix(errors: pd.DataFrame, targets: Mapping[str, float], stem: Path,
+                           title: str = "") -> list[Path]:
+    """Validation runs (rows) x metrics (columns): each cell the relative error of the
+    prediction in per cent, green within its target (`targets`: metric -> bound), red beyond
+    it (darker up to 3x the bound); a metric without a target is grey."""
+    runs, metrics = list(errors.index), list(errors.columns)
+    fig, ax = plt.subplots(figsize=(1.45 * len(metrics) + 2.2, 0.36 * len(runs) + 1.4))
+    colors = np.ones((len(runs), len(metrics), 3))
+    values = errors.to_numpy(float)
+    points = []
+    for i, run in enumerate(runs):
+        for j, metric in enumerate(metrics):
+            value = float(values[i, j])
+            bound = targets.get(metric)
+            if not np.isfinite(value):
+                shade = (1.0, 1.0, 1.0)
+            elif bound is None:
+                shade = (0.88, 0.88, 0.88)
+            else:
+                depth = min(abs(value) / bound, 3.0)
+                shade = (0.70, 0.88, 0.70) if depth <= 1 else (0.98, 0.80 - 0.15 * (depth - 1), 0.78 - 0.15 * (depth - 1))
+            colors[i, j] = shade
+            ax.text(j, i, "-" if not np.isfinite(value) else f"{100 * value:+.1f}", ha="center", va="center",
+                    fontsize=8)
+            points.append({"run": run, "metric": metric, "rel_error": value, "target": bound,
+                           "met": None if bound is None or not np.isfinite(value) else abs(value) <= bound})
+    ax.imshow(colors, aspect="auto")
+    ax.set_xticks(range(len(metrics)), [m.replace("_", " ") for m in metrics], rotation=25, ha="right", fontsize=8)
+    ax.set_yticks(range(len(runs)), runs, fontsize=8)
+    ax.set_xticks(np.arange(len(metrics) + 1) - 0.5, minor=True)
+    ax.set_yticks(np.arange(len(runs) + 1) - 0.5, minor=True)
+    ax.grid(which="minor", color="white", linewidth=1.5)
+    ax.tick_params(which="minor", length=0)
+    ax.set_title(title or "prediction error (%): green within target, red beyond", fontsize=10)
+    return save_figure(fig, stem, pd.DataFrame(points))

@@ -86,3 +86,18 @@ def test_validation_cdf_points_are_thinned_but_keep_the_ends() -> None:
     assert np.allclose(y, np.searchsorted(np.sort(values), x, side="right") / len(values))
     small = np.array([3.0, 1.0, 2.0])
     assert _cdf(small)[0].tolist() == [1.0, 2.0, 3.0] and _cdf(small)[1].tolist() == [1 / 3, 2 / 3, 1.0]
+
+
+def test_validation_matrix_marks_each_cell_against_its_target(tmp_path: Path) -> None:
+    errors = pd.DataFrame({"median_ttft_ms": [0.03, -0.08], "p99_ttft_ms": [0.12, float("nan")],
+                           "median_tpot_ms": [0.5, 0.0]}, index=["vllm-load30", "nexus-load90"])
+    paths = plots.plot_validation_matrix(errors, {"median_ttft_ms": 0.05, "p99_ttft_ms": 0.10},
+                                         tmp_path / "matrix")
+    assert [p.suffix for p in paths] == [".png", ".svg", ".csv"] and all(p.stat().st_size > 0 for p in paths)
+    points = pd.read_csv(paths[2]).set_index(["run", "metric"])
+    assert len(points) == 6
+    assert points.loc[("vllm-load30", "median_ttft_ms"), "met"] == True  # noqa: E712 (a cell of a frame)
+    assert points.loc[("nexus-load90", "median_ttft_ms"), "met"] == False  # noqa: E712
+    assert points.loc[("vllm-load30", "p99_ttft_ms"), "met"] == False  # noqa: E712
+    assert pd.isna(points.loc[("nexus-load90", "p99_ttft_ms"), "met"])  # no value
+    assert pd.isna(points.loc[("vllm-load30", "median_tpot_ms"), "met"])  # no target
