@@ -10,7 +10,9 @@ policy whether to suspend before it launches the next one, so the host's launche
 overlap the GPU's work, as an engine with asynchronous scheduling issues them. A suspended pass
 is a paused generator that resumes where it stopped, its KV and activations kept. With CUDA graphs captured
 (`RuntimeModel.capture_graphs`) a pass replays its non-attention pieces, so the host launches
-about four things per layer and the GPU, not Python, sets the pace, as in production engines.
+about four things per layer; a decode-only pass replays one graph of the whole pass
+(`RuntimeModel.capture_decode_graphs`), so the GPU, not Python, sets the pace, as in production
+engines.
 SM-partitioned policies (Nexus) run in `servesim.runtime.partitioned`.
 """
 
