@@ -32,7 +32,7 @@ from servesim.runtime.partitioned import PartitionedRuntime, PartitionLanes
 from servesim.runtime.plan import build_plan
 from servesim.sim.cost_model import make_cost_model
 from servesim.sim.hardware import get_gpu
-from servesim.sim.host_overhead import HostOverheadCostModel
+from servesim.sim.host_overhead import FULL_DECODE_LAUNCHES, HostOverheadCostModel
 from servesim.sim.state import ServingState
 
 
@@ -143,9 +143,14 @@ def _full_decode(model: RuntimeModel, limits: EngineLimits, shapes: dict[str, Ba
     full = HostOverheadCostModel(host.inner, host.arch, 1.0, 0.0, host.graph_max_tokens,
                                  graph_max_decodes=max_decodes)
     loops = _decode_loops(model, limits, shapes, full)
-    issue = statistics.median(loop["launch_us"] for loop in loops.values()) * full.launches(shapes["decode_b1"])
-    return {"graphs": graphs, "capture_s": round(capture_s, 1), "host_graph_issue_us": round(issue, 1),
+    return {"graphs": graphs, "capture_s": round(capture_s, 1), "host_graph_issue_us": graph_issue_us(loops),
             **_per_seq_fit(loops, shapes), "loops": loops}
+
+
+def graph_issue_us(loops: dict[str, dict[str, float]]) -> float:
+    """The host's time to issue one fully graphed decode pass: the full-graph loops' median
+    issue time per launch times what such a pass launches."""
+    return round(statistics.median(loop["launch_us"] for loop in loops.values()) * FULL_DECODE_LAUNCHES, 1)
 
 
 def _issue_per_launch(records: list[StepRecord], host: HostOverheadCostModel) -> float:

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import subprocess
 import time
 import traceback
@@ -28,9 +27,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import yaml
+from runtime_overhead import graph_issue_us  # (benchmarks/, beside this script)
 
 from servesim.config import Config, load_config
-from servesim.sim.host_overhead import FULL_DECODE_LAUNCHES
 
 
 def _matrix(path: Path, sets: list[str]) -> dict[str, Config]:
@@ -174,10 +173,8 @@ def main() -> None:
                      ("host_launch_us", "host_step_us", "host_per_seq_us", "host_check_us", "host_gap_us")
                      if k in constants]
         full = measured.get("full_decode")
-        if full:  # a file of the runtime with full decode graphs (from 2540a07 on)
-            issue = full.get("host_graph_issue_us") or \
-                statistics.median(loop["launch_us"] for loop in full["loops"].values()) * FULL_DECODE_LAUNCHES
-            args.set += [f"cost_model.host_graph_issue_us={round(issue, 1)}"]
+        if full:  # a file of the runtime with full decode graphs (from 2540a07 on; 2540a07's has no total)
+            args.set += [f"cost_model.host_graph_issue_us={full.get('host_graph_issue_us') or graph_issue_us(full['loops'])}"]
         if "partitioned" in measured:  # Nexus's runtime: one host thread for both partitions
             partitioned = [f"cost_model.host_launch_us={measured['partitioned']['host_launch_us']}"]
     if bool(args.config) == bool(args.matrix):

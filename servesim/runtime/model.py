@@ -33,6 +33,12 @@ GRAPH_SIZES = (1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 160, 192, 224, 256, 320,
 """Padded row counts with captured graphs: fine steps where GEMM tiles change (padding within a
 64- or 128-row tile costs nothing), none above 2048 rows (a pass that large is GPU-bound)."""
 
+TABLE_ALIGN = 16
+"""Block-table widths are padded to a multiple of this. Triton specialises an integer kernel
+argument on its divisibility by 16, and the attention kernels take the table's row stride: an
+unpadded width compiles a second variant of each kernel the first time a batch's longest
+table is a multiple of 16 (~0.5 s inside a measured step)."""
+
 
 @dataclass
 class Plan:
@@ -309,7 +315,7 @@ class RuntimeModel:
             return 0
         side = self._capture_stream(lane)
         blocks = -(-max_context // self.k_cache[0].shape[1])
-        width = -(-blocks // 16) * 16  # runtime.plan's TABLE_ALIGN: one kernel variant
+        width = -(-blocks // TABLE_ALIGN) * TABLE_ALIGN
         for size in reversed([s for s in self.share_workspaces(max_rows, lane) if s <= max_rows]):
             ws = lane.spaces[size]
             inputs = lane.inputs.get(size)

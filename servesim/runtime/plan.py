@@ -11,13 +11,7 @@ import torch
 
 from servesim.policies.base import Step
 from servesim.runtime.blocks import BlockTables
-from servesim.runtime.model import Plan
-
-TABLE_ALIGN = 16
-"""Block-table widths are padded to a multiple of this. Triton specialises an integer kernel
-argument on its divisibility by 16, and the attention kernels take the table's row stride: an
-unpadded width compiles a second variant of each kernel the first time a batch's longest
-table is a multiple of 16 (~0.5 s inside a measured step)."""
+from servesim.runtime.model import TABLE_ALIGN, Plan
 
 
 def _tables(tables: list[list[int]]) -> np.ndarray:
