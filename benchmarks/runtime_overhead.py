@@ -24,7 +24,7 @@ import torch
 from servesim.models.arch import load_model
 from servesim.models.shapes import BatchShape
 from servesim.policies import REGISTRY, EngineLimits, Step
-from servesim.request import Request
+from servesim.request import Request, State
 from servesim.runtime.blocks import BlockTables
 from servesim.runtime.engine import RUN_AHEAD, Runtime, StepRecord
 from servesim.runtime.model import RuntimeModel
@@ -95,16 +95,22 @@ def _graphed_constants(model: RuntimeModel, limits: EngineLimits, cases: dict[st
     step's start (sampling, bookkeeping). These are the parts `servesim validate` separates
     from a step's GPU time, which the profile prices (the piecewise pass's own gaps included).
     host_check_us: the host's time for one check (the policy's decision and the event it waits
-    on), timed alone. host_gap_us: the graphed pass's time over the same pass replayed as one
+    on), timed alone, and host_check_per_seq_us what each running request adds to it. host_gap_us: the graphed pass's time over the same pass replayed as one
     graph, per launch from the host (median over the cases)."""
     per_launch = [1e3 * c["graphed_issue_ms"] / c["graphed_launches"] for c in cases.values()]
     loops = _decode_loops(model, limits, shapes, host)
     gaps = [1e3 * (c["graphed_ms"] - c["gpu_ms"]) / c["graphed_launches"] for c in cases.values()]
     return {"host_launch_us": round(statistics.median(loop["launch_us"] for loop in loops.values()), 2),
             "isolated_launch_us": round(statistics.median(per_launch), 2), **_per_seq_fit(loops, shapes),
-            "host_check_us": round(statistics.median(c["host_check_us"] for c in cases.values()
-                                                     if "host_check_us" in c), 1),
-            "host_gap_us": round(statistics.median(gaps), 2), "loops": loops}
+            **_check_constants(cases), "host_gap_us": round(statistics.median(gaps), 2), "loops": loops}
+
+
+def _check_constants(cases: dict[str, dict[str, float]]) -> dict[str, float]:
+    """host_check_us: one check with no request running; host_check_per_seq_us: what each
+    running request adds (medians over the prefill cases)."""
+    checked = [c for c in cases.values() if "host_check_us" in c]
+    return {"host_check_us": round(statistics.median(c["host_check_us"] for c in checked), 1),
+            "host_check_per_seq_us": round(statistics.median(c["host_check_per_seq_us"] for c in checked), 3)}
 
 
 def _decode_loops(model: RuntimeModel, limits: EngineLimits, shapes: dict[str, BatchShape],
@@ -192,14 +198,25 @@ def _per_seq_fit(loops: dict[str, dict[str, float]], shapes: dict[str, BatchShap
     return {"host_step_us": round(intercept, 1), "host_per_seq_us": round(slope, 2)}
 
 
-def _checked_ms(model: RuntimeModel, plan: object, step: Step, reps: int = 20) -> tuple[float, int, float]:
+CHECK_RUNNING = 128
+"""Running decodes in the state of the second timing of the check (FlowPrefill's check scans
+them for due decodes: ~0.2 us each on a 2-core CPU, 128 of them ~7x the empty state's 4 us)."""
+
+
+def _checked_ms(model: RuntimeModel, plan: object, step: Step, reps: int = 20,
+                running: int = 0) -> tuple[float, int, float]:
     """Median wall time of a pass driven as the runtime drives an operator-level policy's pass:
     after launching each attention or MLP block, wait for the block before it and ask the
     policy (`servesim.runtime.engine.RUN_AHEAD`); the number of blocks; and the median host
-    time of one check (the event recorded and the policy asked, the wait left out)."""
+    time of one check (the event recorded and the policy asked, the wait left out), with
+    `running` decoding requests in the state, none due (so the policy scans them all)."""
     policy_cls = REGISTRY["flowprefill"]
     policy = policy_cls(policy_cls.Params(), EngineLimits(16, 1024, 0, 32768, model.arch.num_layers))
     state = ServingState(policy.limits)
+    for i in range(running):
+        req = Request(200_000 + i, 0.0, 16, 1 << 20)
+        req.state, req.num_computed_tokens, req.token_times_s = State.RUNNING, 16, [float("inf")]
+        state.running.append(req)
     times, checks, blocks = [], [], 0
     for _ in range(reps):
         torch.cuda.synchronize()
@@ -279,9 +296,11 @@ def main() -> None:
             cases[name]["checked_ms"] = checked
             cases[name]["added_per_block_us"] = 1e3 * (checked - cases[name]["graphed_ms"]) / count
             cases[name]["host_check_us"] = check_us
+            full_check_us = _checked_ms(model, plan, step, running=CHECK_RUNNING)[2]
+            cases[name]["host_check_per_seq_us"] = (full_check_us - check_us) / CHECK_RUNNING
     out["cases"] = cases
     if args.checks_only:
-        out["graphed"] = {"host_check_us": round(statistics.median(c["host_check_us"] for c in cases.values()), 1)}
+        out["graphed"] = _check_constants(cases)
         _emit(out, args.out)
         return
     # Eager: host-bound decode at batch 1 gives the launch cost; scheduling + plan build the step cost.

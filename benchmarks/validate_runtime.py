@@ -122,7 +122,8 @@ def _summary(out: Path) -> None:
         steps.append(f"{100 * ttft['median_error']:+.1f}%, {100 * ttft['mean_error']:+.1f}%" if ttft else "-")
         cost = r.get("predicted_again", {}).get("cost_model") or {}
         host = ", ".join(f"{cost[k]:g}" for k in ("host_launch_us", "host_step_us", "host_per_seq_us",
-                                                    "host_check_us", "host_gap_us", "host_graph_issue_us")
+                                                    "host_check_us", "host_check_per_seq_us", "host_gap_us",
+                                                    "host_graph_issue_us")
                          if k in cost) or "-"
         compiles = r.get("runtime_health", {}).get("jit_compiles", "not counted")
         lines.append(f"| {report_file.parent.name} | {r['requests']} | " + " | ".join(cells + steps)
@@ -170,7 +171,8 @@ def main() -> None:
         measured = json.loads(Path(args.host).read_text())
         constants = measured["graphed"]
         args.set += [f"cost_model.{k}={constants[k]}" for k in
-                     ("host_launch_us", "host_step_us", "host_per_seq_us", "host_check_us", "host_gap_us")
+                     ("host_launch_us", "host_step_us", "host_per_seq_us", "host_check_us", "host_gap_us",
+                      "host_check_per_seq_us")
                      if k in constants]
         full = measured.get("full_decode")
         if full:  # a file of the runtime with full decode graphs (from 2540a07 on; 2540a07's has no total)

@@ -60,6 +60,9 @@ class CostModelConfig(DictConfig):
     host_per_seq_us: float = _help(0.0, "host time per iteration per sequence in the batch (microseconds)")
     host_check_us: float = _help(0.0, "host time per preemption check of an operator-level pass: the "
                                  "policy's decision before the next block is launched (microseconds)")
+    host_check_per_seq_us: float = _help(0.0, "host time per running sequence added to each preemption "
+                                         "check (the policy scans the running requests for due "
+                                         "decodes) (microseconds)")
     host_gap_us: float = _help(0.0, "GPU idle per host launch of a graphed pass (the switch from a graph "
                                "replay to a kernel the host launches), on top of the profile's "
                                "whole-pass time (microseconds)")
@@ -70,7 +73,7 @@ class CostModelConfig(DictConfig):
     def __post_init__(self) -> None:
         for f in ("fixed_s", "per_prefill_token_s", "per_decode_s", "per_context_token_s", "per_chunk_s",
                   "host_launch_us", "host_step_us", "host_per_seq_us", "host_check_us", "host_gap_us",
-                  "host_graph_issue_us"):
+                  "host_graph_issue_us", "host_check_per_seq_us"):
             if getattr(self, f) < 0:
                 raise InputError(f"{f}: must be >= 0")
 

@@ -97,13 +97,17 @@ def test_operator_level_checks_hide_behind_the_gpu_unless_the_host_is_slower(tmp
     pd.DataFrame({"arrival_s": [0.0], "num_prompt_tokens": [1000], "num_output_tokens": [1]}).to_csv(
         tmp_path / "one.csv", index=False)
 
-    def ttft(check_us: float, launch_us: float = 0.0, gap_us: float = 0.0) -> float:
-        config = from_mapping({"model": "llama-3.1-8b", "workload": {"trace": str(tmp_path / "one.csv")},
+    pd.DataFrame({"arrival_s": [0.0, 0.0], "num_prompt_tokens": [500, 500], "num_output_tokens": [1, 1]}).to_csv(
+        tmp_path / "two.csv", index=False)
+
+    def ttft(check_us: float, launch_us: float = 0.0, gap_us: float = 0.0, per_seq_us: float = 0.0,
+             trace: str = "one") -> float:
+        config = from_mapping({"model": "llama-3.1-8b", "workload": {"trace": str(tmp_path / f"{trace}.csv")},
                                "policy": {"name": "flowprefill"},
                                "engine": {"cuda_graph_max_tokens": 2048},
                                "cost_model": {"kind": "roofline", "host_step_us": 100.0,
                                               "host_check_us": check_us, "host_launch_us": launch_us,
-                                              "host_gap_us": gap_us}}, "t")
+                                              "host_gap_us": gap_us, "host_check_per_seq_us": per_seq_us}}, "t")
         return float(run(config).requests.ttft_s[0])
 
     # A 1000-token prefill's blocks take far longer than 5 us on the GPU: the checks are hidden.
@@ -112,6 +116,10 @@ def test_operator_level_checks_hide_behind_the_gpu_unless_the_host_is_slower(tmp
     # layer plus the embedding's and the LM head's, each take the check, after the host's step.
     blocks = 2 * ARCH.num_layers + 2
     assert ttft(20_000.0) == pytest.approx(100e-6 + blocks * 20e-3, rel=1e-9)
+    # The check's scan of the running requests costs per request: the prompt itself is running,
+    # and two prompts prefilled together make each check scan two.
+    assert ttft(0.0, per_seq_us=20_000.0) == pytest.approx(ttft(20_000.0), rel=1e-12)
+    assert ttft(1_000.0, per_seq_us=20_000.0, trace="two") == pytest.approx(100e-6 + blocks * 41e-3, rel=1e-9)
     # The launches count too, spread over the blocks.
     host = HostOverheadCostModel(GPU_MODEL, ARCH, 1.0, 0.0, graph_max_tokens=2048)
     launches = host.launches(BatchShape((1000,), (0,), 0, 0, 0, 1))

@@ -40,7 +40,12 @@ from servesim.profiler.partitions import Partitions  # noqa: E402
 from servesim.profiler.run import moe_combine_rows  # noqa: E402
 from servesim.profiler.store import Journal, write_tables  # noqa: E402
 from servesim.profiler.timing import Timer  # noqa: E402
-from servesim.profiler.validate import calibration_passes, held_out_points, random_batches  # noqa: E402
+from servesim.profiler.validate import (  # noqa: E402
+    calibration_passes,
+    held_out_points,
+    random_batches,
+    sweep_order,
+)
 
 TINY = "tests/data/profiler/tiny-dense.json"
 TINY_MOE = "tests/data/profiler/tiny-moe.json"
@@ -92,6 +97,11 @@ def test_gemm_rows_catch_both_sides_of_every_early_step() -> None:
              and _gemm_step_key(m, n, k, 132)[-1] <= spec.max_waves]
     assert steps and all({m - 1, m} <= rows for m in steps)
     assert {1, 16, 64, 1024, 4096} <= rows
+    # About 1.25x apart up to 4,096 rows (rounding adds a little), 1.5x beyond.
+    ordered = sorted(gemm_rows(n, k, spec, 32768))
+    gaps = [(hi / lo, hi) for lo, hi in zip(ordered, ordered[1:], strict=False) if lo >= 4]
+    assert max(r for r, hi in gaps if hi <= 4096) < 1.3
+    assert max(r for r, _ in gaps) <= 1.5 + 1e-3 and any(r > 1.3 for r, _ in gaps)
     assert len(gemm_rows(n, k, SPECS["full"], 32768)) > len(gemm_rows(n, k, spec, 32768))
 
 
@@ -158,6 +168,16 @@ def test_held_out_points_are_off_the_grid_and_batches_are_mixed() -> None:
         assert shapes == sorted(shapes)
     llama = held_out_points(load_model("llama-3.1-8b"), "quick", 6)
     assert len({p.a for p in llama if p.op == "down"}) == 6  # the same draws as before, reordered
+    # They are timed inside the grid's sweep, each between its grid neighbours.
+    grid_llama = [p for p in ops_points(load_model("llama-3.1-8b"), "quick") if p.table == "ops"]
+    sweep = sweep_order(grid_llama, llama)
+    assert sorted(p.key for p in sweep) == sorted(p.key for p in grid_llama + llama)
+    for i, p in enumerate(sweep):
+        if p.table == "validation_ops" and p.op == "down":
+            before = [q.a for q in sweep[:i] if q.op == "down" and q.table == "ops"]
+            after = [q.a for q in sweep[i:] if q.op == "down" and q.table == "ops"]
+            assert before and after and max(before) < p.a < min(after)
+    assert [p.op for p in sweep if p.table == "ops"] == [p.op for p in grid_llama]
     batches = random_batches(10, "quick")
     assert any(b.chunks for b in batches) and any(not b.chunks for b in batches)
     assert all(b.num_logits == len(b.chunks) + len(b.decode_context) for b in batches)
@@ -182,7 +202,7 @@ def test_profile_dry_run_writes_every_table(tmp_path) -> None:
     out = tmp_path / "cpu" / "tiny-dense"
     assert json.loads((out / "meta.json").read_text())["schema_version"] == SCHEMA_VERSION
     assert meta["tables"]["ops"] >= 1 and (out / "ops.parquet").exists()
-    assert set(meta["sm_clock"]) == {"operators", "held_out", "passes", "partitions"}  # {} off the GPU
+    assert set(meta["sm_clock"]) == {"operators", "passes", "partitions"}  # {} off the GPU
     passes = pd.read_parquet(out / "passes.parquet")
     assert sorted(set(passes.sms)) == [2, 4]  # a partition of the CPU's 4 "SMs", and all 4
     assert len(passes) == len(calibration_passes("tiny")) and (passes.median_us > 0).all()

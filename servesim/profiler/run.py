@@ -39,6 +39,7 @@ from servesim.profiler.validate import (
     calibration_passes,
     held_out_points,
     random_batches,
+    sweep_order,
 )
 from servesim.profiler.warm import kv_tokens, specs_of, warm_compile
 from servesim.runtime.clocks import ClockMonitor
@@ -84,8 +85,9 @@ class ModelProfiler:
                             corunners=corunner_ops(self.arch, self.mode))
         if any(p.table != "ops" for p in self.points if p.key not in journal):
             measurer.graphs_on_partitions = self._graphs_stay_in_partition(factory)
-        # Most valuable first: whole-GPU ops, held-out shapes, iterations, SM shares, contention.
-        grid_ops = [p for p in self.points if p.table == "ops"]
+        # Most valuable first: whole-GPU ops with the held-out shapes, iterations, SM shares,
+        # contention.
+        grid_ops = sweep_order([p for p in self.points if p.table == "ops"], self.held_out)
         later = [p for p in self.points if p.table != "ops"]
         total = len(self.points) + len(self.held_out) + len(self.batches) + len(self.passes)
         done = sum(p.key in journal for p in self.points + self.held_out)
@@ -94,10 +96,9 @@ class ModelProfiler:
         gpu_index = (self.device.index or 0) if self.device.type == "cuda" else None
         clocks: dict[str, dict[str, Any]] = {}
         try:
-            for phase, points in (("operators", grid_ops), ("held_out", self.held_out)):
-                with ClockMonitor(gpu_index) as clock:
-                    self._measure_all([p for p in points if p.key not in journal], measurer, journal, bar)
-                clocks[phase] = clock.summary()
+            with ClockMonitor(gpu_index) as clock:
+                self._measure_all([p for p in grid_ops if p.key not in journal], measurer, journal, bar)
+            clocks["operators"] = clock.summary()
             factory.free()
             passes = [("passes", b) for b in self.passes] + [("validation_iters", b) for b in self.batches]
             with ClockMonitor(gpu_index) as clock:

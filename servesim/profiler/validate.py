@@ -54,6 +54,21 @@ def held_out_points(arch: ModelArch, mode: str, per_op: int, seed: int = 1) -> l
     return out
 
 
+def sweep_order(grid: list[Point], held_out: list[Point]) -> list[Point]:
+    """The whole-GPU operator sweep with the held-out shapes in it: operators in the grid's
+    order, each one's grid and held-out shapes together in ascending shape order, so a held-out
+    shape is timed between its grid neighbours, in the same power state. Timed in a phase of
+    their own after the grid, the held-out shapes ran at a lower clock (the H200 was capping
+    its power, reason 0x4, in 80-100 % of that phase's clock samples against 18-64 % of the
+    grid's in the four shipped profiles), which the prediction error then counted as if it were
+    the interpolation's: held-out LM-head GEMMs of 164 and 179 rows measured 443 and 432 us
+    beside 387 and 399 us for the grid's 173 and 256 rows, all four in one configuration."""
+    ops = list(dict.fromkeys(p.op for p in grid))
+    ops += [op for op in dict.fromkeys(p.op for p in held_out) if op not in ops]
+    rank = {op: i for i, op in enumerate(ops)}
+    return sorted(grid + held_out, key=lambda p: (rank[p.op], p.a, p.b, p.c, p.table))
+
+
 def _off_grid(rng: np.random.Generator, lo: float, hi: float, avoid: set[float]) -> int:
     """A log-uniform integer in [lo, hi] (0 allowed as lo) not in `avoid`."""
     for _ in range(100):

@@ -48,7 +48,7 @@ class HostOverheadCostModel:
     def __init__(self, inner: CostModel, arch: ModelArch, host_launch_s: float, host_step_s: float,
                  graph_max_tokens: int = 0, num_sms: int = 132, host_per_seq_s: float = 0.0,
                  host_check_s: float = 0.0, host_gap_s: float = 0.0, graph_max_decodes: int = 0,
-                 host_graph_issue_s: float = 0.0) -> None:
+                 host_graph_issue_s: float = 0.0, host_check_per_seq_s: float = 0.0) -> None:
         self.inner, self.arch = inner, arch
         self.graph_max_decodes = graph_max_decodes
         """Decode-only passes of up to this many sequences replay one graph of the whole pass."""
@@ -57,8 +57,9 @@ class HostOverheadCostModel:
         self.host_gap_s = host_gap_s
         """GPU idle per host launch of a graphed pass, beyond the inner model's whole-pass time."""
         self.host_launch_s, self.host_step_s, self.host_per_seq_s = host_launch_s, host_step_s, host_per_seq_s
-        self.host_check_s = host_check_s
-        """Per preemption point of an operator-level pass (the operator executor adds it)."""
+        self.host_check_s, self.host_check_per_seq_s = host_check_s, host_check_per_seq_s
+        """Per preemption point of an operator-level pass, plus per running sequence (the
+        policy's scan for due decodes); the operator executor adds them."""
         self.graph_max_tokens, self.num_sms = graph_max_tokens, num_sms
         self._launches: dict[tuple[bool, bool, int, int], int] = {}
         self._duty: dict[Corunner, float] = {}

@@ -61,7 +61,9 @@ class OperatorExecutor(Executor):
         self.granularity: str = getattr(self.policy.params, "preemption", "sublayer")
         self.switch_overhead_s: float = getattr(self.policy.params, "switch_overhead_s", 0.0)
         self.check_s: float = getattr(self.cost_model, "host_check_s", 0.0)
-        """Host time at each preemption point (the decision), from a host-overhead model."""
+        self.check_per_seq_s: float = getattr(self.cost_model, "host_check_per_seq_s", 0.0)
+        """Host time at each preemption point (the decision, and its scan of the running
+        requests), from a host-overhead model."""
 
     def _run_for(self, step: Step, shape: BatchShape) -> _Run:
         items = tuple((r.request_id, n) for r, n in step.prefills)
@@ -81,11 +83,12 @@ class OperatorExecutor(Executor):
         """Each block's time: its operators on the GPU (with its share of the pass's launch
         gaps), or, where the host is slower, the host's work for it (its share of the pass's
         launches and one check), since the host decides on the next block while the GPU runs
-        the current one."""
+        the current one. The check's scan is priced for the requests running as the pass
+        starts."""
         cost = self.cost_model
         gpu = getattr(cost, "inner", cost).batch_cost(shape, self.sms, self.corunner()).ops
         blocks = preemption_blocks(gpu, self.granularity)
-        host, gap = self.check_s, 0.0
+        host, gap = self.check_s + self.check_per_seq_s * len(self.state.running), 0.0
         if isinstance(cost, HostOverheadCostModel):
             host += cost.launches(shape) * cost.host_launch_s / len(blocks)
             gap = cost.gaps_s(shape) / len(blocks)
