@@ -1,5 +1,5 @@
 """Small golden tables per policy: 200 Azure-conv requests at 4x rate on Llama-3.1-8B / H200
-(roofline). They pin today's behaviour so that any change to a policy, the executor or the cost
+(the shipped profile, the default cost model). They pin today's behaviour so that any change to a policy, the executor or the cost
 model shows up as a diff that someone has to explain. Regenerate with
 SERVESIM_REGEN_GOLDEN=1 python -m pytest tests/test_golden.py (and say why in the commit)."""
 
