@@ -150,3 +150,22 @@ def test_a_host_bound_co_runner_slows_a_pass_only_for_the_share_of_its_steps_it_
     slower = HostOverheadCostModel(inner, ARCH, 80e-6, 1e-3, num_sms=132)
     faster = HostOverheadCostModel(inner, ARCH, 30e-6, 3e-4, num_sms=132)
     assert slower.gpu_s(prompt, 48, decode) < faster.gpu_s(prompt, 48, decode) < beside
+
+
+def test_a_graphed_pass_issues_its_launches_in_the_spans_the_runtime_issues_them() -> None:
+    """FlowPrefill's spans in the runtime: the attention span ends with the attention kernels
+    (a graph piece, then prefill and decode attention launched), the MLP span starts with the
+    output projection (one piece); the spans' launches add up to the pass's."""
+    from servesim.sim.op_executor import graphed_group_launches, preemption_groups
+
+    host = HostOverheadCostModel(GPU_MODEL, ARCH, 30e-6, 0.0, graph_max_tokens=2048)
+    for batch in (BatchShape((500,), (0,), 0, 0, 0, 1), BatchShape((300,), (100,), 16, 16000, 2000, 17)):
+        ops = GPU_MODEL.batch_cost(batch).ops
+        groups = preemption_groups(ops, "sublayer")
+        assert len(groups) == 2 * ARCH.num_layers + 2  # embedding, two spans per layer, head
+        layer0 = [[op.name for op in g] for g in groups if g[0].layer == 0]
+        assert layer0[0][-1] in ("attn_prefill", "attn_decode") and layer0[1][0] == "o"
+        kernels = 1 + (host.decode_splits(batch) > 1) if batch.num_decodes else 0
+        counts = [graphed_group_launches(g, ARCH.num_layers, kernels) for g in groups]
+        assert sum(counts) == host.graphed_launches(batch)
+        assert counts[1] == 2 + kernels and counts[2] == 1  # layer 0: piece + attention, piece

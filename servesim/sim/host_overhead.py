@@ -88,11 +88,11 @@ class HostOverheadCostModel:
         prefill_layers = (end - start) if batch.prefill_tokens else 0
         decode = 0
         if batch.num_decodes:
-            decode = 1 + (self._decode_splits(batch) > 1)
+            decode = 1 + (self.decode_splits(batch) > 1)
         layers_with_rows = num_layers if batch.num_decodes else prefill_layers
         return 2 * layers_with_rows + prefill_layers + decode * num_layers + 9
 
-    def _decode_splits(self, batch: BatchShape) -> int:
+    def decode_splits(self, batch: BatchShape) -> int:
         """The split count servesim's decode attention picks (kernels.decode_num_splits):
         about two programs per SM, >= 256 tokens per split, at most 64."""
         programs = max(1, batch.num_decodes * self.arch.num_kv_heads)

@@ -29,24 +29,54 @@ class _Run:
     next_block: int = 0
 
 
-def preemption_blocks(ops: tuple[OpCost, ...], granularity: str) -> list[float]:
-    """Durations of the spans between preemption points. `sublayer` cuts after each layer's
-    output projection and at each layer end (FlowPrefill's two points per layer)."""
+def preemption_groups(ops: tuple[OpCost, ...], granularity: str) -> list[list[OpCost]]:
+    """The operators of each span between two preemption points. `sublayer` cuts before each
+    layer's output projection and at each layer end (FlowPrefill's two points per layer; the
+    runtime's attention block ends with the attention kernels, its MLP block starts with the
+    output projection, one graph piece with the MLP)."""
     if granularity == "chunk" or not ops:
-        return [sum(op.seconds for op in ops)]
-    blocks: list[float] = []
-    current, layer = 0.0, ops[0].layer
+        return [list(ops)]
+    groups: list[list[OpCost]] = []
+    current: list[OpCost] = []
+    layer = ops[0].layer
     for op in ops:
-        if op.layer != layer and granularity != "operator":
-            blocks.append(current)
-            current, layer = 0.0, op.layer
-        current += op.seconds
-        if granularity == "operator" or (granularity == "sublayer" and op.name == "o"):
-            blocks.append(current)
-            current = 0.0
-    if current > 0.0 or not blocks:
-        blocks.append(current)
+        if current and ((op.layer != layer and granularity != "operator")
+                        or (granularity == "sublayer" and op.name == "o")):
+            groups.append(current)
+            current = []
+        layer = op.layer
+        current.append(op)
+        if granularity == "operator":
+            groups.append(current)
+            current = []
+    if current or not groups:
+        groups.append(current)
+    return groups
+
+
+def preemption_blocks(ops: tuple[OpCost, ...], granularity: str) -> list[float]:
+    """Durations of the spans between preemption points (`preemption_groups`), empty ones left
+    out."""
+    blocks = [sum(op.seconds for op in group) for group in preemption_groups(ops, granularity)]
     return [b for b in blocks if b > 0.0] or [0.0]
+
+
+def graphed_group_launches(group: list[OpCost], num_layers: int, decode_kernels: int) -> int:
+    """What the host issues for one span of a pass captured in graph pieces (two per layer,
+    attention launched between them: `HostOverheadCostModel.graphed_launches`): a piece's
+    replay if the span holds any other operator of a layer, the attention kernels (prefill
+    chunks in one varlen kernel; decode attention `decode_kernels`); before the first layer the
+    inputs' copies (5), after the last the final norm, row gather, LM head and sampling (4)."""
+    if not group:
+        return 0
+    layer = group[0].layer
+    if layer < 0:
+        return 5
+    if layer >= num_layers:
+        return 4
+    names = {op.name for op in group}
+    attention = ("attn_prefill" in names) + decode_kernels * ("attn_decode" in names)
+    return attention + any(name not in ("attn_prefill", "attn_decode") for name in names)
 
 
 class OperatorExecutor(Executor):
@@ -87,12 +117,22 @@ class OperatorExecutor(Executor):
         starts."""
         cost = self.cost_model
         gpu = getattr(cost, "inner", cost).batch_cost(shape, self.sms, self.corunner()).ops
-        blocks = preemption_blocks(gpu, self.granularity)
-        host, gap = self.check_s + self.check_per_seq_s * len(self.state.running), 0.0
-        if isinstance(cost, HostOverheadCostModel):
-            host += cost.launches(shape) * cost.host_launch_s / len(blocks)
-            gap = cost.gaps_s(shape) / len(blocks)
-        return [max(b + gap, host) for b in blocks]
+        groups = [g for g in preemption_groups(gpu, self.granularity) if sum(op.seconds for op in g) > 0.0]
+        blocks = [sum(op.seconds for op in g) for g in groups] or [0.0]
+        check = self.check_s + self.check_per_seq_s * len(self.state.running)
+        if not isinstance(cost, HostOverheadCostModel) or not groups:
+            return [max(b, check) for b in blocks]
+        # The host's launches fall in the spans that issue them: the attention span of a
+        # graphed layer issues a piece and the attention kernels, the MLP span one piece.
+        if 0 < shape.num_tokens <= cost.graph_max_tokens:
+            kernels = 1 + (cost.decode_splits(shape) > 1) if shape.num_decodes else 0
+            counts = [graphed_group_launches(g, cost.arch.num_layers, kernels) for g in groups]
+        else:
+            counts = [len(g) for g in groups]
+        scale = cost.launches(shape) / max(sum(counts), 1)  # the same total as step_time's
+        gap = cost.gaps_s(shape) / max(sum(counts), 1)
+        return [max(b + gap * n, check + n * scale * cost.host_launch_s)
+                for b, n in zip(blocks, counts, strict=True)]
 
     def execute(self, step: Step, shape: BatchShape) -> Generator[simpy.Event, Any, bool]:
         if not step.prefills:
