@@ -169,3 +169,5 @@ def test_a_graphed_pass_issues_its_launches_in_the_spans_the_runtime_issues_them
         counts = [graphed_group_launches(g, ARCH.num_layers, kernels) for g in groups]
         assert sum(counts) == host.graphed_launches(batch)
         assert counts[1] == 2 + kernels and counts[2] == 1  # layer 0: piece + attention, piece
+        per_layer = [graphed_group_launches(g, ARCH.num_layers, kernels) for g in preemption_groups(ops, "layer")]
+        assert sum(per_layer) == host.graphed_launches(batch) and per_layer[1] == 3 + kernels

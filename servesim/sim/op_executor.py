@@ -74,9 +74,11 @@ def graphed_group_launches(group: list[OpCost], num_layers: int, decode_kernels:
         return 5
     if layer >= num_layers:
         return 4
-    names = {op.name for op in group}
+    names = [op.name for op in group]
     attention = ("attn_prefill" in names) + decode_kernels * ("attn_decode" in names)
-    return attention + any(name not in ("attn_prefill", "attn_decode") for name in names)
+    after = names.index("o") if "o" in names else len(names)  # the second piece opens with it
+    pieces = any(n not in ("attn_prefill", "attn_decode") for n in names[:after]) + (after < len(names))
+    return attention + pieces
 
 
 class OperatorExecutor(Executor):
@@ -110,10 +112,9 @@ class OperatorExecutor(Executor):
         return run
 
     def _blocks(self, shape: BatchShape) -> list[float]:
-        """Each block's time: its operators on the GPU (with its share of the pass's launch
-        gaps), or, where the host is slower, the host's work for it (its share of the pass's
-        launches and one check), since the host decides on the next block while the GPU runs
-        the current one. The check's scan is priced for the requests running as the pass
+        """Each block's time: its operators on the GPU (with the launch gaps of what it issues),
+        or, where the host is slower, the host's work for it (the launches it issues and one
+        check), since the host decides on the next block while the GPU runs the current one. The check's scan is priced for the requests running as the pass
         starts."""
         cost = self.cost_model
         gpu = getattr(cost, "inner", cost).batch_cost(shape, self.sms, self.corunner()).ops
