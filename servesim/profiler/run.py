@@ -87,7 +87,7 @@ class ModelProfiler:
             measurer.graphs_on_partitions = self._graphs_stay_in_partition(factory)
         # Most valuable first: whole-GPU ops with the held-out shapes, iterations, SM shares,
         # contention.
-        grid_ops = sweep_order([p for p in self.points if p.table == "ops"], self.held_out)
+        sweep = sweep_order([p for p in self.points if p.table == "ops"], self.held_out)
         later = [p for p in self.points if p.table != "ops"]
         total = len(self.points) + len(self.held_out) + len(self.batches) + len(self.passes)
         done = sum(p.key in journal for p in self.points + self.held_out)
@@ -97,7 +97,7 @@ class ModelProfiler:
         clocks: dict[str, dict[str, Any]] = {}
         try:
             with ClockMonitor(gpu_index) as clock:
-                self._measure_all([p for p in grid_ops if p.key not in journal], measurer, journal, bar)
+                self._measure_all([p for p in sweep if p.key not in journal], measurer, journal, bar)
             clocks["operators"] = clock.summary()
             factory.free()
             passes = [("passes", b) for b in self.passes] + [("validation_iters", b) for b in self.batches]

@@ -60,9 +60,10 @@ def sweep_order(grid: list[Point], held_out: list[Point]) -> list[Point]:
     shape is timed between its grid neighbours, in the same power state. Timed in a phase of
     their own after the grid, the held-out shapes ran at a lower clock (the H200 was capping
     its power, reason 0x4, in 80-100 % of that phase's clock samples against 18-64 % of the
-    grid's in the four shipped profiles), which the prediction error then counted as if it were
-    the interpolation's: held-out LM-head GEMMs of 164 and 179 rows measured 443 and 432 us
-    beside 387 and 399 us for the grid's 173 and 256 rows, all four in one configuration."""
+    grid's in the four profiles shipped before 4680ea6), which the prediction error counted as
+    if it were the interpolation's: held-out LM-head GEMMs of 164 and 179 rows measured 443 and
+    432 us beside 387 and 399 us for the grid's 173 and 256 rows, all four in one
+    configuration."""
     ops = list(dict.fromkeys(p.op for p in grid))
     ops += [op for op in dict.fromkeys(p.op for p in held_out) if op not in ops]
     rank = {op: i for i, op in enumerate(ops)}
