@@ -31,6 +31,10 @@ from runtime_overhead import graph_issue_us  # (benchmarks/, beside this script)
 
 from servesim.config import Config, load_config
 
+GZIP = {"method": "gzip", "mtime": 0}
+"""The step tables' compression: no time stamp in the header, so a prediction made again is the
+same bytes."""
+
 
 def _matrix(path: Path, sets: list[str]) -> dict[str, Config]:
     """Run name -> config of every (policy, load) of a matrix file."""
@@ -53,7 +57,7 @@ def _write(out: Path, report: dict[str, Any], result: Any) -> None:
     if result is not None:
         result.measured.to_csv(out / "measured_requests.csv", index=False)
         np.savez_compressed(out / "itl.npz", measured=result.measured_itl_s, predicted=result.predicted_itl_s)
-        result.steps.to_csv(out / "steps.csv.gz", index=False)
+        result.steps.to_csv(out / "steps.csv.gz", index=False, compression=GZIP)
     print(report_markdown(report), flush=True)
 
 
@@ -96,7 +100,7 @@ def _predict_again(runs: dict[str, Config], base: Path, measured: Path, out: Pat
         again = repredict(config, base, report, steps, measured_itl, measured_requests)
         target = out / name if len(runs) > 1 else out
         target.mkdir(parents=True, exist_ok=True)
-        again.steps.to_csv(target / "steps.csv.gz", index=False)
+        again.steps.to_csv(target / "steps.csv.gz", index=False, compression=GZIP)
         _write(target, again.report, None)
         plot_validation_cdf(measured_requests, again.predicted, measured_itl, again.predicted_itl_s, target / "cdf",
                             f"{name} on {config.model}: runtime vs simulator")

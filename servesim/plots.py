@@ -69,10 +69,14 @@ def pareto_mask(x: np.ndarray, y: np.ndarray, maximize: bool = False) -> np.ndar
 
 
 def save_figure(fig: Figure, stem: Path, points: pd.DataFrame) -> list[Path]:
-    """STEM.png, STEM.svg and STEM.points.csv, each written whole."""
+    """STEM.png, STEM.svg and STEM.points.csv, each written whole, the same bytes for the same
+    figure: the SVG without its date and with element ids from a fixed salt (matplotlib draws
+    them at random otherwise)."""
     paths = [stem.with_suffix(".png"), stem.with_suffix(".svg"), stem.with_suffix(".points.csv")]
     atomic_write(paths[0], lambda p: fig.savefig(p, format="png", dpi=130, bbox_inches="tight"))
-    atomic_write(paths[1], lambda p: fig.savefig(p, format="svg", bbox_inches="tight"))
+    with plt.rc_context({"svg.hashsalt": "servesim"}):
+        atomic_write(paths[1], lambda p: fig.savefig(p, format="svg", bbox_inches="tight",
+                                                     metadata={"Date": None}))
     atomic_write(paths[2], lambda p: points.to_csv(p, index=False))
     plt.close(fig)
     return paths

@@ -278,8 +278,8 @@ def step_shapes(steps: pd.DataFrame) -> list[tuple[BatchShape, int | None, Corun
 
 def step_errors(steps: pd.DataFrame) -> dict[str, Any]:
     """Per-step accuracy, separate from queueing: the relative error of the predicted step time
-    against the measured busy time (and of the GPU-only prediction against the GPU span), by
-    kind of step: median, p90 and count."""
+    against the measured busy time (and of the predicted GPU span against the measured one,
+    `_priced`), by kind of step: median, p90 and count."""
     out: dict[str, Any] = {}
     if steps.empty:
         return out
@@ -317,10 +317,16 @@ def _metric_rows(measured: dict[str, Any], predicted: dict[str, Any]) -> dict[st
 
 def _priced(cost_model: CostModel, steps: list[tuple[BatchShape, int | None, Corunner | None]]
             ) -> tuple[list[float], list[float]]:
-    """Each step's predicted time, with and without the host's work around and inside it."""
+    """Each step's predicted time, and its predicted GPU span as the runtime records it (from
+    the first launch to the end): the pass, plus, for a pass replayed whole from one graph, the
+    host's issue of it (the inputs' copies and the replay), which comes before any of its GPU
+    work and inside that span."""
     gpu = getattr(cost_model, "gpu_s", cost_model.step_time)
+    full_graph = getattr(cost_model, "full_graph", None)
+    issue = getattr(cost_model, "host_graph_issue_s", 0.0)
     return ([cost_model.step_time(b, sms, other) for b, sms, other in steps],
-            [gpu(b, sms, other) for b, sms, other in steps])
+            [gpu(b, sms, other) + (issue if full_graph is not None and full_graph(b) else 0.0)
+             for b, sms, other in steps])
 
 
 def _report(config: Config, measured: dict[str, Any], predicted: dict[str, Any],

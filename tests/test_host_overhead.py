@@ -79,6 +79,12 @@ def test_full_decode_graphs_turn_a_host_bound_decode_step_gpu_bound() -> None:
     mixed = BatchShape((100,), (0,), 8, 8000, 1000, 9)
     for batch in (nine, mixed):
         assert full.launches(batch) == piecewise.launches(batch) and full.gaps_s(batch) > 0
+    # The runtime's GPU span of a step starts at its first launch, so a whole-graph pass's span
+    # holds the host's issue of it; a piecewise pass's issue overlaps its GPU work.
+    from servesim.validate import _priced
+
+    _, spans = _priced(issued, [(DECODE, None, None), (mixed, None, None)])
+    assert spans == pytest.approx([150e-6 + GPU_MODEL.step_time(DECODE), issued.gpu_s(mixed)], rel=1e-12)
 
 
 def test_host_time_grows_with_the_sequences_of_the_batch() -> None:

@@ -101,3 +101,8 @@ def test_validation_matrix_marks_each_cell_against_its_target(tmp_path: Path) ->
     assert points.loc[("vllm-load30", "p99_ttft_ms"), "met"] == False  # noqa: E712
     assert pd.isna(points.loc[("nexus-load90", "p99_ttft_ms"), "met"])  # no value
     assert pd.isna(points.loc[("vllm-load30", "median_tpot_ms"), "met"])  # no target
+    # The same figure drawn again gives the same bytes (no date, no random element ids).
+    again = plots.plot_validation_matrix(errors, {"median_ttft_ms": 0.05, "p99_ttft_ms": 0.10},
+                                         tmp_path / "again")
+    for first, second in zip(paths, again, strict=True):
+        assert first.read_bytes() == second.read_bytes(), first.suffix
