@@ -398,7 +398,7 @@ def report_markdown(report: dict[str, Any]) -> str:
     if report.get("steps"):
         lines += ["", "Per step (same shape, measured vs predicted; queueing excluded):", "",
                   "| steps | count | median busy ms | median error | p90 abs error | "
-                  "median GPU-only error | median host ms |", "|---|---:|---:|---:|---:|---:|---:|"]
+                  "median GPU-span error | median host ms |", "|---|---:|---:|---:|---:|---:|---:|"]
         for kind, row in report["steps"].items():
             lines.append(f"| {kind} | {row['steps']} | {row['median_busy_ms']:.2f} | "
                          f"{100 * row['median_error']:+.1f}% | {100 * row['p90_abs_error']:.1f}% | "
