@@ -115,7 +115,7 @@ def _summary(out: Path) -> None:
     """summary.md: the relative error of the headline metrics for every run under `out`."""
     lines = ["| run | requests | " + " | ".join(SUMMARY) + " | decode steps | steps with prefill "
              "| per-request TTFT (median, mean) "
-             "| host constants (us: launch, step, per seq, check, gap, graph issue) | compiles while serving |",
+             "| host constants (us: launch, step, per seq, check, check per running seq, gap, graph issue) | compiles while serving |",
              "|---|---:|" + "---:|" * (len(SUMMARY) + 3) + "---|---:|"]
     for report_file in sorted(out.glob("*/report.json")):
         r = json.loads(report_file.read_text())

@@ -54,13 +54,6 @@ def preemption_groups(ops: tuple[OpCost, ...], granularity: str) -> list[list[Op
     return groups
 
 
-def preemption_blocks(ops: tuple[OpCost, ...], granularity: str) -> list[float]:
-    """Durations of the spans between preemption points (`preemption_groups`), empty ones left
-    out."""
-    blocks = [sum(op.seconds for op in group) for group in preemption_groups(ops, granularity)]
-    return [b for b in blocks if b > 0.0] or [0.0]
-
-
 def graphed_group_launches(group: list[OpCost], num_layers: int, decode_kernels: int) -> int:
     """What the host issues for one span of a pass captured in graph pieces (two per layer,
     attention launched between them: `HostOverheadCostModel.graphed_launches`): a piece's
@@ -118,8 +111,9 @@ class OperatorExecutor(Executor):
         starts."""
         cost = self.cost_model
         gpu = getattr(cost, "inner", cost).batch_cost(shape, self.sms, self.corunner()).ops
-        groups = [g for g in preemption_groups(gpu, self.granularity) if sum(op.seconds for op in g) > 0.0]
-        blocks = [sum(op.seconds for op in g) for g in groups] or [0.0]
+        spans = [(sum(op.seconds for op in g), g) for g in preemption_groups(gpu, self.granularity)]
+        groups = [g for seconds, g in spans if seconds > 0.0]
+        blocks = [seconds for seconds, _ in spans if seconds > 0.0] or [0.0]
         check = self.check_s + self.check_per_seq_s * len(self.state.running)
         if not isinstance(cost, HostOverheadCostModel) or not groups:
             return [max(b, check) for b in blocks]
