@@ -83,26 +83,24 @@ def _case(model: RuntimeModel, step: Step, blocks: BlockTables, limits: EngineLi
     return {"eager_ms": eager, "eager_issue_ms": eager_issue, "gpu_ms": replay, "plan_ms": prep}
 
 
-def _graphed_constants(model: RuntimeModel, limits: EngineLimits, cases: dict[str, dict[str, float]],
-                       shapes: dict[str, BatchShape], host: HostOverheadCostModel) -> dict[str, object]:
+def _graphed_constants(cases: dict[str, dict[str, float]], loops: dict[str, dict[str, float]]
+                       ) -> dict[str, object]:
     """The host model's constants for the runtime with graphs. host_launch_us: the host's issue
     time of a pass over what it issues, in the runtime's own serving loop (median over the
     loops' decode steps; `isolated_launch_us` is the same for a pass issued alone, which runs
-    faster than inside the loop). host_step_us: the
-    runtime's own loop serving `batch` requests that decode together (prompt = the case's
-    context); per step, the host's time outside the pass with the GPU idle: from the step's
-    start to its first launch (scheduling, KV, inputs) plus from the pass's end to the next
-    step's start (sampling, bookkeeping). These are the parts `servesim validate` separates
+    faster than inside the loop). host_step_us + host_per_seq_us x batch: the runtime's own
+    loop serving LOOPS' requests that decode together; per step, the host's time outside the
+    pass with the GPU idle: from the step's start to its first launch (scheduling, KV, inputs)
+    plus from the pass's end to the next step's start (sampling, bookkeeping). These are the parts `servesim validate` separates
     from a step's GPU time, which the profile prices (the piecewise pass's own gaps included).
     host_check_us: the host's time for one check (the policy's decision and the event it waits
     on), timed alone, and host_check_per_seq_us what each running request adds to it.
     host_gap_us: the graphed pass's time over the same pass replayed as one graph, per launch
     from the host (median over the cases)."""
     per_launch = [1e3 * c["graphed_issue_ms"] / c["graphed_launches"] for c in cases.values()]
-    loops = _decode_loops(model, limits, shapes, host)
     gaps = [1e3 * (c["graphed_ms"] - c["gpu_ms"]) / c["graphed_launches"] for c in cases.values()]
     return {"host_launch_us": round(statistics.median(loop["launch_us"] for loop in loops.values()), 2),
-            "isolated_launch_us": round(statistics.median(per_launch), 2), **_per_seq_fit(loops, shapes),
+            "isolated_launch_us": round(statistics.median(per_launch), 2), **_per_seq_fit(loops),
             **_check_constants(cases), "host_gap_us": round(statistics.median(gaps), 2), "loops": loops}
 
 
@@ -114,34 +112,50 @@ def _check_constants(cases: dict[str, dict[str, float]]) -> dict[str, float]:
             "host_check_per_seq_us": round(statistics.median(c["host_check_per_seq_us"] for c in checked), 3)}
 
 
-def _decode_loops(model: RuntimeModel, limits: EngineLimits, shapes: dict[str, BatchShape],
-                  host: HostOverheadCostModel) -> dict[str, dict[str, float]]:
-    """The runtime's own loop serving 1, 8 and 32 requests that decode together: per decode
-    step, the host's time before its first launch and after its end (GPU idle), the interval
-    between steps, and the issue time per launch."""
+LOOPS = ((1, 128), (8, 1024), (32, 1024), (64, 1024), (128, 1024))
+"""(requests, prompt) of the decode loops: serving at 90 % load decodes 48-128 sequences a step.
+Loops of 1, 8 and 32 alone put host_per_seq_us at 3.0-14.5 us (one loop on a slow stretch of the
+host sets the slope), and priced the host of 64-96-decode steps at 0.72 ms against 0.97 ms
+measured in vllm's 90 % run."""
+
+
+def _decode_loops(model: RuntimeModel, limits: EngineLimits, host: HostOverheadCostModel,
+                  output: int = 64, rounds: int = 3) -> dict[str, dict[str, float]]:
+    """The runtime's own loop serving LOOPS' requests that decode together, each loop run
+    `rounds` times in turn (the host's speed drifts over seconds, so each size sees the same
+    stretches of it): per decode step, the host's time before its first launch and after its end
+    (GPU idle), the interval between steps, and the issue time per launch; medians over the
+    rounds' steps."""
+    samples: dict[str, dict[str, list[float]]] = {}
+    for _ in range(rounds):
+        for batch, ctx in LOOPS:
+            policy_cls = REGISTRY["vllm_v1"]
+            runtime = Runtime(model, policy_cls(policy_cls.Params(), limits), limits)
+            runtime.run([Request(i, 0.0, ctx, output) for i in range(batch)])
+            records = runtime.steps
+            decode = [i for i, s in enumerate(records[:-1])
+                      if s.shape.num_decodes == batch and not s.shape.prefill_tokens]
+            got = samples.setdefault(f"decode_b{batch}", collections.defaultdict(list))
+            got["before"] += [records[i].ready - records[i].start for i in decode]
+            got["after"] += [records[i + 1].start - records[i].end for i in decode]
+            got["interval"] += [records[i + 1].start - records[i].start for i in decode]
+            got["launch"] += [(records[i].issued - records[i].ready) / host.launches(records[i].shape)
+                              for i in decode]
     loops = {}
-    for name in ("decode_b1", "decode_b8", "decode_b32"):
-        batch, ctx = shapes[name].num_decodes, shapes[name].max_decode_context - 1
-        policy_cls = REGISTRY["vllm_v1"]
-        runtime = Runtime(model, policy_cls(policy_cls.Params(), limits), limits)
-        runtime.run([Request(i, 0.0, ctx, 40) for i in range(batch)])
-        records = runtime.steps
-        decode = [i for i, s in enumerate(records[:-1])
-                  if s.shape.num_decodes == batch and not s.shape.prefill_tokens]
-        before = statistics.median(records[i].ready - records[i].start for i in decode)
-        after = statistics.median(records[i + 1].start - records[i].end for i in decode)
-        interval = statistics.median(records[i + 1].start - records[i].start for i in decode)
-        loops[name] = {"steps": len(decode), "interval_ms": 1e3 * interval, "before_ms": 1e3 * before,
+    for name, got in samples.items():
+        before, after = statistics.median(got["before"]), statistics.median(got["after"])
+        loops[name] = {"batch": float(name.removeprefix("decode_b")), "steps": len(got["before"]),
+                       "interval_ms": 1e3 * statistics.median(got["interval"]), "before_ms": 1e3 * before,
                        "after_ms": 1e3 * after, "host_step_us": 1e6 * (before + after),
-                       "launch_us": _issue_per_launch([records[i] for i in decode], host)}
+                       "launch_us": 1e6 * statistics.median(got["launch"])}
     return loops
 
 
-def _full_decode(model: RuntimeModel, limits: EngineLimits, shapes: dict[str, BatchShape],
-                 host: HostOverheadCostModel, max_decodes: int = 256) -> dict[str, object]:
+def _full_decode(model: RuntimeModel, limits: EngineLimits, host: HostOverheadCostModel, max_decodes: int = 256
+                 ) -> tuple[dict[str, object], dict[str, dict[str, float]]]:
     """The same loops with every decode-only pass replayed whole from one graph (the runtime's
     `cuda_graph_max_decodes`): the interval between steps against the piecewise loops', the
-    host's time around a step (the simulator's host_step_us is the piecewise loops'), and
+    host's time around a step (the simulator's host_step_us fits both loop sets), and
     host_graph_issue_us: the host's time from a step's first launch to its last (the inputs'
     copies, the replay, sampling), median over the loops, which the GPU's work waits for."""
     started = time.perf_counter()
@@ -149,9 +163,9 @@ def _full_decode(model: RuntimeModel, limits: EngineLimits, shapes: dict[str, Ba
     capture_s = time.perf_counter() - started
     full = HostOverheadCostModel(host.inner, host.arch, 1.0, 0.0, host.graph_max_tokens,
                                  graph_max_decodes=max_decodes)
-    loops = _decode_loops(model, limits, shapes, full)
+    loops = _decode_loops(model, limits, full)
     return {"graphs": graphs, "capture_s": round(capture_s, 1), "host_graph_issue_us": graph_issue_us(loops),
-            **_per_seq_fit(loops, shapes), "loops": loops}
+            **_per_seq_fit(loops), "loops": loops}, loops
 
 
 def graph_issue_us(loops: dict[str, dict[str, float]]) -> float:
@@ -191,9 +205,9 @@ def _partitioned_constants(model: RuntimeModel, limits: EngineLimits, host: Host
             "beside_prefill_launch_us": round(_issue_per_launch(beside, host), 2) if beside else None}
 
 
-def _per_seq_fit(loops: dict[str, dict[str, float]], shapes: dict[str, BatchShape]) -> dict[str, float]:
+def _per_seq_fit(loops: dict[str, dict[str, float]]) -> dict[str, float]:
     """host_step_us + host_per_seq_us x batch, least squares over the loops' host costs."""
-    xs = [float(shapes[name].num_decodes) for name in loops]
+    xs = [loop["batch"] for loop in loops.values()]
     ys = [loop["host_step_us"] for loop in loops.values()]
     slope, intercept = statistics.linear_regression(xs, ys)
     return {"host_step_us": round(intercept, 1), "host_per_seq_us": round(slope, 2)}
@@ -312,10 +326,16 @@ def main() -> None:
     state = ServingState(limits)
     sched_ms = _median_ms(lambda: policy.schedule(state.view(0.0)), 200)
     out["host_step_us"] = round(1e3 * (cases["decode_b32"]["plan_ms"] + sched_ms), 1)
-    out["graphed"] = _graphed_constants(model, limits, cases, shapes, host)
+    loops = _decode_loops(model, limits, host)
+    graphed = _graphed_constants(cases, loops)
     if not args.no_partitioned:  # (before the whole GPU's lane has full decode graphs)
         out["partitioned"] = _partitioned_constants(model, limits, host)
-    out["full_decode"] = _full_decode(model, limits, shapes, host)
+    out["full_decode"], full_loops = _full_decode(model, limits, host)
+    # The host's work around a step is the same code with either kind of graph (serving replays
+    # decode-only steps whole, the others in pieces): host_step_us and host_per_seq_us are one
+    # fit over both loop sets.
+    both = {**{f"piecewise_{k}": v for k, v in loops.items()}, **{f"full_{k}": v for k, v in full_loops.items()}}
+    out["graphed"] = {**graphed, **_per_seq_fit(both), "per_seq_fit": "piecewise and full-graph loops"}
     _emit(out, args.out)
 
 

@@ -157,8 +157,8 @@ from -8..0 % to +3..+4 %)."""
 
 PREFILL_PASS_TOKENS = {"tiny": (16,), "quick": (256, 512, 1024, 2048), "full": (256, 512, 1024, 2048, 4096)}
 PREFILL_PASS_SMS = {"tiny": (2,), "quick": (32, 48, 64, 96), "full": (24, 32, 40, 48, 64, 96)}
-PREFILL_PASS_CORUNNERS = {"tiny": ((2, 16),), "quick": ((8, 1024), (32, 2048)),
-                          "full": ((8, 1024), (32, 2048), (128, 2048))}
+PREFILL_PASS_CORUNNERS = {"tiny": ((2, 16),), "quick": ((8, 1024), (16, 1024), (32, 1024), (64, 1024)),
+                          "full": ((8, 1024), (16, 1024), (32, 1024), (64, 1024), (128, 1024))}
 """Prompts on partitions (a Nexus prefill lane), alone and beside a decode-only pass of
 (decodes, context each) looping on the other SMs. The shares are those Nexus's controller
 picked in the validation runs: prefill on 48 SMs at 30-60 % load, on 24-48 at 90 % (32 and 40
@@ -168,7 +168,11 @@ pass_contention.py) their operators' sum on the share was 3-7 % fast on 48 SMs a
 slow on 96, and the contention composed from the operator table missed the whole pass's by
 -16..+4 %: 1.51x measured beside 8 decodes against 1.40x composed, 1.31x beside 32 against
 1.47x (the decode pass of 8 streams weights without pause; the operator table ranks decode
-attention as the harsher co-runner)."""
+attention as the harsher co-runner). The slowdown falls with the co-runner's batch: in the ninth
+session's Nexus runs, 1,025-2,048-token prompts beside 1-8 / 9-16 / 17-32 / 33-64 decodes of
+~1k context ran 1.35 / 1.23-1.31 / 1.22-1.24 / 1.07x their price alone, and a profile with two
+co-runners (8 x 1k, 32 x 2k) priced 1.27-1.42x; so the co-runners are one context (the
+runtime's decodes average 0.3-1.3k) at four batch sizes, the axis the cost model interpolates."""
 
 
 DECODE_BESIDE_SMS = {"tiny": (2,), "quick": (68, 84, 100), "full": (68, 84, 92, 100, 108)}

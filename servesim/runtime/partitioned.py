@@ -34,13 +34,17 @@ from servesim.runtime.plan import build_plan
 from servesim.runtime.warmup import compile_decode_splits, compile_logits
 from servesim.sim.state import SimResult
 
-PREFILL_AHEAD = 6
+PREFILL_AHEAD = 16
 """Pieces of a prefill pass launched ahead of its GPU. A long prefill's piece runs for
 milliseconds, a decode piece for ~0.1 ms: launching all of a prefill pass at once would hold the
 one host thread for ~3 ms while decode's queue runs dry, so prefill is fed at the pace of its
 GPU: each turn of the host loop tops its queue up to this depth. (One piece per turn made a
 short prefill host-bound: a prompt of <= 256 tokens beside decode on 48 SMs, 105 pieces at one
-per ~0.26 ms turn, took 27 ms; topped up, 21 ms. Issue 7's Nexus runs.)"""
+per ~0.26 ms turn, took 27 ms; topped up, 21 ms. Issue 7's Nexus runs.) Six pieces of a prompt
+of <= 512 tokens hold ~1 ms of GPU work, less than one turn of the host that starts a decode
+step (scheduling, inputs, the graph's issue: 0.7-1.2 ms at 8-32 decodes): at six, such prompts
+ran 10-28 % over their price on 40 SMs and 10-14 % alone on 120 (ninth session), where the
+simulator's lane never waits for its host; sixteen hold ~3 ms."""
 
 DECODE_BURST = 8
 """Pieces of a decode pass launched per turn of the host loop. One per turn paid the loop's
