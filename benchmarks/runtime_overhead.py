@@ -88,19 +88,15 @@ def _graphed_constants(cases: dict[str, dict[str, float]], loops: dict[str, dict
     """The host model's constants for the runtime with graphs. host_launch_us: the host's issue
     time of a pass over what it issues, in the runtime's own serving loop (median over the
     loops' decode steps; `isolated_launch_us` is the same for a pass issued alone, which runs
-    faster than inside the loop). host_step_us + host_per_seq_us x batch: the runtime's own
-    loop serving LOOPS' requests that decode together; per step, the host's time outside the
-    pass with the GPU idle: from the step's start to its first launch (scheduling, KV, inputs)
-    plus from the pass's end to the next step's start (sampling, bookkeeping). These are the parts `servesim validate` separates
-    from a step's GPU time, which the profile prices (the piecewise pass's own gaps included).
-    host_check_us: the host's time for one check (the policy's decision and the event it waits
-    on), timed alone, and host_check_per_seq_us what each running request adds to it.
-    host_gap_us: the graphed pass's time over the same pass replayed as one graph, per launch
-    from the host (median over the cases)."""
+    faster than inside the loop). host_check_us: the host's time for one check (the policy's
+    decision and the event it waits on), timed alone, and host_check_per_seq_us what each
+    running request adds to it. host_gap_us: the graphed pass's time over the same pass
+    replayed as one graph, per launch from the host (median over the cases). host_step_us and
+    host_per_seq_us are added by `main` (`_per_seq_fit` over both loop sets)."""
     per_launch = [1e3 * c["graphed_issue_ms"] / c["graphed_launches"] for c in cases.values()]
     gaps = [1e3 * (c["graphed_ms"] - c["gpu_ms"]) / c["graphed_launches"] for c in cases.values()]
     return {"host_launch_us": round(statistics.median(loop["launch_us"] for loop in loops.values()), 2),
-            "isolated_launch_us": round(statistics.median(per_launch), 2), **_per_seq_fit(loops),
+            "isolated_launch_us": round(statistics.median(per_launch), 2),
             **_check_constants(cases), "host_gap_us": round(statistics.median(gaps), 2), "loops": loops}
 
 
@@ -127,9 +123,9 @@ def _decode_loops(model: RuntimeModel, limits: EngineLimits, host: HostOverheadC
     (GPU idle), the interval between steps, and the issue time per launch; medians over the
     rounds' steps."""
     samples: dict[str, dict[str, list[float]]] = {}
+    policy_cls = REGISTRY["vllm_v1"]
     for _ in range(rounds):
         for batch, ctx in LOOPS:
-            policy_cls = REGISTRY["vllm_v1"]
             runtime = Runtime(model, policy_cls(policy_cls.Params(), limits), limits)
             runtime.run([Request(i, 0.0, ctx, output) for i in range(batch)])
             records = runtime.steps
@@ -206,7 +202,11 @@ def _partitioned_constants(model: RuntimeModel, limits: EngineLimits, host: Host
 
 
 def _per_seq_fit(loops: dict[str, dict[str, float]]) -> dict[str, float]:
-    """host_step_us + host_per_seq_us x batch, least squares over the loops' host costs."""
+    """host_step_us + host_per_seq_us x batch, least squares over the loops' host costs: per
+    decode step, the host's time outside the pass with the GPU idle, from the step's start to
+    its first launch (scheduling, KV, inputs) plus from the pass's end to the next step's start
+    (sampling, bookkeeping); what `servesim validate` separates from a step's GPU time, which
+    the profile prices (the piecewise pass's own gaps included)."""
     xs = [loop["batch"] for loop in loops.values()]
     ys = [loop["host_step_us"] for loop in loops.values()]
     slope, intercept = statistics.linear_regression(xs, ys)

@@ -168,11 +168,13 @@ pass_contention.py) their operators' sum on the share was 3-7 % fast on 48 SMs a
 slow on 96, and the contention composed from the operator table missed the whole pass's by
 -16..+4 %: 1.51x measured beside 8 decodes against 1.40x composed, 1.31x beside 32 against
 1.47x (the decode pass of 8 streams weights without pause; the operator table ranks decode
-attention as the harsher co-runner). The slowdown falls with the co-runner's batch: in the ninth
-session's Nexus runs, 1,025-2,048-token prompts beside 1-8 / 9-16 / 17-32 / 33-64 decodes of
-~1k context ran 1.35 / 1.23-1.31 / 1.22-1.24 / 1.07x their price alone, and a profile with two
-co-runners (8 x 1k, 32 x 2k) priced 1.27-1.42x; so the co-runners are one context (the
-runtime's decodes average 0.3-1.3k) at four batch sizes, the axis the cost model interpolates."""
+attention as the harsher co-runner). In the ninth session's Nexus runs, 1,025-2,048-token
+prompts beside 1-8 / 9-16 / 17-32 / 33-64 decodes of ~1k context ran 1.35 / 1.23-1.31 /
+1.22-1.24 / 1.07x their price alone, and a profile with two co-runners (8 x 1k, 32 x 2k) priced
+1.27-1.42x; so the co-runners are one context (the runtime's decodes average 0.3-1.3k) at four
+batch sizes, the axis the cost model interpolates. The profile of 191a6f5 (Llama-3.1-8B, 32-64
+SMs) measured 1.36-1.59x beside 8 and 16 decodes, 1.27-1.34x beside 32 and 1.29-1.40x beside 64:
+not monotonic, and above the 1.15-1.35x its prompts then ran beside the serving decode lane."""
 
 
 DECODE_BESIDE_SMS = {"tiny": (2,), "quick": (68, 84, 100), "full": (68, 84, 92, 100, 108)}
