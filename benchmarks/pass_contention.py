@@ -14,7 +14,9 @@ CPU, with this checkout's cost model and --profile).
 
 `--cases v15` is policies.md's V15 instead: 32 decodes of 2k on the SMs a 68-SM partition leaves
 (60 on the H200's driver split) beside a 512-token prompt on the 68, whose prefix (KV already
-cached) grows 0 -> 2k -> 6k -> 10k.
+cached) grows 0 -> 2k -> 6k -> 10k. `--cases paced` times a prompt beside a decode pass that
+idles after each replay (PACED_GAPS_US): the slowdown against the co-runner's duty (rows of their
+own, printed as measured; --measured does not apply to them).
     PYTHONPATH=. python benchmarks/pass_contention.py --measured FILE [--profile DIR] [--out FILE2]
 """
 
@@ -42,7 +44,15 @@ from servesim.sim.profiled import ProfiledCostModel
 # them; V15's co-running prefill whose KV length grows.
 CASES = {"nexus": ((256, 48, 8, 1024, 0), (256, 64, 8, 1024, 0), (256, 48, 32, 2048, 0), (1024, 48, 8, 1024, 0),
                    (1024, 64, 32, 2048, 0), (2048, 64, 32, 2048, 0), (256, 96, 8, 1024, 0)),
-         "v15": tuple((512, 68, 32, 2048, prefix) for prefix in (0, 2048, 6144, 10240))}
+         "v15": tuple((512, 68, 32, 2048, prefix) for prefix in (0, 2048, 6144, 10240)),
+         "paced": ((2048, 48, 8, 1024, 0), (2048, 48, 32, 1024, 0), (256, 48, 8, 1024, 0))}
+PACED_GAPS_US = (0.0, 400.0, 800.0, 2000.0)
+"""`--cases paced`: the decode co-runner idles this long on its SMs after each pass (a one-block
+spin kernel, `torch.cuda._sleep`), as a serving lane waits for its host between steps (0.5-1 ms
+in issue 7's Nexus runs, where prompts of 1-2k tokens ran 1.15-1.35x their price alone beside
+the decode lane, and the profile's back-to-back co-runner gives 1.36-1.59x). The host model scales
+the slowdown linearly with the co-runner's GPU duty (`HostOverheadCostModel.gpu_s`); these rows
+measure the slowdown at each duty, with the SM clock over each row."""
 REPS = 8
 
 
@@ -87,17 +97,22 @@ def _alone(graph: torch.cuda.CUDAGraph, stream: object) -> float:
 
 
 def _beside(graph: torch.cuda.CUDAGraph, stream: object, other: torch.cuda.CUDAGraph, other_stream: object,
-            own_us: float, other_us: float) -> tuple[float, bool]:
-    """Median of the target's replays while the other graph loops; whether it covered them."""
+            own_us: float, other_us: float, gap_cycles: int = 0) -> tuple[float, bool, float]:
+    """Median of the target's replays while the other graph loops (idling `gap_cycles` SM
+    cycles after each replay); whether it covered them; the other's period per replay (us)."""
     loops = int(1.5 * REPS * own_us / other_us) + 3
     with torch.cuda.stream(other_stream):  # type: ignore[arg-type]
+        other_start = torch.cuda.Event(enable_timing=True)
+        other_start.record()
         for _ in range(loops):
             other.replay()
+            if gap_cycles:
+                torch.cuda._sleep(gap_cycles)
         other_end = torch.cuda.Event(enable_timing=True)
         other_end.record()
     events = _replays_us(graph, stream)
     median = _median_us(events)
-    return median, events[-1][1].elapsed_time(other_end) >= 0
+    return median, events[-1][1].elapsed_time(other_end) >= 0, other_start.elapsed_time(other_end) * 1e3 / loops
 
 
 def main() -> int:
@@ -126,6 +141,8 @@ def main() -> int:
         print(f"pass_contention.py: partitions are not disjoint ({partitions.method})", file=sys.stderr)
         return 2
     rows = []
+    if args.cases == "paced":
+        return _paced(arch, model, factory, partitions, args.out)
     with ClockMonitor(device.index or 0) as clocks:
         for prompt, sms, decodes, context, prefix in CASES[args.cases]:
             part, rest = partitions.pair(sms)
@@ -136,8 +153,8 @@ def main() -> int:
             (p_forward, pg), (d_forward, dg) = (_graph(factory, prefill, sms, part.stream),
                                                 _graph(factory, decode, rest.sms, rest.stream))
             p_alone, d_alone = _alone(pg, part.stream), _alone(dg, rest.stream)
-            p_beside, p_cov = _beside(pg, part.stream, dg, rest.stream, p_alone, d_alone)
-            d_beside, d_cov = _beside(dg, rest.stream, pg, part.stream, d_alone, p_alone)
+            p_beside, p_cov, _ = _beside(pg, part.stream, dg, rest.stream, p_alone, d_alone)
+            d_beside, d_cov, _ = _beside(dg, rest.stream, pg, part.stream, d_alone, p_alone)
             row = {**row, "covered": p_cov and d_cov,
                    "prefill_alone_us": p_alone, "prefill_beside_us": p_beside,
                    "decode_alone_us": d_alone, "decode_beside_us": d_beside}
@@ -148,6 +165,48 @@ def main() -> int:
     result = {"model": args.model, "gpu": torch.cuda.get_device_name(device), "profile": args.profile or "shipped",
               "partitions": partitions.method, "clock": clocks.summary(), "rows": rows}
     return _report(result, args.out)
+
+
+def _paced(arch: object, model: ProfiledCostModel, factory: OperatorFactory, partitions: Partitions,
+           out: str | None) -> int:
+    """The prompt's slowdown beside a decode pass that idles PACED_GAPS_US after each replay:
+    measured, the co-runner's measured duty (its pass alone over its period), and what the
+    linear duty model makes of the slowdown measured back to back."""
+    device = factory.device
+    mhz = 1980  # the H200's SM clock, cycles per us of gap (the duty is measured, not assumed)
+    rows = []
+    for prompt, sms, decodes, context, _ in CASES["paced"]:
+        part, rest = partitions.pair(sms)
+        assert rest is not None
+        base = {"prompt": prompt, "prefix": 0, "prefill_sms": sms, "decodes": decodes, "context": context,
+                "decode_sms": rest.sms}
+        prefill, decode = _shapes(base)
+        (p_forward, pg), (d_forward, dg) = (_graph(factory, prefill, sms, part.stream),
+                                            _graph(factory, decode, rest.sms, rest.stream))
+        p_alone, d_alone = _alone(pg, part.stream), _alone(dg, rest.stream)
+        back_to_back = None
+        for gap in PACED_GAPS_US:
+            with ClockMonitor(device.index or 0) as clocks:
+                beside, covered, period = _beside(pg, part.stream, dg, rest.stream, p_alone, d_alone + gap,
+                                                  int(gap * mhz))
+            slowdown = beside / p_alone
+            back_to_back = slowdown if back_to_back is None else back_to_back
+            duty = min(1.0, d_alone / period)
+            rows.append({**base, "gap_us": gap, "covered": covered, "prefill_alone_us": p_alone,
+                         "prefill_beside_us": beside, "decode_alone_us": d_alone, "decode_period_us": period,
+                         "duty": duty, "slowdown": slowdown, "linear_duty_slowdown": 1 + duty * (back_to_back - 1),
+                         "clock": clocks.summary()})
+            print(f"| {prompt} on {sms} | {decodes} x {context} on {rest.sms} | gap {gap:g} us | duty {duty:.2f} "
+                  f"| slowdown {slowdown:.3f} | linear in duty {rows[-1]['linear_duty_slowdown']:.3f} "
+                  f"| clock slowed {rows[-1]['clock'].get('clock_slowed_share', float('nan')):.2f} |", flush=True)
+        del pg, dg, p_forward, d_forward
+        torch.cuda.synchronize()
+        torch.cuda.empty_cache()
+    result = {"model": arch.name, "gpu": torch.cuda.get_device_name(device),  # type: ignore[attr-defined]
+              "partitions": partitions.method, "sm_clock_mhz_for_gaps": mhz, "rows": rows}
+    if out:
+        Path(out).write_text(json.dumps(result, indent=1) + "\n")
+    return 0
 
 
 def _shapes(row: dict) -> tuple[BatchShape, BatchShape]:
