@@ -30,7 +30,7 @@ from pathlib import Path
 
 import torch
 
-from servesim.models.arch import load_model
+from servesim.models.arch import ModelArch, load_model
 from servesim.models.shapes import BatchShape, Corunner
 from servesim.profiler.forward import Forward
 from servesim.profiler.operators import OperatorFactory
@@ -142,7 +142,7 @@ def main() -> int:
         return 2
     rows = []
     if args.cases == "paced":
-        return _paced(arch, model, factory, partitions, args.out)
+        return _paced(arch, factory, partitions, args.out)
     with ClockMonitor(device.index or 0) as clocks:
         for prompt, sms, decodes, context, prefix in CASES[args.cases]:
             part, rest = partitions.pair(sms)
@@ -167,11 +167,11 @@ def main() -> int:
     return _report(result, args.out)
 
 
-def _paced(arch: object, model: ProfiledCostModel, factory: OperatorFactory, partitions: Partitions,
-           out: str | None) -> int:
+def _paced(arch: ModelArch, factory: OperatorFactory, partitions: Partitions, out: str | None) -> int:
     """The prompt's slowdown beside a decode pass that idles PACED_GAPS_US after each replay:
-    measured, the co-runner's measured duty (its pass alone over its period), and what the
-    linear duty model makes of the slowdown measured back to back."""
+    measured; the co-runner's duty relative to looping back to back (its period without a gap
+    over its period with one: both periods hold its own slowdown beside the prompt); and what
+    the host model's linear scaling makes of the slowdown measured back to back."""
     device = factory.device
     mhz = 1980  # the H200's SM clock, cycles per us of gap (the duty is measured, not assumed)
     rows = []
@@ -184,25 +184,26 @@ def _paced(arch: object, model: ProfiledCostModel, factory: OperatorFactory, par
         (p_forward, pg), (d_forward, dg) = (_graph(factory, prefill, sms, part.stream),
                                             _graph(factory, decode, rest.sms, rest.stream))
         p_alone, d_alone = _alone(pg, part.stream), _alone(dg, rest.stream)
-        back_to_back = None
+        back_to_back: tuple[float, float] | None = None  # (slowdown, period) without a gap
         for gap in PACED_GAPS_US:
             with ClockMonitor(device.index or 0) as clocks:
                 beside, covered, period = _beside(pg, part.stream, dg, rest.stream, p_alone, d_alone + gap,
                                                   int(gap * mhz))
             slowdown = beside / p_alone
-            back_to_back = slowdown if back_to_back is None else back_to_back
-            duty = min(1.0, d_alone / period)
+            back_to_back = (slowdown, period) if back_to_back is None else back_to_back
+            duty = min(1.0, back_to_back[1] / period)
+            linear, clock = 1 + duty * (back_to_back[0] - 1), clocks.summary()
             rows.append({**base, "gap_us": gap, "covered": covered, "prefill_alone_us": p_alone,
                          "prefill_beside_us": beside, "decode_alone_us": d_alone, "decode_period_us": period,
-                         "duty": duty, "slowdown": slowdown, "linear_duty_slowdown": 1 + duty * (back_to_back - 1),
-                         "clock": clocks.summary()})
+                         "duty": duty, "slowdown": slowdown,
+                         "linear_duty_slowdown": linear, "clock": clock})
             print(f"| {prompt} on {sms} | {decodes} x {context} on {rest.sms} | gap {gap:g} us | duty {duty:.2f} "
-                  f"| slowdown {slowdown:.3f} | linear in duty {rows[-1]['linear_duty_slowdown']:.3f} "
-                  f"| clock slowed {rows[-1]['clock'].get('clock_slowed_share', float('nan')):.2f} |", flush=True)
+                  f"| slowdown {slowdown:.3f} | linear in duty {linear:.3f} "
+                  f"| clock slowed {clock.get('clock_slowed_share', float('nan')):.2f} |", flush=True)
         del pg, dg, p_forward, d_forward
         torch.cuda.synchronize()
         torch.cuda.empty_cache()
-    result = {"model": arch.name, "gpu": torch.cuda.get_device_name(device),  # type: ignore[attr-defined]
+    result = {"model": arch.name, "gpu": torch.cuda.get_device_name(device),
               "partitions": partitions.method, "sm_clock_mhz_for_gaps": mhz, "rows": rows}
     if out:
         Path(out).write_text(json.dumps(result, indent=1) + "\n")

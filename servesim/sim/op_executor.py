@@ -107,8 +107,8 @@ class OperatorExecutor(Executor):
     def _blocks(self, shape: BatchShape) -> list[float]:
         """Each block's time: its operators on the GPU (with the launch gaps of what it issues),
         or, where the host is slower, the host's work for it (the launches it issues and one
-        check), since the host decides on the next block while the GPU runs the current one. The check's scan is priced for the requests running as the pass
-        starts."""
+        check), since the host decides on the next block while the GPU runs the current one.
+        The check's scan is priced for the requests running as the pass starts."""
         cost = self.cost_model
         gpu = getattr(cost, "inner", cost).batch_cost(shape, self.sms, self.corunner()).ops
         spans = [(sum(op.seconds for op in g), g) for g in preemption_groups(gpu, self.granularity)]
