@@ -12,6 +12,7 @@ CPU, with this checkout's cost model and --profile).
     PYTHONPATH=. python benchmarks/pass_contention.py --out FILE
     PYTHONPATH=. python benchmarks/pass_contention.py --cases v15 --out FILE
 
+`--cases batch` is a 2,048- and a 256-token prompt on 40 SMs beside 2-48 decodes of 1k.
 `--cases v15` is policies.md's V15 instead: 32 decodes of 2k on the SMs a 68-SM partition leaves
 (60 on the H200's driver split) beside a 512-token prompt on the 68, whose prefix (KV already
 cached) grows 0 -> 2k -> 6k -> 10k. `--cases paced` times a prompt beside a decode pass that
@@ -45,14 +46,22 @@ from servesim.sim.profiled import ProfiledCostModel
 CASES = {"nexus": ((256, 48, 8, 1024, 0), (256, 64, 8, 1024, 0), (256, 48, 32, 2048, 0), (1024, 48, 8, 1024, 0),
                    (1024, 64, 32, 2048, 0), (2048, 64, 32, 2048, 0), (256, 96, 8, 1024, 0)),
          "v15": tuple((512, 68, 32, 2048, prefix) for prefix in (0, 2048, 6144, 10240)),
-         "paced": ((2048, 48, 8, 1024, 0), (2048, 48, 32, 1024, 0), (256, 48, 8, 1024, 0))}
+         "paced": ((2048, 48, 8, 1024, 0), (2048, 48, 32, 1024, 0), (256, 48, 8, 1024, 0)),
+         "batch": tuple((prompt, 40, decodes, 1024, 0) for prompt in (2048, 256)
+                        for decodes in (2, 8, 12, 16, 20, 24, 32, 48))}
+"""`--cases batch`: Nexus's most common split in issue 7's runs (prompts on 40 SMs, decodes on 92)
+at the decode batches between the profile's co-runner grid (8, 16, 32, 64): serving measured a
+1-2k-token prompt's slowdown falling with the batch (about 1.4 beside 1-2 decodes, 1.33 beside
+6-12, 1.2 beside 12-48) where the profile's grid reads 1.45 at 8 and 16, 1.29 at 32 and 1.38 at
+64; the rows show whether the slowdown steps where the decode GEMMs change configuration (at
+17 rows: kernels.configs) rather than varying smoothly between the grid's points."""
 PACED_GAPS_US = (0.0, 400.0, 800.0, 2000.0)
 """`--cases paced`: the decode co-runner idles this long on its SMs after each pass (a one-block
 spin kernel, `torch.cuda._sleep`), as a serving lane waits for its host between steps (0.5-1 ms
 in issue 7's Nexus runs, where prompts of 1-2k tokens ran 1.15-1.35x their price alone beside
-the decode lane, and the profile's back-to-back co-runner gives 1.36-1.59x). The host model scales
-the slowdown linearly with the co-runner's GPU duty (`HostOverheadCostModel.gpu_s`); these rows
-measure the slowdown at each duty, with the SM clock over each row."""
+the decode lane, and the profile's back-to-back co-runner gives 1.36-1.59x). These rows measure
+the slowdown at each duty, with the SM clock over each row; the host model scales the excess by
+the duty to the power they gave (`host_overhead.CONTENTION_DUTY_EXPONENT`; linear before)."""
 REPS = 8
 
 
