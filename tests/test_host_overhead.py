@@ -3,6 +3,10 @@ their GPU time, and the op breakdown still sums to the total."""
 
 from __future__ import annotations
 
+import json
+import math
+from pathlib import Path
+
 import pandas as pd
 import pytest
 
@@ -11,7 +15,11 @@ from servesim.models.arch import load_model
 from servesim.models.shapes import BatchShape, Corunner
 from servesim.sim.cost_model import RooflineCostModel
 from servesim.sim.hardware import get_gpu
-from servesim.sim.host_overhead import FULL_DECODE_LAUNCHES, HostOverheadCostModel
+from servesim.sim.host_overhead import (
+    CONTENTION_DUTY_EXPONENT,
+    FULL_DECODE_LAUNCHES,
+    HostOverheadCostModel,
+)
 from servesim.sim.profiled import ProfiledCostModel
 
 ARCH = load_model("llama-3.1-8b")
@@ -151,7 +159,7 @@ def test_a_host_bound_co_runner_slows_a_pass_only_for_the_share_of_its_steps_it_
         duty = inner.step_time(decode.batch, 84) / host.step_time(decode.batch, 84)
         assert host.duty(decode) == pytest.approx(duty, rel=1e-12) and 0.2 < duty < 1.0
         gpu_s = host.gpu_s(prompt, 48, decode)
-        assert gpu_s == pytest.approx(alone + duty * (beside - alone), rel=1e-12)
+        assert gpu_s == pytest.approx(alone + duty ** CONTENTION_DUTY_EXPONENT * (beside - alone), rel=1e-12)
         assert host.step_time(prompt, 48, decode) - host.step_time(prompt, 48) == pytest.approx(gpu_s - alone, rel=1e-9)
     slower = HostOverheadCostModel(inner, ARCH, 80e-6, 1e-3, num_sms=132)
     faster = HostOverheadCostModel(inner, ARCH, 30e-6, 3e-4, num_sms=132)
@@ -177,3 +185,18 @@ def test_a_graphed_pass_issues_its_launches_in_the_spans_the_runtime_issues_them
         assert counts[1] == 2 + kernels and counts[2] == 1  # layer 0: piece + attention, piece
         per_layer = [graphed_group_launches(g, ARCH.num_layers, kernels) for g in preemption_groups(ops, "layer")]
         assert sum(per_layer) == host.graphed_launches(batch) and per_layer[1] == 3 + kernels
+
+
+def test_the_duty_exponent_is_the_one_the_paced_co_runner_measured() -> None:
+    """CONTENTION_DUTY_EXPONENT against the committed H200 measurement it comes from: the
+    least-squares exponent of excess(duty) / excess(back to back) over the paced rows."""
+    result = Path(__file__).resolve().parents[1] / "benchmarks/results/h200-pass-contention-paced.json"
+    rows = json.loads(result.read_text())["rows"]
+    back_to_back = {(r["prompt"], r["decodes"]): r["slowdown"] for r in rows if r["gap_us"] == 0}
+    paced = [r for r in rows if r["gap_us"] > 0]
+    assert len(paced) >= 6 and all(0.5 < r["duty"] < 1.0 for r in paced)
+    xs = [math.log(r["duty"]) for r in paced]
+    ys = [math.log((r["slowdown"] - 1) / (back_to_back[(r["prompt"], r["decodes"])] - 1)) for r in paced]
+    fitted = sum(x * y for x, y in zip(xs, ys, strict=True)) / sum(x * x for x in xs)
+    assert fitted == pytest.approx(CONTENTION_DUTY_EXPONENT, abs=0.1)
+    assert fitted > 1.2  # faster than linear in the duty, the reason for the exponent

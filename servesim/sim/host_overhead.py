@@ -41,6 +41,15 @@ runtime, `RuntimeModel._full_decode`): ids, positions and KV slots into the grap
 the padding rows' slots and positions reset (5), block tables and contexts copied in, the
 padding rows' contexts set, the split size (4), the replay, and sampling."""
 
+CONTENTION_DUTY_EXPONENT = 1.6
+"""A pass's excess time beside a co-runner, over its time alone, scales as the co-runner's duty
+to this power. Measured on the H200 (benchmarks/pass_contention.py --cases paced, result
+benchmarks/results/h200-pass-contention-paced.json): prompts of 256 and 2,048 tokens on 48 SMs
+beside 8 or 32 decodes that pause 0.4-2 ms after each pass; the least-squares exponent over
+the nine paced rows is 1.64 (1.7-2.0 for the long prompt, 1.4-1.6 for the short one). A
+co-runner that pauses also lets the clock recover and its memory traffic come in bursts the
+other lane's kernels partly hide, so the excess falls faster than the share of time it runs."""
+
 
 class HostOverheadCostModel:
     """`inner` plus the host's launch and step costs."""
@@ -121,8 +130,9 @@ class HostOverheadCostModel:
         return self.step_host_s(batch) + max(gpu_s + self.gaps_s(batch), self.launches(batch) * self.host_launch_s)
 
     def gpu_s(self, batch: BatchShape, sms: int | None = None, corunner: Corunner | None = None) -> float:
-        """The inner model's time for the pass, its slowdown beside `corunner` scaled by the
-        share of the co-runner's steps its GPU work fills (`duty`)."""
+        """The inner model's time for the pass, its excess beside `corunner` scaled by the
+        share of the co-runner's steps its GPU work fills (`duty`) to the power
+        CONTENTION_DUTY_EXPONENT."""
         beside = self.inner.step_time(batch, sms, corunner)
         if corunner is None or corunner.batch.is_empty or batch.is_empty:
             return beside
@@ -130,7 +140,7 @@ class HostOverheadCostModel:
         if duty >= 1.0:
             return beside
         alone = self.inner.step_time(batch, sms)
-        return alone + duty * (beside - alone)
+        return alone + duty ** CONTENTION_DUTY_EXPONENT * (beside - alone)
 
     def duty(self, corunner: Corunner) -> float:
         """The share of a co-runner's steps in which its kernels keep its SMs busy: its GPU
