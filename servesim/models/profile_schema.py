@@ -85,6 +85,12 @@ CORUNNERS = ("decode_attn", "decode_gemm", "prefill_gemm", "prefill_attn")
 """Classes of co-runners in the contention table (`corunner` column)."""
 SMALL_GEMM_ROWS = 256
 """GEMMs of at most this many rows count as weight-streaming (decode-side) in contention."""
+GEMM_ROW_CLASSES = (16, 32, 64)
+"""Row counts at which servesim's GEMMs change their tiling (kernels.configs: 16-row split-K
+tiles up to 16 rows, 32-row up to 32, 64-row up to 64, TMA tiles beyond). A decode pass's
+pressure on a prompt beside it steps at these counts rather than varying smoothly: a 2,048-token
+prompt on 40 H200 SMs ran 1.48-1.50x beside 8-16 decodes and 1.24-1.27x beside 20-32
+(benchmarks/results/h200-pass-contention-batch.json)."""
 
 
 def table_for(op_name: str) -> str:

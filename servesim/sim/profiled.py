@@ -33,7 +33,13 @@ from servesim.errors import InputError
 from servesim.models import ops as model_ops
 from servesim.models.arch import ModelArch
 from servesim.models.ops import OpSpec
-from servesim.models.profile_schema import CONTENTION_TARGETS, CORUNNERS, SMALL_GEMM_ROWS, table_for
+from servesim.models.profile_schema import (
+    CONTENTION_TARGETS,
+    CORUNNERS,
+    GEMM_ROW_CLASSES,
+    SMALL_GEMM_ROWS,
+    table_for,
+)
 from servesim.models.shapes import BatchCost, BatchShape, Corunner, OpCost
 from servesim.sim import kernel_work
 from servesim.sim.hardware import CORUN_BASE, CORUN_PER_DEMAND, GpuSpec
@@ -147,7 +153,8 @@ class ProfiledCostModel:
                                 int(r["corunner_sms"])) if n else None
             return self._total(BatchShape((int(r["prefill_tokens"]),), (0,), num_logits=1), sms, corunner)
 
-        return self._lane_levels(rows, "prefill_tokens", "corunner_decodes", priced, alone_measured=True)
+        return self._lane_levels(rows, "prefill_tokens", "corunner_decodes", priced, alone_measured=True,
+                                 co_classes=GEMM_ROW_CLASSES)
 
     def _beside_table(self) -> _LanePass | None:
         """The profile's decode-only passes on partitions beside a looping prompt (`passes`
@@ -180,14 +187,15 @@ class ProfiledCostModel:
 
     def _lane_levels(self, rows: pd.DataFrame, size: str, co_size: str,
                      priced: Callable[[dict[str, Any], int], float], alone_measured: bool,
-                     relative: bool = False) -> _LanePass | None:
+                     relative: bool = False, co_classes: tuple[int, ...] = ()) -> _LanePass | None:
         """Measured / priced per SM count below the whole GPU, on a (size x co-runner size)
         grid; co-runner size 0 (alone) is measured or, without `alone_measured`, 1. With
         `relative`, each size's factors are divided by its factor alone: the pass beside a
         co-runner then costs its price alone times the slowdown measured. An SM count whose
         grid is not complete is left out; pricing here leaves `extrapolated` as it was. A
         relative table's factors are measured slowdowns: they scale the price without the
-        operator table's contention (`_composed`)."""
+        operator table's contention (`_composed`). With `co_classes`, a co-runner reads the grid
+        within its size class only (`_LanePass._columns`)."""
         rows = rows.dropna(subset=["median_us", "sms"])
         rows = rows[rows.sms < self.gpu.num_sms]
         rows = rows.assign(**{co_size: rows[co_size].fillna(0)})
@@ -208,7 +216,7 @@ class ProfiledCostModel:
                 factors = [[f / row[0] for f in row] for row in factors]
             levels[int(sms)] = (sizes, co_sizes, factors)
         self.extrapolated = counted
-        return _LanePass(levels, self.gpu.num_sms, relative) if levels else None
+        return _LanePass(levels, self.gpu.num_sms, relative, co_classes) if levels else None
 
     def _in_pass_grid(self, rows: pd.DataFrame, sms: int) -> tuple[list[int], list[int], list[list[float]]] | None:
         batches = sorted({int(n) for n in rows.num_decodes})
@@ -586,20 +594,42 @@ class _InPass:
 class _LanePass:
     """Factors of whole passes on partitions: per SM count measured, a grid over the pass's
     size (prompt tokens, or decodes) x the co-runner's size (its decodes, or prompt tokens; 0:
-    alone), bilinear in log size and log(1 + co-runner size), held at its edges. Between SM
+    alone), bilinear in log size and log(1 + co-runner size), held at its edges; with
+    `co_classes`, a co-runner reads only the columns of its size class (`_columns`). Between SM
     counts measured: linear in SMs; below the smallest, held; above the largest, linear to 1 at
     the whole GPU (no co-runner there)."""
 
     def __init__(self, levels: dict[int, tuple[list[int], list[int], list[list[float]]]], whole_sms: int,
-                 relative: bool = False) -> None:
-        self.whole_sms, self.relative = whole_sms, relative
+                 relative: bool = False, co_classes: tuple[int, ...] = ()) -> None:
+        self.whole_sms, self.relative, self.co_classes = whole_sms, relative, co_classes
         self.sms = sorted(levels)
+        self.co_sizes = {sms: ns for sms, (_, ns, _) in levels.items()}
         self.levels = {sms: ([math.log(q) for q in qs], [math.log1p(n) for n in ns], grid)
                        for sms, (qs, ns, grid) in levels.items()}
 
+    def _columns(self, sms: int, co_size: int) -> list[int]:
+        """The grid's co-runner columns that price a co-runner of `co_size`: all of them; with
+        `co_classes`, a co-runner (size > 0) reads only the measured sizes of its own class (the
+        sizes up to the same boundary), else the nearest measured size."""
+        sizes = self.co_sizes[sms]
+        if not self.co_classes or co_size <= 0:
+            return list(range(len(sizes)))
+
+        def cls(n: int) -> int:
+            return bisect.bisect_left(self.co_classes, n)
+
+        same = [j for j, n in enumerate(sizes) if n > 0 and cls(n) == cls(co_size)]
+        if same:
+            return same
+        beside = [j for j, n in enumerate(sizes) if n > 0]
+        if not beside:
+            return list(range(len(sizes)))
+        return [min(beside, key=lambda j: abs(math.log(sizes[j]) - math.log(co_size)))]
+
     def _at(self, sms: int, tokens: int, decodes: int) -> float:
         log_q, log_n, grid = self.levels[sms]
-        column = [_interp(log_n, row, math.log1p(decodes)) for row in grid]
+        use = self._columns(sms, decodes)
+        column = [_interp([log_n[j] for j in use], [row[j] for j in use], math.log1p(decodes)) for row in grid]
         return _interp(log_q, column, math.log(max(tokens, 1)))
 
     def factor(self, tokens: int, sms: int, decodes: int) -> float:
