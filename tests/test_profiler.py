@@ -17,6 +17,7 @@ from servesim.models.arch import load_model  # noqa: E402
 from servesim.models.profile_schema import (  # noqa: E402
     CONTENTION_TARGETS,
     CORUNNERS,
+    GEMM_ROW_CLASSES,
     OP_AXES,
     SCHEMA_VERSION,
     TABLES,
@@ -103,6 +104,23 @@ def test_gemm_rows_catch_both_sides_of_every_early_step() -> None:
     assert max(r for r, hi in gaps if hi <= 4096) < 1.3
     assert max(r for r, _ in gaps) <= 1.5 + 1e-3 and any(r > 1.3 for r, _ in gaps)
     assert len(gemm_rows(n, k, SPECS["full"], 32768)) > len(gemm_rows(n, k, spec, 32768))
+
+
+@pytest.mark.parametrize("model", ["llama-3.1-8b", "qwen3-30b-a3b"])
+def test_gemm_row_classes_are_where_the_kernels_tiling_steps(model: str) -> None:
+    """GEMM_ROW_CLASSES (what the simulator's lane table reads a co-runner's decodes by) is
+    where kernels.configs changes the tiling of small GEMMs, for every GEMM of the model and on
+    a partition as on the whole GPU; the partition shares time both sides of each step."""
+    from servesim.kernels.configs import gemm_config
+
+    arch = load_model(model)
+    for n, k in gemm_shapes(arch).values():
+        for sms in (40, 92, 132):
+            tiling = [(c.kind, c.block_m) for c in (gemm_config(m, n, k, sms) for m in range(1, 66))]
+            steps = [m for m in range(2, 66) if tiling[m - 1] != tiling[m - 2]]
+            assert [m - 1 for m in steps] == list(GEMM_ROW_CLASSES), (n, k, sms)
+    shares = {p.a for p in share_points(arch, "quick") if p.op == "qkv"}
+    assert {r + d for r in GEMM_ROW_CLASSES for d in (0, 1)} <= shares
 
 
 def test_contention_covers_both_sides_of_each_split() -> None:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from servesim.kernels.configs import gemm_config, split_k_for
 from servesim.models.arch import ModelArch
-from servesim.models.profile_schema import CONTENTION_TARGETS, CORUNNERS
+from servesim.models.profile_schema import CONTENTION_TARGETS, CORUNNERS, GEMM_ROW_CLASSES
 
 MODES = ("full", "quick", "tiny")
 _MOE_ELEMENTWISE = ("topk_softmax", "moe_align", "moe_silu_mul")
@@ -70,12 +70,22 @@ class GridSpec:
     """(q, prefix) axes of prefill attention inside partitions (a subset of the ops grid)."""
     share_decode: tuple[tuple[int, ...], tuple[int, ...]]
     """(batch, context) axes of decode attention inside partitions."""
+    share_gemm_rows: tuple[int, ...] = ()
+    """GEMM rows inside partitions beyond share_tokens: both sides of each step in the kernels'
+    tiling (models.profile_schema.GEMM_ROW_CLASSES), so a partition's ratio is read within the
+    tiling that runs (one interpolated from 1 and 64 rows priced 20-24 decodes on 92 SMs 7-9 %
+    high, benchmarks/results/h200-pass-contention-batch.json)."""
 
 
 # Elementwise grids hold 16 and 17 tokens: the embedding gather (torch.index_select) steps
 # there on the H200, 11.6 us at 16 rows and 1.9 us at 17 (2.1 at 32), so a point between two
 # others farther apart was priced at ~11 us (the dense quick profile of 4c5a36d,
 # benchmarks/results/h200-profile-llama-3.1-8b-dense/).
+
+
+def _class_edges() -> tuple[int, ...]:
+    """The last row of each GEMM tiling class and the first of the next: 16, 17, 32, 33, 64, 65."""
+    return tuple(sorted({r + d for r in GEMM_ROW_CLASSES for d in (0, 1)}))
 
 
 def _pow2(lo: int, hi: int) -> tuple[int, ...]:
@@ -95,6 +105,7 @@ SPECS: dict[str, GridSpec] = {
         share_tokens=(1, 16, 64, 256, 1024, 4096, 16384),
         share_prefill=((128, 1024, 8192), (0, 8192)),
         share_decode=((1, 16, 128), (512, 4096)),
+        share_gemm_rows=_class_edges(),
     ),
     "quick": GridSpec(
         max_tokens=32768, ladder_ratio=1.5, fine_ladder=(1.25, 4096), max_waves=4,
@@ -109,6 +120,7 @@ SPECS: dict[str, GridSpec] = {
         share_tokens=(1, 64, 256, 512, 1024, 4096, 16384),
         share_prefill=((256, 1024, 4096), (0, 2048, 8192)),
         share_decode=((1, 16, 256), (512, 2048)),
+        share_gemm_rows=_class_edges(),
     ),
     "tiny": GridSpec(
         max_tokens=64, ladder_ratio=2.0, fine_ladder=(2.0, 0), max_waves=2,
@@ -225,9 +237,12 @@ def share_points(arch: ModelArch, mode: str) -> list[Point]:
     """The `sm_shares` table: a coarse subset of the ops grid inside each partition size."""
     spec = SPECS[mode]
     base: list[Point] = []
-    for op in list(gemm_shapes(arch)) + elementwise_ops(arch) + ["sample"]:
+    gemms = list(gemm_shapes(arch))
+    for op in gemms + elementwise_ops(arch) + ["sample"]:
         tokens = [t for t in spec.share_tokens if (op not in ("lm_head", "sample") or t <= 4096)
                   and (op != "sample" or t in spec.sample_rows)]
+        if op in gemms:
+            tokens = sorted(set(tokens) | set(spec.share_gemm_rows))
         base += [Point("sm_shares", op, t) for t in tokens]
     base += [Point("sm_shares", "attn_prefill", q, p) for q in spec.share_prefill[0]
              for p in spec.share_prefill[1]]
