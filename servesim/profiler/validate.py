@@ -134,11 +134,7 @@ def random_batches(count: int, mode: str, seed: int = 2) -> list[MixedBatch]:
     return out
 
 
-PASS_BATCHES = {"tiny": (1, 4), "quick": (1, 4, 16, 32, 64, 128, 256), "full": (1, 2, 4, 8, 16, 32, 64, 128, 256)}
-"""Decode batches of the whole passes: one in each tiling class of the GEMMs (GEMM_ROW_CLASSES:
-up to 16, 32 and 64 rows, then TMA tiles) and beyond. Without 32 and 128, a pass's factor was
-read across a tiling step (64 to 256): issue 7's vllm and flowprefill runs at 90 % load measured
-their 81-112-decode passes 4.3-5.0 % over the price (the 59ff497 profile)."""
+PASS_BATCHES = {"tiny": (1, 4), "quick": (1, 4, 16, 64, 256), "full": (1, 2, 4, 8, 16, 32, 64, 128, 256)}
 PASS_CONTEXTS = {"tiny": (16, 48), "quick": (512, 4096), "full": (256, 1024, 4096, 16384)}
 PASS_SMS = {"tiny": (2,), "quick": (64, 96), "full": (32, 64, 96)}
 """Partitions the passes also run on (besides the whole GPU): the decode shares Nexus picks.
