@@ -98,6 +98,12 @@ class EngineConfig(DictConfig):
         "attention included (vLLM's full graphs for decode batches; the host then launches about ten "
         "things per step); 0 = none"
     )
+    cuda_graph_sizes: tuple[int, ...] = _help(
+        (), "row counts the engine captures its graphs at: a graphed pass runs its GEMMs and other "
+        "non-attention operators at the smallest size that holds its tokens (padding rows), a whole "
+        "decode graph all of it (vLLM pads to its capture sizes the same way); () = every size "
+        "captured. `servesim validate` sets the runtime's own"
+    )
 
     def __post_init__(self) -> None:
         if self.block_size < 1:
@@ -110,6 +116,9 @@ class EngineConfig(DictConfig):
             raise InputError("cuda_graph_max_tokens: must be >= 0")
         if self.cuda_graph_max_decodes < 0:
             raise InputError("cuda_graph_max_decodes: must be >= 0")
+        sizes = self.cuda_graph_sizes
+        if any(s < 1 for s in sizes) or list(sizes) != sorted(set(sizes)):
+            raise InputError("cuda_graph_sizes: must be increasing row counts >= 1")
 
 
 @dataclass(frozen=True)

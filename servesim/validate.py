@@ -35,7 +35,7 @@ from servesim.runner import (
 )
 from servesim.runtime.clocks import HOST_SLOW_RATIO, ClockMonitor, HostMonitor
 from servesim.runtime.engine import Runtime, StepRecord
-from servesim.runtime.model import RuntimeModel
+from servesim.runtime.model import GRAPH_SIZES, RuntimeModel
 from servesim.runtime.partitioned import Lanes, PartitionedRuntime, PartitionLanes
 from servesim.runtime.warmup import warm_up
 from servesim.sim.cost_model import CostModel
@@ -79,12 +79,23 @@ class _Loaded:
     partitions: PartitionLanes | None = None
 
 
+def runtime_config(config: Config) -> Config:
+    """`config` as the simulator prices servesim's runtime: where the engine has graphs and the
+    config names no sizes for them, the runtime's own (GRAPH_SIZES: graphed passes run padded to
+    them)."""
+    engine = config.engine
+    if engine.cuda_graph_max_tokens and not engine.cuda_graph_sizes:
+        return dataclasses.replace(config, engine=dataclasses.replace(engine, cuda_graph_sizes=GRAPH_SIZES))
+    return config
+
+
 def validate(config: Config, base_dir: Path, device_name: str = "cuda",
              max_kv_blocks: int | None = None, warmup: bool = True,
              models: dict[tuple[Any, ...], Any] | None = None) -> Validation:
     """Measure on the runtime, predict with the simulator, compare. `models` (a dict the
     caller keeps) lets several validations of one model share its weights, compiled kernels
     and graphs."""
+    config = runtime_config(config)
     device = _device(device_name)
     arch, gpu = load_model(config.model), get_gpu(config.hardware.gpu)
     limits = engine_limits(config, arch, gpu)
@@ -200,6 +211,7 @@ def repredict(config: Config, base_dir: Path, report: dict[str, Any], steps: pd.
     """Predict again, on any machine, for a measurement already taken (a report and its step
     table; with the measured request table, the per-request errors too): the simulator with
     `config`'s cost model; the measured side is kept as it is."""
+    config = runtime_config(config)
     arch, gpu = load_model(config.model), get_gpu(config.hardware.gpu)
     limits = dataclasses.replace(engine_limits(config, arch, gpu), total_blocks=report["kv_blocks"])
     limits = dataclasses.replace(limits, watermark_blocks=int(config.engine.watermark * limits.total_blocks))

@@ -10,6 +10,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from servesim.config import from_mapping
+from servesim.errors import InputError
 from servesim.models import ops as model_ops
 from servesim.models.arch import load_model
 from servesim.models.shapes import BatchShape, Corunner
@@ -200,3 +202,42 @@ def test_the_duty_exponent_is_the_one_the_paced_co_runner_measured() -> None:
     fitted = sum(x * y for x, y in zip(xs, ys, strict=True)) / sum(x * x for x in xs)
     assert fitted == pytest.approx(CONTENTION_DUTY_EXPONENT, abs=0.1)
     assert fitted > 1.2  # faster than linear in the duty, the reason for the exponent
+
+
+def test_a_graphed_pass_runs_its_graphed_operators_on_the_padding_rows() -> None:
+    """Graphs captured at a few row counts (the runtime's GRAPH_SIZES; vLLM's capture sizes):
+    a pass of 20 decodes replays the graph of 24 rows, so each layer's operators but attention
+    run on 24 rows; a pass at a captured size, an eager one and a roofline inner model add
+    nothing; a layered prompt pays only on the layers it runs."""
+    from servesim.runtime.model import GRAPH_SIZES
+    from servesim.validate import runtime_config
+
+    inner = ProfiledCostModel(ARCH, get_gpu("h200"))
+    sizes = tuple(GRAPH_SIZES)
+    host = HostOverheadCostModel(inner, ARCH, 0.0, 0.0, graph_max_tokens=2048, graph_max_decodes=256,
+                                 graph_sizes=sizes)
+    exact = HostOverheadCostModel(inner, ARCH, 0.0, 0.0, graph_max_tokens=2048, graph_max_decodes=256)
+
+    def decodes(n: int) -> BatchShape:
+        return BatchShape((), (), n, n * 1024, 1024, n)
+
+    layers = ARCH.num_layers
+    extra = host.step_time(decodes(20)) - exact.step_time(decodes(20))
+    assert extra == pytest.approx(layers * (inner.dense_layer_s(24) - inner.dense_layer_s(20)), rel=1e-9)
+    assert host.padding_s(decodes(24)) == 0.0 and host.padding_s(decodes(16)) == 0.0
+    assert host.padding_s(decodes(70)) == pytest.approx(layers * (inner.dense_layer_s(96) - inner.dense_layer_s(70)))
+    assert host.padding_s(decodes(70)) > 0  # 70 rows run as 96
+    prompt = BatchShape((3000,), (0,), num_logits=1)  # above graph_max_tokens: eager
+    assert host.padding_s(prompt) == 0.0
+    layered = BatchShape((300,), (0,), num_logits=1, prefill_layers=(0, 8))
+    assert host.padding_s(layered) == pytest.approx(8 * (inner.dense_layer_s(320) - inner.dense_layer_s(300)))
+    roofline = HostOverheadCostModel(GPU_MODEL, ARCH, 0.0, 0.0, graph_max_tokens=2048, graph_sizes=sizes)
+    assert roofline.padding_s(decodes(20)) == 0.0
+    # servesim validate prices the runtime with the runtime's sizes unless the config names some.
+    config = from_mapping({"model": "llama-3.1-8b", "engine": {"cuda_graph_max_tokens": 2048}}, "test")
+    assert runtime_config(config).engine.cuda_graph_sizes == sizes
+    named = from_mapping({"model": "llama-3.1-8b", "engine": {"cuda_graph_max_tokens": 2048,
+                                                             "cuda_graph_sizes": [8, 64]}}, "test")
+    assert runtime_config(named).engine.cuda_graph_sizes == (8, 64)
+    with pytest.raises(InputError, match="cuda_graph_sizes"):
+        from_mapping({"model": "llama-3.1-8b", "engine": {"cuda_graph_sizes": [64, 8]}}, "test")

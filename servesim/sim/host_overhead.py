@@ -23,7 +23,8 @@ uniformly to the total. An engine that runs a pass block by block and asks the p
 preemption point (FlowPrefill) spends host_check_s there; servesim's runtime decides on the next
 block while the GPU runs the current one, so the operator executor charges each block the
 longer of its GPU time (with its share of the gaps) and the host's work for it (its share of
-the launches plus the check).
+the launches plus the check). Graphs are captured at a few row counts (`graph_sizes`): a graphed
+pass runs its graphed operators on the padding rows up to the next one too (`padding_s`).
 """
 
 from __future__ import annotations
@@ -57,8 +58,12 @@ class HostOverheadCostModel:
     def __init__(self, inner: CostModel, arch: ModelArch, host_launch_s: float, host_step_s: float,
                  graph_max_tokens: int = 0, num_sms: int = 132, host_per_seq_s: float = 0.0,
                  host_check_s: float = 0.0, host_gap_s: float = 0.0, graph_max_decodes: int = 0,
-                 host_graph_issue_s: float = 0.0, host_check_per_seq_s: float = 0.0) -> None:
+                 host_graph_issue_s: float = 0.0, host_check_per_seq_s: float = 0.0,
+                 graph_sizes: tuple[int, ...] = ()) -> None:
         self.inner, self.arch = inner, arch
+        self.graph_sizes = graph_sizes
+        """Row counts the graphs are captured at: a graphed pass runs at the smallest that holds
+        it (`padding_s`); () = every size."""
         self.graph_max_decodes = graph_max_decodes
         """Decode-only passes of up to this many sequences replay one graph of the whole pass."""
         self.host_graph_issue_s = host_graph_issue_s
@@ -130,17 +135,37 @@ class HostOverheadCostModel:
         return self.step_host_s(batch) + max(gpu_s + self.gaps_s(batch), self.launches(batch) * self.host_launch_s)
 
     def gpu_s(self, batch: BatchShape, sms: int | None = None, corunner: Corunner | None = None) -> float:
-        """The inner model's time for the pass, its excess beside `corunner` scaled by the
+        """The inner model's time for the pass plus its graphs' padding (`padding_s`), its excess
+        beside `corunner` scaled by the
         share of the co-runner's steps its GPU work fills (`duty`) to the power
         CONTENTION_DUTY_EXPONENT."""
-        beside = self.inner.step_time(batch, sms, corunner)
+        beside = self.inner.step_time(batch, sms, corunner) + self.padding_s(batch, sms)
         if corunner is None or corunner.batch.is_empty or batch.is_empty:
             return beside
         duty = self.duty(corunner)
         if duty >= 1.0:
             return beside
-        alone = self.inner.step_time(batch, sms)
+        alone = self.inner.step_time(batch, sms) + self.padding_s(batch, sms)
         return alone + duty ** CONTENTION_DUTY_EXPONENT * (beside - alone)
+
+    def padding_s(self, batch: BatchShape, sms: int | None = None) -> float:
+        """The GPU time the padding rows of a graphed pass add: its graphs hold the operators but
+        attention (all of them, for a whole decode graph, whose padding rows' attention reads one
+        token) at the smallest captured size that holds the pass's tokens, so each layer with rows
+        runs those operators on that many rows. Needs an inner model that prices one layer's
+        operators (`dense_layer_s`, the profiled one); 0 for any other, an ungraphed pass or one
+        at a captured size. Negative where the padded size runs faster (GEMM tiles: 320 rows
+        price below 300 on the H200). Alone: a co-runner's slowdown is not applied to it."""
+        tokens = batch.num_tokens
+        if not self.graph_sizes or not 0 < tokens <= self.graph_max_tokens:
+            return 0.0
+        dense = getattr(self.inner, "dense_layer_s", None)
+        padded = next((s for s in self.graph_sizes if s >= tokens), tokens)
+        if dense is None or padded == tokens:
+            return 0.0
+        start, end = batch.prefill_layers or (0, self.arch.num_layers)
+        layers = self.arch.num_layers if batch.num_decodes or not batch.prefill_tokens else end - start
+        return layers * (dense(padded, sms) - dense(tokens, sms))
 
     def duty(self, corunner: Corunner) -> float:
         """The share of a co-runner's steps in which its kernels keep its SMs busy: its GPU
@@ -150,7 +175,7 @@ class HostOverheadCostModel:
         or waiting on its host inside one, presses on the other lane only for this share."""
         duty = self._duty.get(corunner)
         if duty is None:
-            busy = self.inner.step_time(corunner.batch, corunner.sms)
+            busy = self.inner.step_time(corunner.batch, corunner.sms) + self.padding_s(corunner.batch, corunner.sms)
             duty = self._duty[corunner] = min(1.0, busy / self.step_time(corunner.batch, corunner.sms))
         return duty
 

@@ -316,6 +316,11 @@ class ProfiledCostModel:
             return model_ops.embedding_ops(arch, key[1]) + model_ops.head_ops(arch, key[2], key[3])
         return [model_ops.prefill_attention(arch, key[1], key[2])] if key[1] else []
 
+    def dense_layer_s(self, tokens: int, sms: int | None = None) -> float:
+        """One layer's operators but attention, at `tokens` rows, alone on `sms` SMs (what a
+        graph padded to more rows than the pass has runs longer; HostOverheadCostModel)."""
+        return self._dense(tokens, self._check_sms(sms)).total
+
     def _dense(self, tokens: int, sms: int) -> _Priced:
         return self._cached((0, tokens, sms), sms)
 
