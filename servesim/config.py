@@ -102,7 +102,7 @@ class EngineConfig(DictConfig):
         (), "row counts the engine captures its graphs at: a graphed pass runs its GEMMs and other "
         "non-attention operators at the smallest size that holds its tokens (padding rows), a whole "
         "decode graph all of it (vLLM pads to its capture sizes the same way); () = every size "
-        "captured. `servesim validate` sets the runtime's own"
+        "captured. `servesim validate` sets the runtime's own where none are given"
     )
 
     def __post_init__(self) -> None:

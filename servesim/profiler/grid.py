@@ -73,7 +73,7 @@ class GridSpec:
     share_gemm_rows: tuple[int, ...] = ()
     """GEMM rows inside partitions beyond share_tokens: both sides of each step in the kernels'
     tiling (models.profile_schema.GEMM_ROW_CLASSES), so a partition's ratio is read within the
-    tiling that runs (one interpolated from 1 and 64 rows priced 20-24 decodes on 92 SMs 7-9 %
+    tiling that runs (one interpolated from 1 and 64 rows priced 20-24 decodes on 92 SMs 6-9 %
     high, benchmarks/results/h200-pass-contention-batch.json)."""
 
 

@@ -135,10 +135,9 @@ class HostOverheadCostModel:
         return self.step_host_s(batch) + max(gpu_s + self.gaps_s(batch), self.launches(batch) * self.host_launch_s)
 
     def gpu_s(self, batch: BatchShape, sms: int | None = None, corunner: Corunner | None = None) -> float:
-        """The inner model's time for the pass plus its graphs' padding (`padding_s`), its excess
-        beside `corunner` scaled by the
-        share of the co-runner's steps its GPU work fills (`duty`) to the power
-        CONTENTION_DUTY_EXPONENT."""
+        """The inner model's time for the pass plus its graphs' padding (`padding_s`); its excess
+        beside `corunner` is scaled by the share of the co-runner's steps its GPU work fills
+        (`duty`) to the power CONTENTION_DUTY_EXPONENT."""
         beside = self.inner.step_time(batch, sms, corunner) + self.padding_s(batch, sms)
         if corunner is None or corunner.batch.is_empty or batch.is_empty:
             return beside
@@ -155,7 +154,8 @@ class HostOverheadCostModel:
         runs those operators on that many rows. Needs an inner model that prices one layer's
         operators (`dense_layer_s`, the profiled one); 0 for any other, an ungraphed pass or one
         at a captured size. Negative where the padded size runs faster (GEMM tiles: 320 rows
-        price below 300 on the H200). Alone: a co-runner's slowdown is not applied to it."""
+        price below 300 on the H200). Not priced: a whole decode graph's LM head on its padding
+        rows. Alone: a co-runner's slowdown is not applied to it."""
         tokens = batch.num_tokens
         if not self.graph_sizes or not 0 < tokens <= self.graph_max_tokens:
             return 0.0
