@@ -114,9 +114,9 @@ SUMMARY = ("median_ttft_ms", "p99_ttft_ms", "median_itl_ms", "p99_itl_ms", "medi
 def _summary(out: Path) -> None:
     """summary.md: the relative error of the headline metrics for every run under `out`."""
     lines = ["| run | requests | " + " | ".join(SUMMARY) + " | decode steps | steps with prefill "
-             "| per-request TTFT (median, mean) "
+             "| per-request TTFT (median, mean) | decode steps' host, measured / priced "
              "| host constants (us: launch, step, per seq, check, check per running seq, gap, graph issue) | compiles while serving |",
-             "|---|---:|" + "---:|" * (len(SUMMARY) + 3) + "---|---:|"]
+             "|---|---:|" + "---:|" * (len(SUMMARY) + 4) + "---|---:|"]
     for report_file in sorted(out.glob("*/report.json")):
         r = json.loads(report_file.read_text())
         cells = [f"{100 * r['metrics'][k]['rel_error']:+.1f}%" for k in SUMMARY]
@@ -124,6 +124,8 @@ def _summary(out: Path) -> None:
                  for k in ("decode_only", "with_prefill")]
         ttft = r.get("paired", {}).get("ttft_s")
         steps.append(f"{100 * ttft['median_error']:+.1f}%, {100 * ttft['mean_error']:+.1f}%" if ttft else "-")
+        host_ratio = r.get("steps", {}).get("decode_only", {}).get("host_ratio")
+        steps.append(f"{host_ratio:.2f}" if host_ratio is not None else "-")
         cost = r.get("predicted_again", {}).get("cost_model") or {}
         host = ", ".join(f"{cost[k]:g}" for k in ("host_launch_us", "host_step_us", "host_per_seq_us",
                                                     "host_check_us", "host_check_per_seq_us", "host_gap_us",

@@ -291,7 +291,10 @@ def step_shapes(steps: pd.DataFrame) -> list[tuple[BatchShape, int | None, Corun
 def step_errors(steps: pd.DataFrame) -> dict[str, Any]:
     """Per-step accuracy, separate from queueing: the relative error of the predicted step time
     against the measured busy time (and of the predicted GPU span against the measured one,
-    `_priced`), by kind of step: median, p90 and count."""
+    `_priced`), by kind of step: median, p90 and count; and the host's time around the passes
+    (busy - GPU span: scheduling, inputs) measured over priced, summed over the steps
+    (`host_ratio`: how much slower or faster the host ran than its host constants say; a host's
+    speed drifts from one device call, and one minute, to the next)."""
     out: dict[str, Any] = {}
     if steps.empty:
         return out
@@ -308,8 +311,14 @@ def step_errors(steps: pd.DataFrame) -> dict[str, Any]:
             "median_gpu_error": float(gpu.median()), "median_host_ms":
                 1e3 * float((part.busy_s - part.gpu_s).median()),
             "median_after_ms": 1e3 * float(part.after_s[part.after_s < 0.01].median()),
+            "host_ratio": _ratio(float((part.busy_s - part.gpu_s).sum()),
+                                 float((part.predicted_s - part.predicted_gpu_s).sum())),
         }
     return out
+
+
+def _ratio(measured: float, predicted: float) -> float:
+    return measured / predicted if predicted > 0 else float("nan")
 
 
 def _itl(requests: list[Any]) -> np.ndarray:
@@ -410,9 +419,11 @@ def report_markdown(report: dict[str, Any]) -> str:
     if report.get("steps"):
         lines += ["", "Per step (same shape, measured vs predicted; queueing excluded):", "",
                   "| steps | count | median busy ms | median error | p90 abs error | "
-                  "median GPU-span error | median host ms |", "|---|---:|---:|---:|---:|---:|---:|"]
+                  "median GPU-span error | median host ms | host measured / priced |",
+                  "|---|---:|---:|---:|---:|---:|---:|---:|"]
         for kind, row in report["steps"].items():
             lines.append(f"| {kind} | {row['steps']} | {row['median_busy_ms']:.2f} | "
                          f"{100 * row['median_error']:+.1f}% | {100 * row['p90_abs_error']:.1f}% | "
-                         f"{100 * row['median_gpu_error']:+.1f}% | {row['median_host_ms']:.2f} |")
+                         f"{100 * row['median_gpu_error']:+.1f}% | {row['median_host_ms']:.2f} | "
+                         f"{row.get('host_ratio', float('nan')):.2f} |")
     return "\n".join(lines) + "\n"

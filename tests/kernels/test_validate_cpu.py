@@ -10,7 +10,14 @@ import pandas as pd
 
 from servesim.config import from_mapping
 from servesim.plots import plot_validation_cdf
-from servesim.validate import COMPARED, paired_errors, report_markdown, repredict, validate
+from servesim.validate import (
+    COMPARED,
+    paired_errors,
+    report_markdown,
+    repredict,
+    step_errors,
+    validate,
+)
 
 TINY = Path(__file__).parent.parent / "data" / "tiny" / "llama.json"
 
@@ -71,6 +78,18 @@ def test_paired_errors_match_requests_by_id_and_leave_out_those_not_completed_on
     assert abs(ttft["mean_error"] - (0.1 + 0.0 - 0.25) / 3) < 1e-12
     assert abs(ttft["median_diff_ms"] - 0.0) < 1e-9
     assert abs(paired["e2el_s"]["median_error"] - 0.1) < 1e-12
+
+
+def test_step_errors_give_the_hosts_time_measured_over_priced() -> None:
+    """A host that ran slow: each step's host time (busy - GPU span) is 0.6 and 0.9 ms where
+    0.5 and 0.5 ms were priced, so the ratio is 1.5 over the two steps; GPU spans exact."""
+    steps = pd.DataFrame({"prefill_tokens": [0, 0, 64], "busy_s": [6.6e-3, 7.9e-3, 20e-3],
+                          "gpu_s": [6e-3, 7e-3, 19e-3], "after_s": [1e-4] * 3,
+                          "predicted_s": [6.5e-3, 7.5e-3, 20e-3], "predicted_gpu_s": [6e-3, 7e-3, 19e-3]})
+    errors = step_errors(steps)
+    assert abs(errors["decode_only"]["host_ratio"] - 1.5) < 1e-9
+    assert abs(errors["with_prefill"]["host_ratio"] - 1.0) < 1e-9
+    assert errors["decode_only"]["median_gpu_error"] == 0.0 and errors["decode_only"]["steps"] == 2
 
 
 def test_validate_nexus_prices_each_step_on_its_partition(tmp_path: Path) -> None:
