@@ -231,6 +231,12 @@ def test_a_graphed_pass_runs_its_graphed_operators_on_the_padding_rows() -> None
     assert host.padding_s(prompt) == 0.0
     layered = BatchShape((300,), (0,), num_logits=1, prefill_layers=(0, 8))
     assert host.padding_s(layered) == pytest.approx(8 * (inner.dense_layer_s(320) - inner.dense_layer_s(300)))
+    # With decodes: the prompt's 8 layers run 310 rows (padded to 320), the other 24 the 20
+    # decodes' rows alone (padded to 24), as the runtime parks the prompt's rows outside its layers.
+    both = BatchShape((290,), (0,), 20, 20 * 1024, 1024, 21, prefill_layers=(0, 8))
+    expected = 8 * (inner.dense_layer_s(320) - inner.dense_layer_s(310)) \
+        + 24 * (inner.dense_layer_s(24) - inner.dense_layer_s(20))
+    assert host.padding_s(both) == pytest.approx(expected)
     roofline = HostOverheadCostModel(GPU_MODEL, ARCH, 0.0, 0.0, graph_max_tokens=2048, graph_sizes=sizes)
     assert roofline.padding_s(decodes(20)) == 0.0
     # servesim validate prices the runtime with the runtime's sizes unless the config names some.

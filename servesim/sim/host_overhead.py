@@ -157,15 +157,22 @@ class HostOverheadCostModel:
         price below 300 on the H200). Not priced: a whole decode graph's LM head on its padding
         rows. Alone: a co-runner's slowdown is not applied to it."""
         tokens = batch.num_tokens
-        if not self.graph_sizes or not 0 < tokens <= self.graph_max_tokens:
-            return 0.0
         dense = getattr(self.inner, "dense_layer_s", None)
-        padded = next((s for s in self.graph_sizes if s >= tokens), tokens)
-        if dense is None or padded == tokens:
+        if not self.graph_sizes or not 0 < tokens <= self.graph_max_tokens or dense is None:
             return 0.0
-        start, end = batch.prefill_layers or (0, self.arch.num_layers)
-        layers = self.arch.num_layers if batch.num_decodes or not batch.prefill_tokens else end - start
-        return layers * (dense(padded, sms) - dense(tokens, sms))
+
+        def pad(rows: int) -> float:  # one layer's padding at `rows` rows
+            padded = next((s for s in self.graph_sizes if s >= rows), rows)
+            return dense(padded, sms) - dense(rows, sms) if padded != rows else 0.0
+
+        num_layers = self.arch.num_layers
+        start, end = batch.prefill_layers or (0, num_layers)
+        if not batch.prefill_tokens:
+            return num_layers * pad(tokens)
+        # A layered pass: the prompt's layers run its rows and the decodes', the others the
+        # decodes' alone (the runtime parks the prompt's rows outside its layers).
+        rest = (num_layers - (end - start)) * pad(batch.num_decodes) if batch.num_decodes else 0.0
+        return (end - start) * pad(tokens) + rest
 
     def duty(self, corunner: Corunner) -> float:
         """The share of a co-runner's steps in which its kernels keep its SMs busy: its GPU
