@@ -11,8 +11,8 @@ own K/V pool of the runtime's size, for block tables that are:
   random       a seeded permutation of the whole pool (a fragmented pool).
 
 The step is captured in one CUDA graph and replayed, so the host's launches (~70-130 us per
-call) are not timed. Prints one row per (sequences, context) with the median time of each layout and the ratios to
-contiguous; --out writes the JSON.
+call) are not timed. Prints one row per (sequences, context): the median time of each layout
+and the ratios to contiguous; --out writes the JSON.
 
     PYTHONPATH=. python benchmarks/kv_layout.py --out FILE
 """
