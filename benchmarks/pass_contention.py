@@ -179,8 +179,9 @@ def main() -> int:
 def _paced(arch: ModelArch, factory: OperatorFactory, partitions: Partitions, out: str | None) -> int:
     """The prompt's slowdown beside a decode pass that idles PACED_GAPS_US after each replay:
     measured; the co-runner's duty relative to looping back to back (its period without a gap
-    over its period with one: both periods hold its own slowdown beside the prompt); and what
-    the host model's linear scaling makes of the slowdown measured back to back."""
+    over its period with one: both periods hold its own slowdown beside the prompt); and what a
+    scaling linear in the duty (the host model's before CONTENTION_DUTY_EXPONENT) makes of the
+    slowdown measured back to back."""
     device = factory.device
     mhz = 1980  # the H200's SM clock, cycles per us of gap (the duty is measured, not assumed)
     rows = []

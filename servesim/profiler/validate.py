@@ -174,7 +174,9 @@ prompts beside 1-8 / 9-16 / 17-32 / 33-64 decodes of ~1k context ran 1.35 / 1.23
 1.27-1.42x; so the co-runners are one context (the runtime's decodes average 0.3-1.3k) at four
 batch sizes, the axis the cost model interpolates. The profile of 191a6f5 (Llama-3.1-8B, 32-64
 SMs) measured 1.36-1.59x beside 8 and 16 decodes, 1.27-1.34x beside 32 and 1.29-1.40x beside 64:
-not monotonic, and above the 1.15-1.35x its prompts then ran beside the serving decode lane."""
+not monotonic, because the decode GEMMs change tiling at 17 rows (pass_contention.py --cases
+batch: 1.48-1.54x beside 2-16 decodes, 1.24-1.31x beside 20-48), so the cost model reads these
+co-runners within their tiling class (models.profile_schema.GEMM_ROW_CLASSES)."""
 
 
 DECODE_BESIDE_SMS = {"tiny": (2,), "quick": (68, 84, 100), "full": (68, 84, 92, 100, 108)}

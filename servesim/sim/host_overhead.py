@@ -29,6 +29,7 @@ pass runs its graphed operators on the padding rows up to the next one too (`pad
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
 
 from servesim.models import ops as model_ops
@@ -138,13 +139,14 @@ class HostOverheadCostModel:
         """The inner model's time for the pass plus its graphs' padding (`padding_s`); its excess
         beside `corunner` is scaled by the share of the co-runner's steps its GPU work fills
         (`duty`) to the power CONTENTION_DUTY_EXPONENT."""
-        beside = self.inner.step_time(batch, sms, corunner) + self.padding_s(batch, sms)
+        padding = self.padding_s(batch, sms)
+        beside = self.inner.step_time(batch, sms, corunner) + padding
         if corunner is None or corunner.batch.is_empty or batch.is_empty:
             return beside
         duty = self.duty(corunner)
         if duty >= 1.0:
             return beside
-        alone = self.inner.step_time(batch, sms) + self.padding_s(batch, sms)
+        alone = self.inner.step_time(batch, sms) + padding
         return alone + duty ** CONTENTION_DUTY_EXPONENT * (beside - alone)
 
     def padding_s(self, batch: BatchShape, sms: int | None = None) -> float:
@@ -161,8 +163,11 @@ class HostOverheadCostModel:
         if not self.graph_sizes or not 0 < tokens <= self.graph_max_tokens or dense is None:
             return 0.0
 
+        sizes = self.graph_sizes
+
         def pad(rows: int) -> float:  # one layer's padding at `rows` rows
-            padded = next((s for s in self.graph_sizes if s >= rows), rows)
+            i = bisect.bisect_left(sizes, rows)
+            padded = sizes[i] if i < len(sizes) else rows
             return dense(padded, sms) - dense(rows, sms) if padded != rows else 0.0
 
         num_layers = self.arch.num_layers
