@@ -59,8 +59,12 @@ class Forward:
     """One pass of `chunks` [(new tokens, prefix)] plus decodes with `decode_context` each."""
 
     def __init__(self, factory: OperatorFactory, chunks: list[tuple[int, int]],
-                 decode_context: list[int], num_logits: int, sms: int | None = None) -> None:
+                 decode_context: list[int], num_logits: int, sms: int | None = None,
+                 layer_sets: int = LAYER_SETS) -> None:
         self.f, self.arch = factory, factory.arch
+        self.layer_sets = layer_sets
+        """Distinct weight sets and KV caches the layers cycle over (the real layer count: one
+        per layer, as a serving engine holds them)."""
         self.sms = sms
         """SMs of the partition the pass runs on: GEMM grids and decode-attention splits are
         sized for them, as the partitioned runtime's lanes size theirs (None: the whole GPU)."""
@@ -71,7 +75,7 @@ class Forward:
         seq_tokens = [p + q for q, p in chunks] + list(decode_context)
         self.blocks = [math.ceil(n / PAGE) for n in seq_tokens]
         shape = (sum(self.blocks) + 1, PAGE, arch.num_kv_heads, arch.head_dim)
-        self.kv = [(factory.rand(*shape), factory.rand(*shape)) for _ in range(LAYER_SETS)]
+        self.kv = [(factory.rand(*shape), factory.rand(*shape)) for _ in range(layer_sets)]
         self._metadata(chunks, decode_context, dev)
         self.ids = torch.randint(0, arch.vocab_size, (self.tokens,), device=dev)
         ends = [sum(q for q, _ in chunks[: i + 1]) - 1 for i in range(len(chunks))]
@@ -111,7 +115,7 @@ class Forward:
         x = F.embedding(self.ids, self.f.weight("embedding", 0, arch.vocab_size, h))
         residual = torch.zeros_like(x)
         for layer in range(arch.num_layers):
-            x, residual = self._layer(x, residual, layer % LAYER_SETS)
+            x, residual = self._layer(x, residual, layer % self.layer_sets)
         out, _ = K.rmsnorm(x, self.f.weight("final_norm", 0, h), 1e-6, residual)
         hidden = out.index_select(0, self.logit_rows)
         logits = K.gemm(hidden, self.f.weight("lm_head", 0, arch.vocab_size, h), num_sms=self.sms)
