@@ -69,6 +69,10 @@ class CostModelConfig(DictConfig):
     host_graph_issue_us: float = _help(0.0, "host time to issue a decode pass replayed whole from one graph "
                                        "(engine.cuda_graph_max_decodes): its inputs' copies and the replay, "
                                        "before which the GPU has none of its work (microseconds)")
+    power_cap: Literal["auto", "on", "off"] = _help(
+        "auto", "the SM clock's slowdown after compute-dense passes (servesim.sim.power): a pass "
+        "that follows a prompt's pass runs slower than the profile, which times a rested GPU; "
+        "auto: on for the profile cost model on a GPU where it was measured (h200)")
 
     def __post_init__(self) -> None:
         for f in ("fixed_s", "per_prefill_token_s", "per_decode_s", "per_context_token_s", "per_chunk_s",

@@ -23,6 +23,7 @@ from servesim.sim.hardware import GpuSpec, get_gpu
 from servesim.sim.host_overhead import HostOverheadCostModel
 from servesim.sim.kv_cache import num_kv_blocks
 from servesim.sim.metrics import request_table, summarize
+from servesim.sim.power import POWER_MODELS, PowerModel
 from servesim.sim.profile_tables import shipped_profiles
 from servesim.sim.profiled import ProfiledCostModel
 from servesim.traces import load_workload
@@ -85,6 +86,19 @@ def build_cost_model(config: Config, arch: ModelArch, gpu: GpuSpec) -> CostModel
     return model
 
 
+def power_model(config: Config, arch: ModelArch, gpu: GpuSpec) -> PowerModel | None:
+    """The clock's response to compute-dense passes the simulator applies (None: none); `on`
+    for a GPU where it was not measured is an input error."""
+    setting = config.cost_model.power_cap
+    if setting == "off" or (setting == "auto" and resolved_kind(config, arch, gpu) != "profile"):
+        return None
+    model = POWER_MODELS.get(gpu.name)
+    if model is None and setting == "on":
+        raise InputError(f"cost_model.power_cap: on, but the clock's response was not measured on "
+                         f"{gpu.name} (measured: {', '.join(sorted(POWER_MODELS))})")
+    return model
+
+
 def build_requests(table: pd.DataFrame, config: Config) -> list[Request]:
     """Request objects from the workload table, with their class's SLO targets."""
     out = []
@@ -135,7 +149,8 @@ def run(config: Config, base_dir: Path | None = None) -> RunOutput:
     check_fits(workload, limits, config)
     requests = build_requests(workload, config)
     cost_model = build_cost_model(config, arch, gpu)
-    result = simulate(requests, make_policy(config, limits), cost_model, limits, arch=arch)
+    result = simulate(requests, make_policy(config, limits), cost_model, limits, arch=arch,
+                      power=power_model(config, arch, gpu))
     table = request_table(result.requests, config.slo.classes, config.slo.default)
     summary = summarize(result, table)
     summary["cost_model"] = resolved_kind(config, arch, gpu)

@@ -21,7 +21,7 @@ import torch
 
 from servesim.config import Config
 from servesim.errors import InputError
-from servesim.models.arch import load_model
+from servesim.models.arch import ModelArch, load_model
 from servesim.models.shapes import BatchShape, Corunner
 from servesim.policies.base import EngineLimits
 from servesim.policies.nexus import Nexus
@@ -31,6 +31,7 @@ from servesim.runner import (
     check_fits,
     engine_limits,
     make_policy,
+    power_model,
     resolved_kind,
 )
 from servesim.runtime.clocks import HOST_SLOW_RATIO, ClockMonitor, HostMonitor
@@ -40,8 +41,9 @@ from servesim.runtime.partitioned import Lanes, PartitionedRuntime, PartitionLan
 from servesim.runtime.warmup import warm_up
 from servesim.sim.cost_model import CostModel
 from servesim.sim.engine import simulate
-from servesim.sim.hardware import get_gpu
+from servesim.sim.hardware import GpuSpec, get_gpu
 from servesim.sim.metrics import request_table, summarize
+from servesim.sim.power import PowerState
 from servesim.traces import load_workload
 
 COMPARED = [f"{stat}_{metric}_ms" for metric in ("ttft", "itl", "tpot", "e2el")
@@ -148,10 +150,10 @@ def validate(config: Config, base_dir: Path, device_name: str = "cuda",
         measured = runtime.run(requests)
     _say("simulating the same requests")
     predicted = simulate(build_requests(workload, config), make_policy(config, limits), cost_model,
-                         limits, arch=arch)
+                         limits, arch=arch, power=power_model(config, arch, gpu))
     tables = [request_table(r.requests, config.slo.classes, config.slo.default) for r in (measured, predicted)]
     summaries = [summarize(r, t) for r, t in zip((measured, predicted), tables, strict=True)]
-    steps = step_table(runtime.steps, cost_model)
+    steps = step_table(runtime.steps, cost_model, _power_state(config, arch, gpu))
     pauses = np.array([s for _, s in runtime.gc_pauses])
     host = steps.busy_s - steps.gpu_s if len(steps) else pd.Series(dtype=float)
     health = {"gc_collections": len(pauses), "gc_max_ms": 1e3 * float(pauses.max(initial=0.0)),
@@ -218,11 +220,12 @@ def repredict(config: Config, base_dir: Path, report: dict[str, Any], steps: pd.
     workload = load_workload(config.workload, np.random.default_rng(config.seed), base_dir)
     cost_model = build_cost_model(config, arch, gpu)
     predicted = simulate(build_requests(workload, config), make_policy(config, limits), cost_model,
-                         limits, arch=arch)
+                         limits, arch=arch, power=power_model(config, arch, gpu))
     table = request_table(predicted.requests, config.slo.classes, config.slo.default)
     summary = summarize(predicted, table)
     rows = _metric_rows({k: row["measured"] for k, row in report["metrics"].items()}, summary)
-    predicted_s, predicted_gpu_s = _priced(cost_model, step_shapes(steps))
+    predicted_s, predicted_gpu_s = _priced(cost_model, step_shapes(steps), steps.start_s.tolist(),
+                                           _power_state(config, arch, gpu))
     steps = steps.assign(predicted_s=predicted_s, predicted_gpu_s=predicted_gpu_s)
     new = {**report, "cost_model": resolved_kind(config, arch, gpu), "metrics": rows,
            "completed_predicted": summary["completed"], "steps": step_errors(steps),
@@ -232,7 +235,12 @@ def repredict(config: Config, base_dir: Path, report: dict[str, Any], steps: pd.
     return Repredicted(new, steps, table, _itl(predicted.requests))
 
 
-def step_table(records: list[StepRecord], cost_model: CostModel) -> pd.DataFrame:
+def _power_state(config: Config, arch: ModelArch, gpu: GpuSpec) -> PowerState | None:
+    model = power_model(config, arch, gpu)
+    return PowerState(model, arch) if model is not None else None
+
+
+def step_table(records: list[StepRecord], cost_model: CostModel, power: PowerState | None = None) -> pd.DataFrame:
     """Every step the runtime ran, with its shape, its measured times and the cost model's
     prediction for that same shape (on its SM partition, next to what the other partition
     ran): busy = start to end (scheduling, inputs, GPU), gpu = inputs ready to end, after = end
@@ -260,7 +268,8 @@ def step_table(records: list[StepRecord], cost_model: CostModel) -> pd.DataFrame
             "corunner_sms": rec.corunner_sms,
         })
     table = pd.DataFrame(rows)
-    predicted_s, predicted_gpu_s = _priced(cost_model, step_shapes(table)) if rows else ([], [])
+    predicted_s, predicted_gpu_s = _priced(cost_model, step_shapes(table), table.start_s.tolist(), power) \
+        if rows else ([], [])
     return table.assign(predicted_s=predicted_s, predicted_gpu_s=predicted_gpu_s)
 
 
@@ -336,18 +345,27 @@ def _metric_rows(measured: dict[str, Any], predicted: dict[str, Any]) -> dict[st
     return rows
 
 
-def _priced(cost_model: CostModel, steps: list[tuple[BatchShape, int | None, Corunner | None]]
+def _priced(cost_model: CostModel, steps: list[tuple[BatchShape, int | None, Corunner | None]],
+            starts: list[float] | None = None, power: PowerState | None = None,
             ) -> tuple[list[float], list[float]]:
     """Each step's predicted time, and its predicted GPU span as the runtime records it (from
     the first launch to the end): the pass, plus, for a pass replayed whole from one graph, the
     host's issue of it (the inputs' copies and the replay), which comes before any of its GPU
-    work and inside that span."""
+    work and inside that span. With `power` (and the measured `starts`), both are stretched
+    by the heat the measured sequence of passes leaves, as the simulator stretches its own
+    (on the whole GPU only: a table with SM partitions is priced rested)."""
     gpu = getattr(cost_model, "gpu_s", cost_model.step_time)
     full_graph = getattr(cost_model, "full_graph", None)
     issue = getattr(cost_model, "host_graph_issue_s", 0.0)
-    return ([cost_model.step_time(b, sms, other) for b, sms, other in steps],
-            [gpu(b, sms, other) + (issue if full_graph is not None and full_graph(b) else 0.0)
-             for b, sms, other in steps])
+    times = [cost_model.step_time(b, sms, other) for b, sms, other in steps]
+    spans = [gpu(b, sms, other) + (issue if full_graph is not None and full_graph(b) else 0.0)
+             for b, sms, other in steps]
+    if power is None or starts is None or any(sms for _, sms, _ in steps):
+        return times, spans
+    factors = [power.stretch(b, t, start) / t if t > 0 else 1.0
+               for (b, _, _), t, start in zip(steps, times, starts, strict=True)]
+    return ([t * f for t, f in zip(times, factors, strict=True)],
+            [g * f for g, f in zip(spans, factors, strict=True)])
 
 
 def _report(config: Config, measured: dict[str, Any], predicted: dict[str, Any],

@@ -18,6 +18,7 @@ from servesim.sim.cost_model import CostModel
 from servesim.sim.executor import Executor, Proc, delay_until
 from servesim.sim.op_executor import OperatorExecutor
 from servesim.sim.partitioned import PhaseExecutor, controller
+from servesim.sim.power import PowerModel, PowerState
 from servesim.sim.state import ServingState, SimResult, admission_reject_reason
 
 
@@ -41,14 +42,17 @@ def _arrivals(
 
 def simulate(
     requests: Sequence[Request], policy: Policy, cost_model: CostModel, limits: EngineLimits,
-    fast_forward: bool = True, arch: ModelArch | None = None,
+    fast_forward: bool = True, arch: ModelArch | None = None, power: PowerModel | None = None,
 ) -> SimResult:
     """Replay `requests` (sorted by arrival) under `policy` until each one finished or was
-    rejected. `fast_forward=False` steps every iteration as its own event (for checking)."""
+    rejected. `fast_forward=False` steps every iteration as its own event (for checking).
+    `power` (with `arch`): the GPU's clock slows after compute-dense passes (servesim.sim.power;
+    not on SM partitions)."""
     env = simpy.Environment()
     state = ServingState(limits)
     policy.predict = cost_model.step_time
-    executors, extra = _executors(env, state, policy, cost_model, len(requests), arch)
+    heat = PowerState(power, arch) if power is not None and arch is not None else None
+    executors, extra = _executors(env, state, policy, cost_model, len(requests), arch, heat)
     for executor in executors:
         executor.fast_forward &= fast_forward
     env.process(_arrivals(env, requests, state, executors))
@@ -69,14 +73,14 @@ def simulate(
 
 def _executors(
     env: simpy.Environment, state: ServingState, policy: Policy, cost_model: CostModel,
-    num_requests: int, arch: ModelArch | None,
+    num_requests: int, arch: ModelArch | None, power: PowerState | None = None,
 ) -> tuple[list[Executor], dict[str, Any]]:
     """The executors a policy's granularity needs, and a dict they report extras into."""
     extra: dict[str, Any] = {}
     if policy.granularity == "operator":
-        return [OperatorExecutor(env, state, policy, cost_model, num_requests, arch=arch)], extra
+        return [OperatorExecutor(env, state, policy, cost_model, num_requests, arch=arch, power=power)], extra
     if policy.granularity != "partitioned":
-        return [Executor(env, state, policy, cost_model, num_requests, arch=arch)], extra
+        return [Executor(env, state, policy, cost_model, num_requests, arch=arch, power=power)], extra
     assert isinstance(policy, Nexus)
     prefill_sms = policy.initial_split()
     prefill = PhaseExecutor(env, state, policy, cost_model, num_requests, sms=prefill_sms,

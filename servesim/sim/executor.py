@@ -18,6 +18,7 @@ from servesim.models.ops import expert_bytes_read
 from servesim.models.shapes import BatchShape, Corunner
 from servesim.policies.base import Policy, Step
 from servesim.sim.cost_model import CostModel
+from servesim.sim.power import PowerState
 from servesim.sim.state import ServingState
 
 Proc = Generator[simpy.Event, Any, None]
@@ -45,6 +46,7 @@ class Executor:
         sms: int | None = None,
         partition: int = 0,
         arch: ModelArch | None = None,
+        power: PowerState | None = None,
     ) -> None:
         self.env = env
         self.state = state
@@ -57,6 +59,9 @@ class Executor:
         """Set for MoE models: the executor then counts the expert weight bytes it reads."""
         self.current: BatchShape | None = None
         self._idle: simpy.Event | None = None
+        self.power = power
+        """The GPU's clock state: each pass is stretched by the heat it starts at (None: a rested
+        GPU throughout)."""
         self.fast_forward = policy.decode_steady_state and policy.granularity != "partitioned"
         """Advance runs of identical decode-only iterations in one event (see _decode_run)."""
 
@@ -128,6 +133,7 @@ class Executor:
         price = stepper(n, n, self.sms) if stepper is not None and self.corunner() is None else None
         ends: list[float] = []
         used = state.kv.used_blocks
+        shape = BatchShape(num_decodes=n)  # what the clock's response reads
         while len(ends) < max_k and t < state.next_arrival_s:
             new = crossings[len(ends) % bs]
             if new > free:
@@ -138,6 +144,8 @@ class Executor:
                 seconds = price(ctx_sum, ctx_max)
             else:
                 seconds = self.cost_model.step_time(BatchShape((), (), n, ctx_sum, ctx_max, n, None), self.sms, None)
+            if self.power is not None:
+                seconds = self.power.stretch(shape, seconds, t)
             begin_s, t = t, t + seconds
             ends.append(t)
             state.log.add(begin_s, t, 0, n, used, self.partition)
@@ -183,7 +191,10 @@ class Executor:
     def execute(self, step: Step, shape: BatchShape) -> Generator[simpy.Event, Any, bool]:
         """Let the iteration's time pass (one event on the fast path); False if it was suspended
         before the end (operator-level preemption), so its tokens are not emitted yet."""
-        yield self.env.timeout(self.cost_model.step_time(shape, self.sms, self.corunner()))
+        seconds = self.cost_model.step_time(shape, self.sms, self.corunner())
+        if self.power is not None:
+            seconds = self.power.stretch(shape, seconds, self.env.now)
+        yield self.env.timeout(seconds)
         return True
 
     def complete(self, step: Step, now_s: float) -> None:

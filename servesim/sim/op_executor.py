@@ -28,6 +28,11 @@ class _Run:
     blocks: list[float]
     next_block: int = 0
 
+    @property
+    def seconds(self) -> float:
+        """The whole pass's time on a rested GPU."""
+        return sum(self.blocks)
+
 
 def preemption_groups(ops: tuple[OpCost, ...], granularity: str) -> list[list[OpCost]]:
     """The operators of each span between two preemption points. `sublayer` cuts before each
@@ -140,6 +145,8 @@ class OperatorExecutor(Executor):
         while run.next_block < len(run.blocks):
             started = env.now
             seconds = run.blocks[run.next_block]
+            if self.power is not None:
+                seconds = self.power.stretch(shape, seconds, started, run.seconds)
             yield env.timeout(seconds)
             run.next_block += 1
             for req in members:

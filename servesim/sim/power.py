@@ -1,0 +1,146 @@
+"""The GPU's clock after compute-dense work. The H200 holds its power to 700 W: a pass whose
+matrix units run near their peak (a prompt's GEMMs at 500-600 TFLOP/s) makes the driver lower the
+SM clock, and the clock comes back over the next tens of milliseconds of lighter work. The
+profile times each operator on a rested GPU, so a pass that follows a prompt runs slower than
+its price. Measured side by side on the H200 by benchmarks/pass_fidelity.py (--cases heat and
+--cases after; results benchmarks/results/h200-pass-fidelity-heat.json and -after.json):
+
+  - after 0.2 s of 2,048-token prompts a decode pass of 32 sequences ran 7.3 % slower than after
+    an idle GPU, one of 96 2.9 %, one of 128 1.7 %, a 256-token prompt 7.1 %;
+  - the excess fell by half in about 25 ms of idle and was gone after 100 ms;
+  - it grew with the time spent heating (0.05 s: half of what 1 s gave) and with the prompt's
+    matrix rate: prompts of 512-2,048 tokens (540-600 TFLOP/s) heated 0.8-1.0 times as much as
+    2,048-token ones, prompts of 256 tokens and 512-token chunks beside 64 decodes (350-390
+    TFLOP/s) 0.3 times, decode batches (no prompt) not at all.
+
+`PowerModel` is a heat level h in [0, 1] made of two parts (`parts`: weight, rise time), each
+rising toward the intensity q of the pass that runs (`intensity`: 0 below `rate_low` of matmuls
+over its rows, 1 above `rate_high`, linear between) with its rise time and falling toward it with
+`fall_s`. A pass that starts at heat h takes (1 + s x h) of its price, s its sensitivity
+(`sensitivity`). Issue 7's runs measured the same effect while serving: at 90 % load, decode
+steps within 50 ms of a prompt's pass ran 2-3 % slower than those with none in 200 ms.
+
+Not modelled: SM partitions (Nexus's two lanes share one power budget; not measured), and a
+pass's own heating (a 2,048-token prompt replayed back to back for 3 s slowed by 2 % only).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from servesim.models.arch import ModelArch
+from servesim.models.shapes import BatchShape
+from servesim.sim.profile_tables import lerp
+
+
+@dataclass(frozen=True)
+class PowerModel:
+    """Constants of the clock's response to compute-dense passes on one GPU (see the module)."""
+
+    parts: tuple[tuple[float, float], ...]
+    """(weight, rise time in s) of each part of the heat level; the weights sum to 1."""
+    fall_s: float
+    """Time constant of the heat's fall under lighter work or idle."""
+    rate_low: float
+    rate_high: float
+    """Matmul rates over a pass's rows (FLOP/s) at intensity 0 and 1."""
+    decode_sensitivity: tuple[tuple[int, float], ...]
+    """(decodes, slowdown at full heat) of decode-only passes, linear between, held outside."""
+    prefill_sensitivity: tuple[tuple[int, float], ...]
+    """(prompt tokens, slowdown at full heat) of passes with a prompt, linear in the log of the
+    tokens between, held outside."""
+
+
+H200_POWER = PowerModel(
+    parts=((0.5, 0.03), (0.5, 0.3)),
+    fall_s=0.033,
+    rate_low=300e12,
+    rate_high=600e12,
+    decode_sensitivity=((32, 0.098), (96, 0.039), (128, 0.023)),
+    prefill_sensitivity=((256, 0.096), (2048, 0.04)),
+)
+"""Fitted to benchmarks/results/h200-pass-fidelity-{heat,after}.json (Llama-3.1-8B; tests
+check the fit): the rise's two parts give 0.49 / 0.76 / 1 of the heat after 0.05 / 0.2 / 1 s of
+2,048-token prompts (measured 0.51 / 0.77 / 1, the three targets' mean); the fall, a time
+constant of 25-36 ms between 5 and 50 ms of idle over the four targets; the sensitivities, the
+slowdown right after 0.2 s of 2,048-token prompts (0 ms idle) over the heat that leaves (0.743);
+the 2,048-token prompt's, its slowdown after 3 s back to back (+2 % over its first 0.3 s)."""
+
+POWER_MODELS = {"h200": H200_POWER}
+"""GPUs whose clock response was measured."""
+
+
+def prompt_flops_per_token(arch: ModelArch) -> float:
+    """Matmul FLOPs of one row (a prompt token or a decode) through every layer (the routed
+    experts it uses)."""
+    if arch.is_moe:
+        h = arch.hidden_size
+        mlp = (arch.num_experts_per_tok * arch.expert_params + h * arch.num_experts
+               + 3 * h * arch.shared_expert_intermediate_size)
+    else:
+        mlp = arch.mlp_params_per_layer
+    return 2.0 * arch.num_layers * (arch.attention_params_per_layer + mlp)
+
+
+class PowerState:
+    """One GPU's heat level over simulated time: `stretch` prices each pass in turn."""
+
+    def __init__(self, model: PowerModel, arch: ModelArch) -> None:
+        self.model = model
+        self.flops_per_token = prompt_flops_per_token(arch)
+        self.levels = [0.0] * len(model.parts)
+        self.at_s = 0.0
+        """When `levels` were last brought up to date (the end of the last pass)."""
+        self._decode = [n for n, _ in model.decode_sensitivity], [s for _, s in model.decode_sensitivity]
+        self._prefill = ([math.log(n) for n, _ in model.prefill_sensitivity],
+                         [s for _, s in model.prefill_sensitivity])
+
+    @property
+    def heat(self) -> float:
+        return sum(w * level for (w, _), level in zip(self.model.parts, self.levels, strict=True))
+
+    def intensity(self, batch: BatchShape, seconds: float) -> float:
+        """0-1: how hard a pass of `seconds` drives the matrix units: the matmul rate of its rows
+        (prompt tokens and decodes)."""
+        rows = batch.num_prefill_tokens + batch.num_decodes
+        if not rows or seconds <= 0.0:
+            return 0.0
+        m = self.model
+        rate = rows * self.flops_per_token / seconds
+        return min(1.0, max(0.0, (rate - m.rate_low) / (m.rate_high - m.rate_low)))
+
+    def sensitivity(self, batch: BatchShape) -> float:
+        """The pass's slowdown at full heat."""
+        if batch.prefill_tokens:
+            xs, ys = self._prefill
+            return lerp(xs, ys, math.log(max(batch.num_prefill_tokens, 1)))
+        xs_int, ys = self._decode
+        return lerp([float(x) for x in xs_int], ys, float(batch.num_decodes))
+
+    def stretch(self, batch: BatchShape, seconds: float, start_s: float, pass_s: float | None = None) -> float:
+        """The time of a pass priced `seconds` on a rested GPU that starts at `start_s` (at or
+        after the previous pass's end): slower by the heat it starts at; the heat then follows
+        the pass to its end. A block of a pass (operator-level execution) gives the whole
+        pass's price as `pass_s`, which sets its intensity."""
+        levels = self.levels
+        if start_s > self.at_s and any(levels):
+            self.levels = levels = self._toward(levels, 0.0, start_s - self.at_s)
+        heat = self.heat
+        taken = seconds * (1.0 + self.sensitivity(batch) * heat) if heat > 0.0 else seconds
+        q = self.intensity(batch, seconds if pass_s is None else pass_s)
+        if q > 0.0 or any(levels):
+            self.levels = self._toward(levels, q, taken)
+        self.at_s = start_s + taken
+        return taken
+
+    def _toward(self, levels: list[float], q: float, dt: float) -> list[float]:
+        """Each part after `dt` seconds of work of intensity q (rising with its own time
+        constant, falling with fall_s); parts below 1e-9 of full heat count as none."""
+        out = []
+        for (_, rise), level in zip(self.model.parts, levels, strict=True):
+            tau = rise if q > level else self.model.fall_s
+            level = q + (level - q) * math.exp(-dt / tau)
+            out.append(level if level > 1e-9 else 0.0)
+        return out
+

@@ -1,0 +1,195 @@
+"""The GPU clock's response to compute-dense passes (servesim.sim.power): its constants against
+the H200 measurements they were fitted to, its behaviour, and how configs turn it on."""
+
+from __future__ import annotations
+
+import json
+import statistics
+from pathlib import Path
+
+import pytest
+from simkit import requests
+from simkit import run as sim_run
+
+from servesim.config import from_mapping
+from servesim.errors import InputError
+from servesim.models.arch import load_model
+from servesim.models.shapes import BatchShape
+from servesim.policies import REGISTRY
+from servesim.runner import power_model
+from servesim.sim.engine import simulate
+from servesim.sim.hardware import get_gpu
+from servesim.sim.power import H200_POWER, PowerState, prompt_flops_per_token
+from servesim.sim.profiled import ProfiledCostModel
+
+RESULTS = Path(__file__).resolve().parent.parent / "benchmarks" / "results"
+LLAMA = load_model("llama-3.1-8b")
+H200 = get_gpu("h200")
+
+
+def _rows(case: str) -> dict[str, dict]:
+    result = json.loads((RESULTS / f"h200-pass-fidelity-{case}.json").read_text())
+    return {f"{r['kind']}_{r['size']}": r for r in result["rows"]}
+
+
+def _heated(q: float, seconds: float, idle_s: float) -> PowerState:
+    """A state after `seconds` of passes of intensity q, then `idle_s` idle."""
+    state = PowerState(H200_POWER, LLAMA)
+    state.levels = state._toward(state.levels, q, seconds)
+    state.levels = state._toward(state.levels, 0.0, idle_s)
+    return state
+
+
+def _prompt(tokens: int) -> BatchShape:
+    return BatchShape((tokens,), (0,), num_logits=1)
+
+
+def test_rise_follows_the_heating_time_measured() -> None:
+    """Heat after 0.05 / 0.2 / 1 s of 2,048-token prompts, over the heat after 1 s: the model
+    within 0.05 of the mean of the three targets measured 5 ms after."""
+    heat = _rows("heat")
+    targets = ("decode_32", "decode_96", "prefill_256")
+
+    def measured(seconds: str, key: str) -> float:
+        r = heat[key]["heat"]
+        return statistics.median(r[f"prefill_2048 {seconds}s 5ms"]) / statistics.median(r["none"]) - 1
+
+    for seconds, value in (("0.05", 0.05), ("0.2", 0.2)):
+        share = statistics.mean(measured(seconds, k) / measured("1", k) for k in targets)
+        model = _heated(1.0, value, 0.005).heat / _heated(1.0, 1.0, 0.005).heat
+        assert model == pytest.approx(share, abs=0.05), seconds
+
+
+def test_fall_follows_the_idle_measured() -> None:
+    """After 0.2 s of 2,048-token prompts, the slowdown 50 ms into idle over the slowdown 5 ms
+    into it: the model's within the range of the four targets measured."""
+    after = _rows("after")
+    ratios = []
+    for key in ("decode_32", "decode_96", "decode_128", "prefill_256"):
+        r = after[key]["after"]
+        idle = statistics.median(r["0x0ms"])
+        ratios.append((statistics.median(r["4x50ms"]) / idle - 1) / (statistics.median(r["4x5ms"]) / idle - 1))
+    model = _heated(1.0, 0.2, 0.05).heat / _heated(1.0, 0.2, 0.005).heat
+    assert min(ratios) - 0.02 <= model <= max(ratios) + 0.02
+    assert _heated(1.0, 0.2, 0.1).heat < 0.1 * _heated(1.0, 0.2, 0.0).heat  # gone after 100 ms
+
+
+def test_intensity_follows_the_prompt_rate_measured() -> None:
+    """Each heater's heat (0.2 s of it, 5 ms idle) over a 2,048-token prompt's, mean of the
+    three targets, against the model's intensity from the heater's measured time: within 0.15;
+    decode batches do not heat."""
+    heat = _rows("heat")
+    state = PowerState(H200_POWER, LLAMA)
+    base = None
+    for heater in ("prefill_2048", "prefill_1024", "prefill_512", "prefill_256", "mixed_512", "decode_128"):
+        rel = []
+        for key in ("decode_32", "decode_96", "prefill_256"):
+            r = heat[key]["heat"]
+            idle = statistics.median(r["none"])
+            rel.append(statistics.median(r[f"{heater} 0.2s 5ms"]) / idle - 1)
+        measured = statistics.mean(rel)
+        base = measured if base is None else base
+        row = heat[heater]
+        seconds = statistics.median(row["runtime_us"]) * 1e-6
+        shape = BatchShape((row["size"],), (0,), row.get("decodes", 0), row.get("decodes", 0) * row["context"],
+                           row["context"], 1) if row["kind"] != "decode" else BatchShape(num_decodes=row["size"])
+        q = state.intensity(shape, seconds) / state.intensity(_prompt(2048), statistics.median(
+            heat["prefill_2048"]["runtime_us"]) * 1e-6)
+        assert q == pytest.approx(measured / base, abs=0.15), heater
+    assert state.intensity(BatchShape(num_decodes=128), 0.011) == 0.0
+
+
+def test_sensitivities_match_the_passes_right_after_heat() -> None:
+    """The slowdown right after 0.2 s of 2,048-token prompts (no idle), per target: the model
+    within 1 point of the measurement."""
+    after = _rows("after")
+    for key, shape in (("decode_32", BatchShape(num_decodes=32)), ("decode_96", BatchShape(num_decodes=96)),
+                       ("decode_128", BatchShape(num_decodes=128)), ("prefill_256", _prompt(256))):
+        r = after[key]["after"]
+        measured = statistics.median(r["4x0ms"]) / statistics.median(r["0x0ms"]) - 1
+        state = _heated(1.0, 0.2, 0.0)
+        assert state.sensitivity(shape) * state.heat == pytest.approx(measured, abs=0.01), key
+
+
+def test_a_rested_gpu_and_decode_passes_leave_the_price_alone() -> None:
+    state = PowerState(H200_POWER, LLAMA)
+    decode = BatchShape(num_decodes=64, decode_context=64 * 1000, max_decode_context=1000, num_logits=64)
+    t = 0.0
+    for _ in range(100):  # decode passes back to back never heat the GPU
+        assert state.stretch(decode, 0.009, t) == 0.009
+        t += 0.009
+    assert state.heat == 0.0
+
+
+def test_a_prompt_slows_what_follows_until_the_clock_recovers() -> None:
+    state = PowerState(H200_POWER, LLAMA)
+    decode = BatchShape(num_decodes=32)
+    t = 0.0
+    for _ in range(4):  # 2,048-token prompts at 42k tokens/s: full intensity
+        t += state.stretch(_prompt(2048), 0.0485, t)
+    right_after = state.stretch(decode, 0.0077, t) / 0.0077
+    later = state.stretch(decode, 0.0077, t + 0.2) / 0.0077
+    assert 1.05 < right_after < 1.09  # measured 1.073 (benchmarks/results/h200-pass-fidelity-after.json)
+    assert later == pytest.approx(1.0, abs=1e-3)
+    assert PowerState(H200_POWER, LLAMA).intensity(_prompt(2048), 0.0485) > 0.9
+    assert PowerState(H200_POWER, LLAMA).intensity(_prompt(256), 0.0092) < 0.35
+
+
+def test_moe_prompts_count_the_experts_they_use() -> None:
+    moe = load_model("qwen3-30b-a3b")
+    dense_like = 2.0 * moe.num_layers * (moe.attention_params_per_layer + moe.mlp_params_per_layer)
+    assert prompt_flops_per_token(moe) < 0.2 * dense_like  # 8 of 128 experts
+    assert prompt_flops_per_token(LLAMA) == pytest.approx(13.96e9, rel=0.01)
+
+
+def test_fast_forward_keeps_the_one_by_one_times_with_the_clock_model() -> None:
+    """Decode runs priced in one event go through the same clock state as one-by-one steps."""
+    specs = [(0.0, 3000, 200), (0.02, 2048, 150), (0.3, 200, 400), (0.31, 6000, 50), (1.5, 64, 600)]
+    out = []
+    for fast in (True, False):
+        model = ProfiledCostModel(LLAMA, H200)
+        lim = __import__("simkit").limits()
+        cls = REGISTRY["vllm_v1"]
+        result = simulate(requests(specs), cls(cls.Params(), lim), model, lim, fast, arch=LLAMA, power=H200_POWER)
+        out.append([r.token_times_s for r in result.requests])
+    assert out[0] == out[1]
+    plain = sim_run("vllm_v1", requests(specs), ProfiledCostModel(LLAMA, H200))
+    assert [r.token_times_s for r in plain.requests] != out[0]  # the prompts did slow the decodes
+    assert plain.requests[0].token_times_s[5] < out[0][0][5]
+
+
+def test_config_turns_it_on_for_the_measured_gpu_and_profile() -> None:
+    work = {"synthetic": {"rate_rps": 1.0}, "duration_s": 4}
+
+    def model(**cm: str) -> object:
+        config = from_mapping({"model": "llama-3.1-8b", "workload": work, "cost_model": cm}, "test")
+        return power_model(config, LLAMA, H200)
+
+    assert model() is H200_POWER  # auto: the shipped profile on the H200
+    assert model(kind="roofline") is None
+    assert model(kind="roofline", power_cap="on") is H200_POWER
+    assert model(power_cap="off") is None
+    config = from_mapping({"model": "llama-3.1-8b", "workload": work, "hardware": {"gpu": "h100"},
+                           "cost_model": {"kind": "roofline", "power_cap": "on"}}, "test")
+    with pytest.raises(InputError, match="power_cap"):
+        power_model(config, LLAMA, get_gpu("h100"))
+
+
+def test_step_tables_price_the_measured_sequence_with_its_heat() -> None:
+    """validate's step table prices each measured pass after the ones before it: a decode pass
+    right after prompts costs more than the same pass priced alone; on SM partitions the
+    table stays rested."""
+    from servesim.validate import _priced
+
+    model = ProfiledCostModel(LLAMA, H200)
+    prompt = _prompt(2048)
+    decode = BatchShape(num_decodes=32, decode_context=32 * 1000, max_decode_context=1000, num_logits=32)
+    steps = [(prompt, None, None)] * 4 + [(decode, None, None)]
+    starts = [0.0, 0.05, 0.1, 0.15, 0.2]
+    rested, _ = _priced(model, steps)
+    heated, spans = _priced(model, steps, starts, PowerState(H200_POWER, LLAMA))
+    assert heated[0] == rested[0]
+    assert 1.03 < heated[-1] / rested[-1] < 1.10
+    assert spans[-1] / _priced(model, steps)[1][-1] == pytest.approx(heated[-1] / rested[-1])
+    on_partitions = [(prompt, 64, None)] * 4 + [(decode, 68, None)]
+    assert _priced(model, on_partitions, starts, PowerState(H200_POWER, LLAMA)) == _priced(model, on_partitions)
