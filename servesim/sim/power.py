@@ -92,13 +92,17 @@ class PowerState:
         self.levels = [0.0] * len(model.parts)
         self.at_s = 0.0
         """When `levels` were last brought up to date (the end of the last pass)."""
-        self._decode = [n for n, _ in model.decode_sensitivity], [s for _, s in model.decode_sensitivity]
+        self._decode = ([float(n) for n, _ in model.decode_sensitivity],
+                        [s for _, s in model.decode_sensitivity])
+        self._sensitivity: dict[tuple[int, int], float] = {}
+        self._weights = [w for w, _ in model.parts]
+        self._rises = [rise for _, rise in model.parts]
         self._prefill = ([math.log(n) for n, _ in model.prefill_sensitivity],
                          [s for _, s in model.prefill_sensitivity])
 
     @property
     def heat(self) -> float:
-        return sum(w * level for (w, _), level in zip(self.model.parts, self.levels, strict=True))
+        return sum(w * level for w, level in zip(self._weights, self.levels, strict=True))
 
     def intensity(self, batch: BatchShape, seconds: float) -> float:
         """0-1: how hard a pass of `seconds` drives the matrix units: the matmul rate of its rows
@@ -107,40 +111,51 @@ class PowerState:
         if not rows or seconds <= 0.0:
             return 0.0
         m = self.model
-        rate = rows * self.flops_per_token / seconds
-        return min(1.0, max(0.0, (rate - m.rate_low) / (m.rate_high - m.rate_low)))
+        q = (rows * self.flops_per_token / seconds - m.rate_low) / (m.rate_high - m.rate_low)
+        return 1.0 if q > 1.0 else q if q > 0.0 else 0.0
 
     def sensitivity(self, batch: BatchShape) -> float:
-        """The pass's slowdown at full heat."""
-        if batch.prefill_tokens:
-            xs, ys = self._prefill
-            return lerp(xs, ys, math.log(max(batch.num_prefill_tokens, 1)))
-        xs_int, ys = self._decode
-        return lerp([float(x) for x in xs_int], ys, float(batch.num_decodes))
+        """The pass's slowdown at full heat (kept per prompt tokens and decodes: the simulator
+        asks for the same few shapes hundreds of thousands of times)."""
+        key = (batch.num_prefill_tokens, batch.num_decodes)
+        got = self._sensitivity.get(key)
+        if got is None:
+            if key[0]:
+                xs, ys = self._prefill
+                got = lerp(xs, ys, math.log(key[0]))
+            else:
+                xs, ys = self._decode
+                got = lerp(xs, ys, float(key[1]))
+            got = self._sensitivity[key] = got
+        return got
 
     def stretch(self, batch: BatchShape, seconds: float, start_s: float, pass_s: float | None = None) -> float:
         """The time of a pass priced `seconds` on a rested GPU that starts at `start_s` (at or
         after the previous pass's end): slower by the heat it starts at; the heat then follows
         the pass to its end. A block of a pass (operator-level execution) gives the whole
-        pass's price as `pass_s`, which sets its intensity."""
+        pass's price as `pass_s`, which sets its intensity. (Called for every simulated pass:
+        written for speed.)"""
         levels = self.levels
-        if start_s > self.at_s and any(levels):
-            self.levels = levels = self._toward(levels, 0.0, start_s - self.at_s)
-        heat = self.heat
-        taken = seconds * (1.0 + self.sensitivity(batch) * heat) if heat > 0.0 else seconds
+        warm = any(levels)
+        if warm and start_s > self.at_s:
+            levels = self._toward(levels, 0.0, start_s - self.at_s)
+        taken = seconds
+        if warm:
+            heat = sum([w * level for w, level in zip(self._weights, levels, strict=True)])
+            if heat > 0.0:
+                taken = seconds * (1.0 + self.sensitivity(batch) * heat)
         q = self.intensity(batch, seconds if pass_s is None else pass_s)
-        if q > 0.0 or any(levels):
-            self.levels = self._toward(levels, q, taken)
+        self.levels = self._toward(levels, q, taken) if q > 0.0 or warm else levels
         self.at_s = start_s + taken
         return taken
 
     def _toward(self, levels: list[float], q: float, dt: float) -> list[float]:
         """Each part after `dt` seconds of work of intensity q (rising with its own time
         constant, falling with fall_s); parts below 1e-9 of full heat count as none."""
+        fall = self.model.fall_s
         out = []
-        for (_, rise), level in zip(self.model.parts, levels, strict=True):
-            tau = rise if q > level else self.model.fall_s
-            level = q + (level - q) * math.exp(-dt / tau)
+        for rise, level in zip(self._rises, levels, strict=True):
+            level = q + (level - q) * math.exp(-dt / (rise if q > level else fall))
             out.append(level if level > 1e-9 else 0.0)
         return out
 
