@@ -423,9 +423,11 @@ def _report(result: dict[str, Any], model: ProfiledCostModel, out: str | None) -
             s = r.get(key)
             if s:
                 fc, lc = s.get("first_clock") or {}, s.get("last_clock") or {}
+                def clock(c: dict[str, Any]) -> str:  # "(MHz, W)"; "(-)" where no sample came back
+                    return f"({c['sm_mhz']:.0f}, {c['power_w']:.0f})" if c else "(-)"
+
                 sus += (f"{'profile ' if key != 'sustained' else ''}{s['first_us'] / r['priced_us']:.3f} "
-                        f"({fc.get('sm_mhz', 0):.0f}, {fc.get('power_w', 0):.0f}) -> "
-                        f"{s['last_us'] / r['priced_us']:.3f} ({lc.get('sm_mhz', 0):.0f}, {lc.get('power_w', 0):.0f}) ")
+                        f"{clock(fc)} -> {s['last_us'] / r['priced_us']:.3f} {clock(lc)} ")
         if "contexts" in r:
             ctx = r["contexts"]
             name = f"{r['size']} decodes of trace contexts (mean {sum(ctx) / len(ctx):.0f}, max {max(ctx)}), {r['order']}"
