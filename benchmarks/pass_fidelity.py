@@ -68,7 +68,7 @@ CASES = (("decode", 32, 1152), ("decode", 96, 1152), ("decode", 128, 1152),
 """(kind, decodes or prompt tokens, context per decode): sizes at captured graph sizes (no
 padding), contexts near the mean of issue 7's 90 % runs (1.1-1.2k)."""
 SUSTAINED = (("decode", 128, 1152), ("decode", 32, 1152), ("prefill", 2048, 0))
-AFTER = ((0, 0.0), (1, 0.0), (4, 0.0), (4, 5.0), (4, 20.0), (4, 50.0), (4, 100.0))
+AFTER = ((0, 0.0), (1, 0.0), (4, 0.0), (4, 0.5), (4, 1.0), (4, 2.0), (4, 5.0), (4, 20.0), (4, 50.0), (4, 100.0))
 """(2,048-token prompts replayed back to back, ms the GPU then idles) before the timed pass."""
 AFTER_TARGETS = ("decode_32", "decode_96", "decode_128", "prefill_256")
 HEAT_TARGETS = ("decode_32", "decode_96", "prefill_256")

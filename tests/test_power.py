@@ -99,16 +99,19 @@ def test_intensity_follows_the_prompt_rate_measured() -> None:
     assert state.intensity(BatchShape(num_decodes=128), 0.011) == 0.0
 
 
-def test_sensitivities_match_the_passes_right_after_heat() -> None:
-    """The slowdown right after 0.2 s of 2,048-token prompts (no idle), per target: the model
-    within 1 point of the measurement."""
+def test_sensitivities_match_the_passes_after_heat_and_a_host_gap() -> None:
+    """The slowdown after 0.2 s of 2,048-token prompts and 0.5-2 ms of idle (serving's host gap
+    between passes), per target: the model within 1 point of the measurements' mean; queued
+    right behind the prompts the passes ran less slow (the model does not price that case)."""
     after = _rows("after")
     for key, shape in (("decode_32", BatchShape(num_decodes=32)), ("decode_96", BatchShape(num_decodes=96)),
                        ("decode_128", BatchShape(num_decodes=128)), ("prefill_256", _prompt(256))):
         r = after[key]["after"]
-        measured = statistics.median(r["4x0ms"]) / statistics.median(r["0x0ms"]) - 1
-        state = _heated(1.0, 0.2, 0.0)
+        idle = statistics.median(r["0x0ms"])
+        measured = statistics.mean(statistics.median(r[f"4x{gap}ms"]) / idle - 1 for gap in ("0.5", "1", "2"))
+        state = _heated(1.0, 0.2, 0.001)
         assert state.sensitivity(shape) * state.heat == pytest.approx(measured, abs=0.01), key
+        assert statistics.median(r["4x0ms"]) / idle - 1 < measured
 
 
 def test_a_rested_gpu_and_decode_passes_leave_the_price_alone() -> None:
@@ -127,9 +130,9 @@ def test_a_prompt_slows_what_follows_until_the_clock_recovers() -> None:
     t = 0.0
     for _ in range(4):  # 2,048-token prompts at 42k tokens/s: full intensity
         t += state.stretch(_prompt(2048), 0.0485, t)
-    right_after = state.stretch(decode, 0.0077, t) / 0.0077
+    right_after = state.stretch(decode, 0.0077, t + 0.001) / 0.0077
     later = state.stretch(decode, 0.0077, t + 0.2) / 0.0077
-    assert 1.05 < right_after < 1.09  # measured 1.073 (benchmarks/results/h200-pass-fidelity-after.json)
+    assert 1.09 < right_after < 1.14  # measured 1.118 after 1 ms (benchmarks/results/h200-pass-fidelity-after.json)
     assert later == pytest.approx(1.0, abs=1e-3)
     assert PowerState(H200_POWER, LLAMA).intensity(_prompt(2048), 0.0485) > 0.9
     assert PowerState(H200_POWER, LLAMA).intensity(_prompt(256), 0.0092) < 0.35
@@ -189,7 +192,7 @@ def test_step_tables_price_the_measured_sequence_with_its_heat() -> None:
     rested, _ = _priced(model, steps)
     heated, spans = _priced(model, steps, starts, PowerState(H200_POWER, LLAMA))
     assert heated[0] == rested[0]
-    assert 1.03 < heated[-1] / rested[-1] < 1.10
+    assert 1.05 < heated[-1] / rested[-1] < 1.14
     assert spans[-1] / _priced(model, steps)[1][-1] == pytest.approx(heated[-1] / rested[-1])
     on_partitions = [(prompt, 64, None)] * 4 + [(decode, 68, None)]
     assert _priced(model, on_partitions, starts, PowerState(H200_POWER, LLAMA)) == _priced(model, on_partitions)

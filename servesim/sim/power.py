@@ -5,9 +5,11 @@ profile times each operator on a rested GPU, so a pass that follows a prompt run
 its price. Measured side by side on the H200 by benchmarks/pass_fidelity.py (--cases heat and
 --cases after; results benchmarks/results/h200-pass-fidelity-heat.json and -after.json):
 
-  - after 0.2 s of 2,048-token prompts a decode pass of 32 sequences ran 7.3 % slower than after
-    an idle GPU, one of 96 2.9 %, one of 128 1.7 %, a 256-token prompt 7.1 %;
-  - the excess fell by half in about 25 ms of idle and was gone after 100 ms;
+  - after 0.2 s of 2,048-token prompts and 0.5-2 ms of idle, a decode pass of 32 sequences ran
+    11.7 % slower than after an idle GPU, one of 96 6.2 %, one of 128 3.9 %, a 256-token prompt
+    7.8 %; queued right behind the prompts (no idle at all) only -1..+5 %. Serving always idles
+    0.3-1 ms between passes (the host's scheduling and inputs), so the model prices that;
+  - the excess held for 5-20 ms of idle, was a third of it after 50 ms and gone after 100 ms;
   - it grew with the time spent heating (0.05 s: half of what 1 s gave) and with the prompt's
     matrix rate: prompts of 512-2,048 tokens (540-600 TFLOP/s) heated 0.8-1.0 times as much as
     2,048-token ones, prompts of 256 tokens and 512-token chunks beside 64 decodes (350-390
@@ -57,15 +59,16 @@ H200_POWER = PowerModel(
     fall_s=0.033,
     rate_low=300e12,
     rate_high=600e12,
-    decode_sensitivity=((32, 0.098), (96, 0.039), (128, 0.023)),
-    prefill_sensitivity=((256, 0.096), (2048, 0.04)),
+    decode_sensitivity=((32, 0.162), (96, 0.086), (128, 0.055)),
+    prefill_sensitivity=((256, 0.108), (2048, 0.04)),
 )
 """Fitted to benchmarks/results/h200-pass-fidelity-{heat,after}.json (Llama-3.1-8B; tests
 check the fit): the rise's two parts give 0.49 / 0.76 / 1 of the heat after 0.05 / 0.2 / 1 s of
 2,048-token prompts (measured 0.51 / 0.77 / 1, the three targets' mean); the fall, a time
-constant of 25-36 ms between 5 and 50 ms of idle over the four targets; the sensitivities, the
-slowdown right after 0.2 s of 2,048-token prompts (0 ms idle) over the heat that leaves (0.743);
-the 2,048-token prompt's, its slowdown after 3 s back to back (+2 % over its first 0.3 s)."""
+constant of 33 ms (the four targets kept 0.1-0.5 of their slowdown from 5 to 50 ms of idle); the
+sensitivities, the slowdown after 0.2 s of 2,048-token prompts and 0.5-2 ms of idle (mean of the
+three gaps) over the heat that leaves at 1 ms (0.721); the 2,048-token prompt's, its slowdown
+after 3 s back to back (+2 % over its first 0.3 s)."""
 
 POWER_MODELS = {"h200": H200_POWER}
 """GPUs whose clock response was measured."""
