@@ -108,7 +108,7 @@ SPECS: dict[str, GridSpec] = {
         share_gemm_rows=_class_edges(),
     ),
     "quick": GridSpec(
-        max_tokens=32768, ladder_ratio=1.5, fine_ladder=(1.25, 4096), max_waves=4,
+        max_tokens=32768, ladder_ratio=1.5, fine_ladder=(1.25, 4096), max_waves=8,
         elementwise_tokens=(1, 2, 4, 8, 16, 17, 32, 64, 128, 256, 384, 512, 768, 1024, 1536, 2048, 4096,
                             8192, 16384, 32768),
         prefill_q=(1, 16, 64, 256, 512, 768, 1024, 2048, 4096, 8192, 16384),
