@@ -7,7 +7,7 @@ and activations, and a later step with the same members resumes at the next bloc
 from __future__ import annotations
 
 from collections.abc import Generator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -27,11 +27,11 @@ class _Run:
     items: tuple[tuple[int, int], ...]
     blocks: list[float]
     next_block: int = 0
+    seconds: float = field(init=False)
+    """The whole pass's time on a rested GPU (its blocks' sum)."""
 
-    @property
-    def seconds(self) -> float:
-        """The whole pass's time on a rested GPU."""
-        return sum(self.blocks)
+    def __post_init__(self) -> None:
+        self.seconds = sum(self.blocks)
 
 
 def preemption_groups(ops: tuple[OpCost, ...], granularity: str) -> list[list[OpCost]]:
