@@ -41,9 +41,9 @@ from servesim.runtime.partitioned import Lanes, PartitionedRuntime, PartitionLan
 from servesim.runtime.warmup import warm_up
 from servesim.sim.cost_model import CostModel
 from servesim.sim.engine import simulate
-from servesim.sim.hardware import GpuSpec, get_gpu
+from servesim.sim.hardware import get_gpu
 from servesim.sim.metrics import request_table, summarize
-from servesim.sim.power import PowerState
+from servesim.sim.power import PowerModel, PowerState
 from servesim.traces import load_workload
 
 COMPARED = [f"{stat}_{metric}_ms" for metric in ("ttft", "itl", "tpot", "e2el")
@@ -149,11 +149,12 @@ def validate(config: Config, base_dir: Path, device_name: str = "cuda",
     with ClockMonitor((device.index or 0) if device.type == "cuda" else None) as clocks, HostMonitor() as host_speed:
         measured = runtime.run(requests)
     _say("simulating the same requests")
+    power = power_model(config, arch, gpu)
     predicted = simulate(build_requests(workload, config), make_policy(config, limits), cost_model,
-                         limits, arch=arch, power=power_model(config, arch, gpu))
+                         limits, arch=arch, power=power)
     tables = [request_table(r.requests, config.slo.classes, config.slo.default) for r in (measured, predicted)]
     summaries = [summarize(r, t) for r, t in zip((measured, predicted), tables, strict=True)]
-    steps = step_table(runtime.steps, cost_model, _power_state(config, arch, gpu))
+    steps = step_table(runtime.steps, cost_model, _power_state(power, arch))
     pauses = np.array([s for _, s in runtime.gc_pauses])
     host = steps.busy_s - steps.gpu_s if len(steps) else pd.Series(dtype=float)
     health = {"gc_collections": len(pauses), "gc_max_ms": 1e3 * float(pauses.max(initial=0.0)),
@@ -219,13 +220,14 @@ def repredict(config: Config, base_dir: Path, report: dict[str, Any], steps: pd.
     limits = dataclasses.replace(limits, watermark_blocks=int(config.engine.watermark * limits.total_blocks))
     workload = load_workload(config.workload, np.random.default_rng(config.seed), base_dir)
     cost_model = build_cost_model(config, arch, gpu)
+    power = power_model(config, arch, gpu)
     predicted = simulate(build_requests(workload, config), make_policy(config, limits), cost_model,
-                         limits, arch=arch, power=power_model(config, arch, gpu))
+                         limits, arch=arch, power=power)
     table = request_table(predicted.requests, config.slo.classes, config.slo.default)
     summary = summarize(predicted, table)
     rows = _metric_rows({k: row["measured"] for k, row in report["metrics"].items()}, summary)
     predicted_s, predicted_gpu_s = _priced(cost_model, step_shapes(steps), steps.start_s.tolist(),
-                                           _power_state(config, arch, gpu))
+                                           _power_state(power, arch))
     steps = steps.assign(predicted_s=predicted_s, predicted_gpu_s=predicted_gpu_s)
     new = {**report, "cost_model": resolved_kind(config, arch, gpu), "metrics": rows,
            "completed_predicted": summary["completed"], "steps": step_errors(steps),
@@ -235,8 +237,8 @@ def repredict(config: Config, base_dir: Path, report: dict[str, Any], steps: pd.
     return Repredicted(new, steps, table, _itl(predicted.requests))
 
 
-def _power_state(config: Config, arch: ModelArch, gpu: GpuSpec) -> PowerState | None:
-    model = power_model(config, arch, gpu)
+def _power_state(model: PowerModel | None, arch: ModelArch) -> PowerState | None:
+    """A fresh clock state for pricing a measured step table (None: priced rested)."""
     return PowerState(model, arch) if model is not None else None
 
 

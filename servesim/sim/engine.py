@@ -51,6 +51,8 @@ def simulate(
     env = simpy.Environment()
     state = ServingState(limits)
     policy.predict = cost_model.step_time
+    if power is not None and arch is None:
+        raise ValueError("simulate: a power model needs the model's arch (its matmul FLOPs per row)")
     heat = PowerState(power, arch) if power is not None and arch is not None else None
     executors, extra = _executors(env, state, policy, cost_model, len(requests), arch, heat)
     for executor in executors:

@@ -105,7 +105,10 @@ class PowerState:
 
     @property
     def heat(self) -> float:
-        return sum(w * level for w, level in zip(self._weights, self.levels, strict=True))
+        return self._heat(self.levels)
+
+    def _heat(self, levels: list[float]) -> float:
+        return sum([w * level for w, level in zip(self._weights, levels, strict=True)])
 
     def intensity(self, batch: BatchShape, seconds: float) -> float:
         """0-1: how hard a pass of `seconds` drives the matrix units: the matmul rate of its rows
@@ -144,7 +147,7 @@ class PowerState:
             levels = self._toward(levels, 0.0, start_s - self.at_s)
         taken = seconds
         if warm:
-            heat = sum([w * level for w, level in zip(self._weights, levels, strict=True)])
+            heat = self._heat(levels)
             if heat > 0.0:
                 taken = seconds * (1.0 + self.sensitivity(batch) * heat)
         q = self.intensity(batch, seconds if pass_s is None else pass_s)
