@@ -51,6 +51,22 @@ class OpSpec:
     """Part of hbm_bytes that is weights (for MoE: only the experts hit)."""
 
 
+def gemm_shapes(arch: ModelArch) -> dict[str, tuple[int, int]]:
+    """GEMM operator -> (N, K) of out[M, N] = x[M, K] @ W[N, K].T."""
+    h = arch.hidden_size
+    shapes = {"qkv": (arch.q_size + 2 * arch.kv_size, h), "o": (h, arch.q_size)}
+    if arch.is_moe:
+        shapes["router"] = (arch.num_experts, h)
+        if arch.shared_expert_intermediate_size:
+            shapes["shared_gate_up"] = (2 * arch.shared_expert_intermediate_size, h)
+            shapes["shared_down"] = (h, arch.shared_expert_intermediate_size)
+    else:
+        shapes["gate_up"] = (2 * arch.intermediate_size, h)
+        shapes["down"] = (h, arch.intermediate_size)
+    shapes["lm_head"] = (arch.vocab_size, h)
+    return shapes
+
+
 def gemm(name: str, m: int, n: int, k: int, dtype_bytes: int, bias: bool = False) -> OpSpec:
     """y[m, n] = x[m, k] @ W[k, n]: 2*m*n*k FLOPs; W read once, x read and y written once."""
     weight_bytes = (n * k + (n if bias else 0)) * dtype_bytes

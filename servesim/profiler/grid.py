@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from servesim.kernels.configs import gemm_config, split_k_for
 from servesim.models.arch import ModelArch
+from servesim.models.ops import gemm_shapes
 from servesim.models.profile_schema import CONTENTION_TARGETS, CORUNNERS, GEMM_ROW_CLASSES
 
 MODES = ("full", "quick", "tiny")
@@ -130,22 +131,6 @@ SPECS: dict[str, GridSpec] = {
         share_tokens=(1, 64), share_prefill=((16,), (0,)), share_decode=((1,), (64,)),
     ),
 }
-
-
-def gemm_shapes(arch: ModelArch) -> dict[str, tuple[int, int]]:
-    """GEMM operator -> (N, K) of out[M, N] = x[M, K] @ W[N, K].T."""
-    h = arch.hidden_size
-    shapes = {"qkv": (arch.q_size + 2 * arch.kv_size, h), "o": (h, arch.q_size)}
-    if arch.is_moe:
-        shapes["router"] = (arch.num_experts, h)
-        if arch.shared_expert_intermediate_size:
-            shapes["shared_gate_up"] = (2 * arch.shared_expert_intermediate_size, h)
-            shapes["shared_down"] = (h, arch.shared_expert_intermediate_size)
-    else:
-        shapes["gate_up"] = (2 * arch.intermediate_size, h)
-        shapes["down"] = (h, arch.intermediate_size)
-    shapes["lm_head"] = (arch.vocab_size, h)
-    return shapes
 
 
 def _ladder(hi: int, ratio: float) -> set[int]:

@@ -2,9 +2,10 @@
 meta.json checks, the parquet tables, and one interpolating `OpTable` per operator.
 
 An operator's rows form a full cartesian grid over its axes; `Grid` interpolates multilinearly.
-Attention tables interpolate measured time over a structural estimate of it (kernel_work.py:
-the kernels' program counts, split rule and key tiles, weighted by a fit of the table's own
-rows), so split-count and wave steps between grid points come from the launch rule; decode
+Attention and GEMM tables interpolate measured time over a structural estimate of it
+(kernel_work.py: the kernels' program counts, split rule, tiles and key tiles, weighted by a
+fit of the table's own rows), so split-count and wave steps between grid points come from the
+launch rule; decode
 attention interpolates over log batch and log context (its grid is geometric). Beyond the top
 of a grid an `OpTable` uses a least-squares fit of the whole table on roofline-like terms
 (FLOPs and bytes in the axes), never less than the clamped grid value; the caller counts every
@@ -28,13 +29,23 @@ import pandas as pd
 
 from servesim.errors import InputError
 from servesim.models.arch import ModelArch
-from servesim.models.profile_schema import META_FILE, OP_AXES, SCHEMA_VERSION, TABLES
+from servesim.models.ops import gemm_shapes
+from servesim.models.profile_schema import GEMM_OPS, META_FILE, OP_AXES, SCHEMA_VERSION, TABLES
 from servesim.sim import kernel_work
 from servesim.sim.hardware import GpuSpec
 
-_STRUCTURE: dict[str, Callable[[ModelArch, int, tuple[float, ...]], list[float]]] = {
+Structure = Callable[[ModelArch, int, tuple[float, ...]], list[float]]
+
+
+def _gemm_structure(op: str) -> Structure:
+    def terms(arch: ModelArch, num_sms: int, x: tuple[float, ...]) -> list[float]:
+        return kernel_work.gemm_terms(*gemm_shapes(arch)[op], num_sms, x)
+    return terms
+
+
+_STRUCTURE: dict[str, Structure] = {
     "attn_decode": kernel_work.decode_terms, "attn_prefill": kernel_work.prefill_terms,
-    "attn_prefill_packed": kernel_work.prefill_terms}
+    "attn_prefill_packed": kernel_work.prefill_terms, **{op: _gemm_structure(op) for op in GEMM_OPS}}
 """Tables whose time is interpolated relative to the kernel's structural estimate."""
 _LOG_AXES = {"attn_decode": (True, True, False)}
 """Axes interpolated in log space: decode batch and context (geometric grids, 4x steps)."""
