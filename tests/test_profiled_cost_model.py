@@ -218,6 +218,20 @@ def test_batch_cost_sums_to_step_time(llama: ProfiledCostModel) -> None:
     assert llama.step_time(BatchShape()) == 0.0
 
 
+def test_gemm_on_a_partition_follows_its_own_waves(llama: ProfiledCostModel) -> None:
+    # `down` (4096 x 14336) in 128 x 256 tiles: 1,024 rows are 128 tiles, 1,025 are 144. On the
+    # whole GPU that is 1 wave against 2 (its time doubles); on 48 SMs both are 3 waves. Its
+    # partition grid holds 1,024 and 4,096 rows: a ratio of times read across the whole GPU's
+    # step priced 1,025 rows on 48 SMs at twice 1,024's.
+    whole = {m: llama.table_seconds("down", (float(m),))[0] for m in (1024, 1025)}
+    assert whole[1025] > 1.8 * whole[1024]
+    part = {m: llama.table_seconds("down", (float(m),), 48)[0] for m in (1024, 1025, 1100, 4096)}
+    measured = llama.profile.tables["sm_shares"].query("op == 'down' and sms == 48").set_index("a").median_us
+    assert part[1024] == pytest.approx(measured[1024.0] * 1e-6, rel=1e-9)
+    assert part[4096] == pytest.approx(measured[4096.0] * 1e-6, rel=1e-9)
+    assert part[1024] <= part[1025] < 1.02 * part[1024] and part[1100] < 1.02 * part[1024]
+
+
 def test_sm_share_and_corunner_slow_a_step_down(llama: ProfiledCostModel) -> None:
     full = llama.step_time(MIXED)
     assert llama.step_time(MIXED, 64) > full

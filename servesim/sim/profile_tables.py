@@ -158,12 +158,14 @@ class OpTable:
         self._terms: Callable[[tuple[float, ...]], list[float]] | None = None
         self.scale: tuple[float, ...] = ()
         self._work: dict[tuple[float, ...], float] = {}
+        self._work_on: dict[tuple[tuple[float, ...], int], float] = {}
         structure = _STRUCTURE.get(op)
+        self._structure = None if arch is None else (lambda x, sms: structure(arch, sms, x)) if structure else None
         if structure is not None and arch is not None and num_sms > 0:
             self._terms = lambda x: structure(arch, num_sms, x)
             self.scale = tuple(map(float, _relative_fit(np.array([self._terms(x) for x in xs]), seconds)))
             if not all(self.work(x) > 0 for x in xs):
-                self._terms, self.scale = None, ()
+                self._terms, self.scale, self._structure = None, (), None
         axes, cube = _grid(rows, cols, seconds / np.array([self.work(x) for x in xs]))
         self.gaps = int(np.isnan(cube).sum())
         if self.gaps:  # unmeasured cells (failed points): the fit fills them
@@ -183,6 +185,22 @@ class OpTable:
             if len(self._work) >= _MAX_WORK_CACHE:
                 self._work.clear()
             w = self._work[x] = sum(c * t for c, t in zip(self.scale, self._terms(x), strict=True))
+        return w
+
+    @property
+    def structured(self) -> bool:
+        return self._structure is not None
+
+    def work_on(self, x: tuple[float, ...], sms: int) -> float:
+        """The structural estimate on `sms` SMs (its waves and splits on that many), with the
+        whole-GPU fit's weights; 1 without a structure."""
+        if self._structure is None:
+            return 1.0
+        w = self._work_on.get((x, sms))
+        if w is None:
+            if len(self._work_on) >= _MAX_WORK_CACHE:
+                self._work_on.clear()
+            w = self._work_on[(x, sms)] = sum(c * t for c, t in zip(self.scale, self._structure(x, sms), strict=True))
         return w
 
     def fit(self, x: tuple[float, ...]) -> float:
@@ -239,9 +257,17 @@ class RatioTable:
     def __init__(self, op: str, rows: pd.DataFrame, full: OpTable, num_sms: int) -> None:
         cols = ["a", "b", "c"][: len(OP_AXES[op])]
         xs = _rows(rows, cols)
-        ratio = rows.median_us.to_numpy(float) * 1e-6 / np.array([full.seconds(x)[0] for x in xs])
+        self.full = full
+        self.tiled = op in GEMM_OPS and full.structured
+        seconds = rows.median_us.to_numpy(float) * 1e-6
         whole = rows.drop_duplicates(cols).assign(sms=num_sms)
-        frame = pd.concat([rows.assign(ratio=ratio), whole.assign(ratio=1.0)], ignore_index=True)
+        if self.tiled:  # time over the tiling's estimate on each partition's own SMs
+            ratio = seconds / np.array([full.work_on(x, int(s)) for x, s in zip(xs, rows.sms, strict=True)])
+            at_whole = [full.seconds(x)[0] / full.work_on(x, num_sms) for x in _rows(whole, cols)]
+        else:
+            ratio = seconds / np.array([full.seconds(x)[0] for x in xs])
+            at_whole = [1.0] * len(whole)
+        frame = pd.concat([rows.assign(ratio=ratio), whole.assign(ratio=at_whole)], ignore_index=True)
         frame = frame.assign(sms=-1.0 / frame.sms.astype(float))
         axes, cube = _grid(frame, [*cols, "sms"], frame.ratio.to_numpy(float))
         for j in range(cube.shape[-1]):  # a failed point: the mean ratio at that SM count
@@ -251,10 +277,15 @@ class RatioTable:
         self.grid = Grid(axes, cube.ravel().tolist())
 
     def ratio(self, x: tuple[float, ...], sms: int) -> tuple[float, bool]:
-        """(ratio, whether sms is below the smallest profiled partition: scaled as 1/sms)."""
-        if sms < self.min_sms:
-            return self.grid.at((*x, -1.0 / self.min_sms))[0] * self.min_sms / sms, True
-        return self.grid.at((*x, -1.0 / sms))[0], False
+        """(time on `sms` SMs over time on the whole GPU, whether sms is below the smallest
+        profiled partition: scaled as 1/sms). A GEMM's is read relative to its tiling on those
+        SMs: on 48 SMs a 1,025-row `down` runs the 3 waves of 1,024 rows, where the whole GPU's
+        time doubles (1 wave to 2), so a ratio of times read across that step doubled it."""
+        on = max(sms, self.min_sms)
+        r = self.grid.at((*x, -1.0 / on))[0]
+        if self.tiled:
+            r *= self.full.work_on(x, on) / self.full.seconds(x)[0]
+        return (r * self.min_sms / sms, True) if sms < self.min_sms else (r, False)
 
 
 def contention_curves(frame: pd.DataFrame) -> dict[tuple[str, str], tuple[list[float], list[float]]]:
