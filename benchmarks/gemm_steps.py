@@ -11,7 +11,7 @@ of the wave steps of each GEMM between ROWS_FROM and ROWS_TO that the shipped gr
 hold, and a row inside each wave. Prints a table per operator and the error summary; --out
 writes the JSON; --measured FILE prices a written JSON again (no GPU).
 
-    PYTHONPATH=. python benchmarks/gemm_steps.py --out FILE
+    PYTHONPATH=. python benchmarks/gemm_steps.py [--models llama-3.1-8b,qwen2.5-32b] --out FILE
     PYTHONPATH=. python benchmarks/gemm_steps.py --measured FILE
 """
 
@@ -119,6 +119,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out")
     parser.add_argument("--measured", help="a JSON this script wrote: price its rows again, no GPU")
+    parser.add_argument("--models", default=",".join(MODELS), help="comma-separated models with shipped profiles")
     args = parser.parse_args()
     if args.measured:
         result = json.loads(Path(args.measured).read_text())
@@ -128,7 +129,8 @@ def main() -> int:
             print("gemm_steps.py: needs a CUDA GPU (or --measured FILE)", file=sys.stderr)
             return 2
         result = {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__,
-                  "command": "PYTHONPATH=. python benchmarks/gemm_steps.py --out FILE", "rows": measure(MODELS)}
+                  "command": f"PYTHONPATH=. python benchmarks/gemm_steps.py --models {args.models} --out FILE",
+                  "rows": measure(tuple(args.models.split(",")))}
     result["summary"] = report(result["rows"])
     if args.out:
         Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
