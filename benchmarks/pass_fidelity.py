@@ -19,8 +19,9 @@ one prompt), in one run:
                  second: the median replay of the first 0.3 s and of the last second, with the
                  clock and power over each.
 
-`--cases after` times decode batches and a short prompt right after the GPU ran a 2,048-token
-prompt (AFTER: how many of them, then how long the GPU idled) against the same pass after an
+`--cases after` times decode batches and a short prompt (`--targets`: AFTER_TARGETS by default)
+right after the GPU ran 2,048-token prompts (AFTER: how many of them, then how long the GPU
+idled) against the same pass after an
 idle 0.3 s: issue 7's decode steps ran 2-3 % slower within 50 ms of a prompt's pass than with
 none in the last 200 ms (the clock capped for power in 64-77 % of samples at 90 % load).
 
@@ -261,6 +262,9 @@ def main() -> int:
     parser.add_argument("--out")
     parser.add_argument("--measured", help="a JSON this script wrote: price its rows again, no GPU")
     parser.add_argument("--cases", choices=("uniform", "skew", "after", "heat"), default="uniform")
+    parser.add_argument("--targets", default=",".join(AFTER_TARGETS),
+                        help="with --cases after: the passes timed after the prompts, KIND_SIZE each "
+                             "(decode_N: N decodes of 1,152 tokens; prefill_N: an N-token prompt)")
     args = parser.parse_args()
     if args.measured:
         result = json.loads(Path(args.measured).read_text())
@@ -273,8 +277,14 @@ def main() -> int:
     uniform, after, heat = args.cases == "uniform", args.cases == "after", args.cases == "heat"
     rows = {f"{k}_{s}": {"kind": k, "size": s, "context": c} for k, s, c in CASES} if not args.cases == "skew" \
         else _skew_rows()
+    targets = tuple(args.targets.split(","))
     if after:
-        rows = {k: r for k, r in rows.items() if k in AFTER_TARGETS or k == "prefill_2048"}
+        rows = {k: r for k, r in rows.items() if k == "prefill_2048"}
+        for key in targets:
+            kind, size = key.rsplit("_", 1)
+            if kind not in ("decode", "prefill") or not size.isdigit():
+                parser.error(f"--targets: {key!r} is not decode_N or prefill_N")
+            rows[key] = {"kind": kind, "size": int(size), "context": 1152 if kind == "decode" else 0}
     if heat:
         rows = {k: r for k, r in rows.items() if k in HEAT_TARGETS or k in dict(HEATERS)}
         rows["prefill_512"] = {"kind": "prefill", "size": 512, "context": 0}
@@ -294,7 +304,7 @@ def main() -> int:
                 gc.collect()
                 torch.cuda.empty_cache()
             print(f"{name} done", flush=True)
-        _runtime(arch, rows, sustained=uniform, after=after, heat=heat)
+        _runtime(arch, rows, sustained=uniform, after=targets if after else (), heat=heat)
     for row in rows.values():
         for key in ("sustained", "profile_sustained"):
             got = row.get(key)
@@ -308,7 +318,7 @@ def main() -> int:
 
 
 def _runtime(arch: ModelArch, rows: dict[str, dict[str, Any]], device: torch.device | None = None,
-             sustained: bool = True, after: bool = False, heat: bool = False) -> None:
+             sustained: bool = True, after: tuple[str, ...] = (), heat: bool = False) -> None:
     """The runtime's passes: prompts whole in one graph (captured eagerly, before the piecewise
     graphs exist), then piecewise; decode batches from their full graphs; then SUSTAINED."""
     from servesim.policies.base import Step
@@ -385,7 +395,7 @@ def _runtime(arch: ModelArch, rows: dict[str, dict[str, Any]], device: torch.dev
         key = f"{kind}_{size}"
         run = whole[key].replay if kind == "prefill" else drain(plans[key])
         rows[key]["sustained"] = _sustained(run)
-    for key in AFTER_TARGETS if after else ():
+    for key in after:
         heater, target = whole["prefill_2048"].replay, drain(plans[key])
         rows[key]["after"] = {f"{heats}x{gap:g}ms": _after(target, heater, heats, gap) for heats, gap in AFTER}
     for key in HEAT_TARGETS if heat else ():

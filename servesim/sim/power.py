@@ -24,6 +24,10 @@ steps within 50 ms of a prompt's pass ran 2-3 % slower than those with none in 2
 
 Not modelled: SM partitions (Nexus's two lanes share one power budget; not measured), and a
 pass's own heating (a 2,048-token prompt replayed back to back for 3 s slowed by 2 % only).
+Measured but not taken: prompts of 512 and 1,024 tokens after the same heat ran 11.2 and 11.8 %
+slower (h200-pass-fidelity-after-prompts.json), where the sensitivities below price 6.2 and
+4.6 %; serving's prompts of that size already run 1-2 % under their heated price, so the heat
+they meet there is below this model's (not yet found why).
 """
 
 from __future__ import annotations
