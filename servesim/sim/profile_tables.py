@@ -160,8 +160,9 @@ class OpTable:
         self._work: dict[tuple[float, ...], float] = {}
         self._work_on: dict[tuple[tuple[float, ...], int], float] = {}
         structure = _STRUCTURE.get(op)
-        self._structure = None if arch is None else (lambda x, sms: structure(arch, sms, x)) if structure else None
+        self._structure: Callable[[tuple[float, ...], int], list[float]] | None = None
         if structure is not None and arch is not None and num_sms > 0:
+            self._structure = lambda x, sms: structure(arch, sms, x)
             self._terms = lambda x: structure(arch, num_sms, x)
             self.scale = tuple(map(float, _relative_fit(np.array([self._terms(x) for x in xs]), seconds)))
             if not all(self.work(x) > 0 for x in xs):
