@@ -1,0 +1,151 @@
+"""Decode-only passes on Nexus's decode lanes, timed the profiler's way and the runtime's way,
+side by side with their price (GPU only; needs disjoint green-context partitions).
+
+Issue 7's Nexus runs measured the decode lane's passes of 9-16 decodes on 68-84 SMs 5-10 % over
+their price, while on 92 SMs they were on it (and `pass_contention.py --cases batch` had timed
+the profiler's pass of 2-16 decodes on 92 SMs within 1.5-3 % of the price). Per decode lane
+(the rest of the SMs a prefill share of PREFILL_SHARES leaves) and per batch of BATCHES decodes
+of CONTEXT tokens, in one run:
+
+  profile   the profiler's pass (`profiler.forward.Forward` on the lane's SM count) captured in
+            one CUDA graph on the partition's stream, replayed REPS times;
+  runtime   the runtime's pass as Nexus serves it: `PartitionLanes`' decode lane, the whole
+            decode-only pass replayed from its full graph (inputs copied in first), REPS times.
+
+The price is ProfiledCostModel.step_time of the same shape on those SMs, and for the runtime's
+pass also the graph's padding rows (`HostOverheadCostModel.padding_s`). Prints a table and one
+JSON object; --out writes the JSON; --measured FILE prices a written JSON again (no GPU).
+
+    PYTHONPATH=. python benchmarks/lane_fidelity.py --out FILE
+    PYTHONPATH=. python benchmarks/lane_fidelity.py --measured FILE
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+from pathlib import Path
+from typing import Any
+
+from servesim.models.arch import load_model
+from servesim.models.shapes import BatchShape
+from servesim.sim.hardware import get_gpu
+from servesim.sim.host_overhead import HostOverheadCostModel
+from servesim.sim.profiled import ProfiledCostModel
+
+PREFILL_SHARES = (64, 56, 48, 40)
+"""Prefill SMs of the splits: decode lanes of 68, 76, 84 and 92 SMs (Nexus's in issue 7)."""
+BATCHES = (4, 8, 13, 16, 24)
+CONTEXT = 1024
+REPS = 10
+GRAPH_SIZES = (1, 2, 4, 8, 16, 24, 32)
+"""The runtime's captured decode sizes up to 32 (runtime.model.GRAPH_SIZES)."""
+
+
+def _shape(n: int) -> BatchShape:
+    return BatchShape(num_decodes=n, decode_context=n * CONTEXT, max_decode_context=CONTEXT, num_logits=n)
+
+
+def measure(model_name: str) -> list[dict[str, Any]]:
+    import torch
+    from pass_contention import _graph  # the profiler's pass on a partition
+
+    from servesim.policies import EngineLimits, Step
+    from servesim.profiler.operators import OperatorFactory
+    from servesim.request import Request
+    from servesim.runtime.blocks import BlockTables
+    from servesim.runtime.model import RuntimeModel
+    from servesim.runtime.partitioned import PartitionLanes
+    from servesim.runtime.plan import build_plan
+
+    device = torch.device("cuda")
+    arch = load_model(model_name)
+    limits = EngineLimits(16, 16384, 160, 32768, arch.num_layers, 132)
+    runtime = RuntimeModel(arch, limits.total_blocks, 16, device)
+    lanes = PartitionLanes(runtime, limits)
+    factory = OperatorFactory(arch, device, max(BATCHES) * CONTEXT + 16)
+    blocks = BlockTables(limits.total_blocks)
+    rows = []
+
+    def timed(run: Any, stream: Any) -> list[float]:
+        pairs = []
+        with torch.cuda.stream(stream):
+            run()
+            torch.cuda.synchronize()
+            for _ in range(REPS):
+                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                start.record()
+                run()
+                end.record()
+                pairs.append((start, end))
+        torch.cuda.synchronize()
+        return [a.elapsed_time(b) * 1e3 for a, b in pairs]
+
+    for share in PREFILL_SHARES:
+        _, lane = lanes.get([share], 16, max(BATCHES), max(BATCHES), 2 * CONTEXT)[share]
+        rest = lanes.partitions.pair(share)[1]
+        assert rest is not None
+        for i, n in enumerate(BATCHES):
+            reqs = [Request(10_000 * share + 100 * i + j, 0.0, CONTEXT, 2) for j in range(n)]
+            for r in reqs:
+                r.num_computed_tokens, r.num_generated_tokens = CONTEXT - 1, 1
+                r.kv_blocks = -(-CONTEXT // 16)
+                blocks.sync(r)
+            plan = build_plan(Step(decodes=reqs), blocks, 16, arch.num_layers, arch.vocab_size, device)
+
+            def serve(plan: Any = plan, lane: Any = lane) -> None:
+                for _ in runtime.forward(plan, lane):
+                    pass
+
+            forward, graph = _graph(factory, _shape(n), lane.num_sms, rest.stream)
+            rows.append({"decode_sms": lane.num_sms, "decodes": n, "context": CONTEXT,
+                         "profile_us": timed(graph.replay, rest.stream), "runtime_us": timed(serve, rest.stream)})
+            del forward, graph
+            for r in reqs:  # their blocks back to the pool
+                r.kv_blocks = 0
+                blocks.sync(r)
+        print(f"decode lane of {lane.num_sms} SMs done", flush=True)
+    return rows
+
+
+def report(result: dict[str, Any]) -> None:
+    model = ProfiledCostModel(load_model(result["model"]), get_gpu("h200"))
+    host = HostOverheadCostModel(model, model.arch, 0.0, 0.0, graph_max_tokens=2048, graph_sizes=GRAPH_SIZES)
+    print("| decode lane SMs | decodes | priced ms | profile / priced | runtime / (priced + padding) |")
+    print("|---:|---:|---:|---:|---:|")
+    for r in result["rows"]:
+        shape, sms = _shape(r["decodes"]), r["decode_sms"]
+        r["priced_us"] = 1e6 * model.step_time(shape, sms)
+        r["padding_us"] = 1e6 * host.padding_s(shape, sms)
+        profile, runtime = statistics.median(r["profile_us"]), statistics.median(r["runtime_us"])
+        print(f"| {sms} | {r['decodes']} | {r['priced_us'] / 1e3:.2f} | {profile / r['priced_us']:.3f} "
+              f"| {runtime / (r['priced_us'] + r['padding_us']):.3f} |")
+    print(json.dumps({k: v for k, v in result.items() if k != "rows"}))
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--model", default="llama-3.1-8b")
+    parser.add_argument("--out")
+    parser.add_argument("--measured", help="a JSON this script wrote: price its rows again, no GPU")
+    args = parser.parse_args()
+    if args.measured:
+        result = json.loads(Path(args.measured).read_text())
+    else:
+        import torch
+        if not torch.cuda.is_available():
+            print("lane_fidelity.py: needs a CUDA GPU (or --measured FILE)", file=sys.stderr)
+            return 2
+        result = {"model": args.model, "gpu": torch.cuda.get_device_name(), "torch": torch.__version__,
+                  "command": "PYTHONPATH=. python benchmarks/lane_fidelity.py --out FILE", "reps": REPS,
+                  "rows": measure(args.model)}
+    report(result)
+    if args.out:
+        Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
