@@ -51,6 +51,7 @@ def _shape(n: int) -> BatchShape:
 def measure(model_name: str) -> list[dict[str, Any]]:
     import torch
     from pass_contention import _graph  # the profiler's pass on a partition
+    from pass_fidelity import replays_us
 
     from servesim.policies import EngineLimits, Step
     from servesim.profiler.operators import OperatorFactory
@@ -69,19 +70,11 @@ def measure(model_name: str) -> list[dict[str, Any]]:
     blocks = BlockTables(limits.total_blocks)
     rows = []
 
-    def timed(run: Any, stream: Any) -> list[float]:
-        pairs = []
+    def timed(run: Any, stream: Any) -> list[float]:  # one run, then REPS back to back
         with torch.cuda.stream(stream):
             run()
             torch.cuda.synchronize()
-            for _ in range(REPS):
-                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-                start.record()
-                run()
-                end.record()
-                pairs.append((start, end))
-        torch.cuda.synchronize()
-        return [a.elapsed_time(b) * 1e3 for a, b in pairs]
+            return replays_us(run, REPS)
 
     for share in PREFILL_SHARES:
         _, lane = lanes.get([share], 16, max(BATCHES), max(BATCHES), 2 * CONTEXT)[share]

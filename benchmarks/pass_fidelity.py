@@ -131,9 +131,16 @@ def _burst(run: Run) -> list[float]:
     time.sleep(IDLE_S)
     run()
     torch.cuda.synchronize()
+    return replays_us(run, REPS, 50.0)
+
+
+def replays_us(run: Run, reps: int, pause_us: float = 0.0) -> list[float]:
+    """`reps` runs on the current stream, each after `pause_us` of GPU spin, timed by events
+    around each (us)."""
     pairs = []
-    for _ in range(REPS):
-        torch.cuda._sleep(int(50e-6 * 1.98e9))
+    for _ in range(reps):
+        if pause_us:
+            torch.cuda._sleep(int(pause_us * 1e-6 * 1.98e9))
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         start.record()
         run()

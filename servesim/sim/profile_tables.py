@@ -155,18 +155,18 @@ class OpTable:
         seconds = rows.median_us.to_numpy(float) * 1e-6
         features = np.array([_features(op, x) for x in xs])
         self.coef = np.maximum(np.linalg.lstsq(features, seconds, rcond=None)[0], 0.0)
-        self._terms: Callable[[tuple[float, ...]], list[float]] | None = None
         self.scale: tuple[float, ...] = ()
-        self._work: dict[tuple[float, ...], float] = {}
-        self._work_on: dict[tuple[tuple[float, ...], int], float] = {}
+        self.num_sms = num_sms
+        self._work: dict[tuple[tuple[float, ...], int], float] = {}
         structure = _STRUCTURE.get(op)
         self._structure: Callable[[tuple[float, ...], int], list[float]] | None = None
         if structure is not None and arch is not None and num_sms > 0:
             self._structure = lambda x, sms: structure(arch, sms, x)
-            self._terms = lambda x: structure(arch, num_sms, x)
-            self.scale = tuple(map(float, _relative_fit(np.array([self._terms(x) for x in xs]), seconds)))
+            self.scale = tuple(map(float, _relative_fit(np.array([structure(arch, num_sms, x) for x in xs]),
+                                                        seconds)))
             if not all(self.work(x) > 0 for x in xs):
-                self._terms, self.scale, self._structure = None, (), None
+                self._structure, self.scale = None, ()
+                self._work.clear()
         axes, cube = _grid(rows, cols, seconds / np.array([self.work(x) for x in xs]))
         self.gaps = int(np.isnan(cube).sum())
         if self.gaps:  # unmeasured cells (failed points): the fit fills them
@@ -179,14 +179,7 @@ class OpTable:
 
     def work(self, x: tuple[float, ...]) -> float:
         """The structural estimate (seconds) that time is interpolated relative to, else 1."""
-        if self._terms is None:
-            return 1.0
-        w = self._work.get(x)
-        if w is None:  # prefill's makespan walks every program: once per shape
-            if len(self._work) >= _MAX_WORK_CACHE:
-                self._work.clear()
-            w = self._work[x] = sum(c * t for c, t in zip(self.scale, self._terms(x), strict=True))
-        return w
+        return self.work_on(x, self.num_sms)
 
     @property
     def structured(self) -> bool:
@@ -197,11 +190,11 @@ class OpTable:
         whole-GPU fit's weights; 1 without a structure."""
         if self._structure is None:
             return 1.0
-        w = self._work_on.get((x, sms))
-        if w is None:
-            if len(self._work_on) >= _MAX_WORK_CACHE:
-                self._work_on.clear()
-            w = self._work_on[(x, sms)] = sum(c * t for c, t in zip(self.scale, self._structure(x, sms), strict=True))
+        w = self._work.get((x, sms))
+        if w is None:  # prefill's makespan walks every program: once per shape
+            if len(self._work) >= _MAX_WORK_CACHE:
+                self._work.clear()
+            w = self._work[(x, sms)] = sum(c * t for c, t in zip(self.scale, self._structure(x, sms), strict=True))
         return w
 
     def fit(self, x: tuple[float, ...]) -> float:
@@ -277,16 +270,15 @@ class RatioTable:
         self.min_sms = round(-1.0 / axes[-1][0])
         self.grid = Grid(axes, cube.ravel().tolist())
 
-    def ratio(self, x: tuple[float, ...], sms: int) -> tuple[float, bool]:
-        """(time on `sms` SMs over time on the whole GPU, whether sms is below the smallest
+    def seconds_on(self, x: tuple[float, ...], sms: int, whole_s: float) -> tuple[float, bool]:
+        """(time on `sms` SMs given `whole_s` on the whole GPU, whether sms is below the smallest
         profiled partition: scaled as 1/sms). A GEMM's is read relative to its tiling on those
         SMs: on 48 SMs a 1,025-row `down` runs the 3 waves of 1,024 rows, where the whole GPU's
         time doubles (1 wave to 2), so a ratio of times read across that step doubled it."""
         on = max(sms, self.min_sms)
         r = self.grid.at((*x, -1.0 / on))[0]
-        if self.tiled:
-            r *= self.full.work_on(x, on) / self.full.seconds(x)[0]
-        return (r * self.min_sms / sms, True) if sms < self.min_sms else (r, False)
+        t = r * self.full.work_on(x, on) if self.tiled else r * whole_s
+        return (t * self.min_sms / sms, True) if sms < self.min_sms else (t, False)
 
 
 def contention_curves(frame: pd.DataFrame) -> dict[tuple[str, str], tuple[list[float], list[float]]]:

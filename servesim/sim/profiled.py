@@ -268,8 +268,8 @@ class ProfiledCostModel:
             ratios = self.profile.ratios.get(_SM_PROXY.get(table, table))
             if ratios is None:
                 return t * self.gpu.num_sms / sms, True
-            r, below = ratios.ratio(x, sms)
-            t, outside = t * r, outside or below
+            t, below = ratios.seconds_on(x, sms, t)
+            outside = outside or below
         return t, outside
 
     def _op(self, op: OpSpec, sms: int) -> tuple[float, bool]:
