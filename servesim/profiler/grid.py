@@ -93,6 +93,15 @@ def _pow2(lo: int, hi: int) -> tuple[int, ...]:
     return tuple(2**i for i in range(int(math.log2(lo)), int(math.log2(hi)) + 1))
 
 
+def _complements(shares: range, num_sms: int = SM_COUNT_H200) -> tuple[int, ...]:
+    """The other side of each split of the GPU into `shares` and the rest. Green contexts split
+    SMs in steps of 8, so the side that gets the rest of the H200's 132 is 4 past a multiple of
+    8 (a Nexus decode lane beside 24-64 prefill SMs: 68-108), never on an 8-step grid; read
+    between the 64- and 96-SM grids, decode passes on 68-84 SMs ran 2-7 % over their price
+    (benchmarks/lane_fidelity.py, benchmarks/results/h200-lane-fidelity.json)."""
+    return tuple(num_sms - n for n in shares)
+
+
 SPECS: dict[str, GridSpec] = {
     "full": GridSpec(
         max_tokens=32768, ladder_ratio=1.25, fine_ladder=(1.25, 0), max_waves=16,
@@ -102,7 +111,8 @@ SPECS: dict[str, GridSpec] = {
         packed_q=(16, 64, 256, 1024), packed_seqs=(1, 2, 4, 8, 16),
         decode_batch=_pow2(1, 512), decode_context=(32, 128, 512, 1024, 2048, 4096, 8192, 16384),
         decode_skew=(1, 2, 4, 8), sample_rows=_pow2(1, 4096),
-        sm_counts=tuple(range(8, 132, 8)), split_sms=(16, 32, 48, 64, 80, 96),
+        sm_counts=tuple(sorted({*range(8, 132, 8), *_complements(range(24, 65, 8))})),
+        split_sms=(16, 32, 48, 64, 80, 96),
         share_tokens=(1, 16, 64, 256, 1024, 4096, 16384),
         share_prefill=((128, 1024, 8192), (0, 8192)),
         share_decode=((1, 16, 128), (512, 4096)),
@@ -117,7 +127,8 @@ SPECS: dict[str, GridSpec] = {
         packed_q=(16, 128, 1024), packed_seqs=(1, 4, 16),
         decode_batch=(1, 2, 4, 8, 16, 32, 64, 128, 256), decode_context=(64, 512, 2048, 8192, 16384),
         decode_skew=(1, 2, 4, 8), sample_rows=_pow2(1, 4096),
-        sm_counts=(8, 16, 32, 48, 64, 96, 128), split_sms=(16, 32, 64, 96),
+        sm_counts=tuple(sorted({8, 16, 24, 32, 40, 48, 56, 64, 96, 120, 128, *_complements(range(24, 65, 8))})),
+        split_sms=(16, 32, 64, 96),
         share_tokens=(1, 64, 256, 512, 1024, 4096, 16384),
         share_prefill=((256, 1024, 4096), (0, 2048, 8192)),
         share_decode=((1, 16, 256), (512, 2048)),

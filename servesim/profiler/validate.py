@@ -136,11 +136,14 @@ def random_batches(count: int, mode: str, seed: int = 2) -> list[MixedBatch]:
 
 PASS_BATCHES = {"tiny": (1, 4), "quick": (1, 4, 16, 64, 256), "full": (1, 2, 4, 8, 16, 32, 64, 128, 256)}
 PASS_CONTEXTS = {"tiny": (16, 48), "quick": (512, 4096), "full": (256, 1024, 4096, 16384)}
-PASS_SMS = {"tiny": (2,), "quick": (64, 96), "full": (32, 64, 96)}
+PASS_SMS = {"tiny": (2,), "quick": (64, 68, 76, 84, 92, 96, 100, 108), "full": (32, 64, 68, 76, 84, 92, 96, 100, 108)}
 """Partitions the passes also run on (besides the whole GPU): the decode shares Nexus picks.
 In issue 7's Nexus runs, decode passes on 52-92 SMs measured at their operators' sum (-5..+5 %)
 and the factor measured on the whole GPU (0.86-0.93 then) made them 12-16 % fast, so the factor
-is measured per share."""
+is measured per share: on each decode lane beside 24-64 prefill SMs (68-108), since a factor
+read between 64 and 96 SMs priced passes on 68-84 SMs 2-7 % fast and on 92 2 % slow
+(benchmarks/results/h200-lane-fidelity.json): a split-K GEMM's programs fill the SMs in whole
+waves, so the time steps with the SM count rather than following a line."""
 
 
 MIXED_PASS_TOKENS = {"tiny": (16, 32), "quick": (256, 1024, 4096), "full": (256, 1024, 4096, 8192)}
@@ -156,7 +159,7 @@ from -8..0 % to +3..+4 %)."""
 
 
 PREFILL_PASS_TOKENS = {"tiny": (16,), "quick": (256, 512, 1024, 2048), "full": (256, 512, 1024, 2048, 4096)}
-PREFILL_PASS_SMS = {"tiny": (2,), "quick": (32, 48, 64, 96), "full": (24, 32, 40, 48, 64, 96)}
+PREFILL_PASS_SMS = {"tiny": (2,), "quick": (32, 40, 48, 56, 64, 96), "full": (24, 32, 40, 48, 56, 64, 96)}
 PREFILL_PASS_CORUNNERS = {"tiny": ((2, 16),), "quick": ((8, 1024), (16, 1024), (32, 1024), (64, 1024)),
                           "full": ((8, 1024), (16, 1024), (32, 1024), (64, 1024), (128, 1024))}
 """Prompts on partitions (a Nexus prefill lane), alone and beside a decode-only pass of
@@ -179,7 +182,7 @@ batch: 1.48-1.54x beside 2-16 decodes, 1.24-1.31x beside 20-48), so the cost mod
 co-runners within their tiling class (models.profile_schema.GEMM_ROW_CLASSES)."""
 
 
-DECODE_BESIDE_SMS = {"tiny": (2,), "quick": (68, 84, 100), "full": (68, 84, 92, 100, 108)}
+DECODE_BESIDE_SMS = {"tiny": (2,), "quick": (68, 76, 84, 92, 100), "full": (68, 76, 84, 92, 100, 108)}
 DECODE_BESIDE_BATCHES = {"tiny": (2,), "quick": (8, 32), "full": (8, 32, 128)}
 DECODE_BESIDE_CONTEXT = {"tiny": 16, "quick": 2048, "full": 2048}
 """Decode-only passes on a partition (a Nexus decode lane: the complements of 48 and 64 SMs)
