@@ -182,23 +182,53 @@ def _partitioned_constants(model: RuntimeModel, limits: EngineLimits, host: Host
     partitions' passes piece by piece in turn. A static split serves 32 decoding requests while
     1024-token prompts arrive every 40 ms from 0.5 s on; per decode step, the host's issue time per launch,
     alone and while a prefill ran on the other partition (the host then also launches its
-    pieces). host_launch_us: the median over all decode steps."""
+    pieces). host_launch_us: the median over all decode steps. With graphs, the same load again
+    with each decode-only pass replayed whole, as serving runs it: the host's time around those
+    steps in this loop (`_host_around`)."""
     policy_cls = REGISTRY["nexus"]
     policy = policy_cls(policy_cls.Params(adaptive=False, initial_prefill_sms=prefill_sms), limits)
     policy.predict = host.step_time
-    lanes = PartitionLanes(model, limits, graphs).get([prefill_sms], policy.params.token_budget,
-                                                      policy.params.max_num_seqs)
-    runtime = PartitionedRuntime(model, policy, limits, lanes)
-    requests = [Request(i, 0.0, prompt, output) for i in range(decodes)]
-    requests += [Request(decodes + i, 0.5 + 0.04 * i, prompt, 2) for i in range(prefills)]
-    runtime.run(requests)
-    decode = [r for r in runtime.steps if not r.shape.prefill_tokens and r.shape.num_decodes]
+    made = PartitionLanes(model, limits, graphs)
+    rows = (policy.params.token_budget, policy.params.max_num_seqs)
+
+    def serve(decode_graph_rows: int) -> list[StepRecord]:
+        lanes = made.get([prefill_sms], *rows, decode_graph_rows, limits.max_model_len)
+        runtime = PartitionedRuntime(model, policy, limits, lanes)
+        requests = [Request(i, 0.0, prompt, output) for i in range(decodes)]
+        requests += [Request(decodes + i, 0.5 + 0.04 * i, prompt, 2) for i in range(prefills)]
+        runtime.run(requests)
+        return runtime.steps
+
+    decode = [r for r in serve(0) if not r.shape.prefill_tokens and r.shape.num_decodes == decodes]
     alone = [r for r in decode if r.corunner < 0]
     beside = [r for r in decode if r.corunner >= 0]
-    return {"prefill_sms": prefill_sms, "decode_steps": len(decode), "beside_prefill": len(beside),
-            "host_launch_us": round(_issue_per_launch(decode, host), 2),
-            "alone_launch_us": round(_issue_per_launch(alone, host), 2) if alone else None,
-            "beside_prefill_launch_us": round(_issue_per_launch(beside, host), 2) if beside else None}
+    out: dict[str, object] = {
+        "prefill_sms": prefill_sms, "decode_steps": len(decode), "beside_prefill": len(beside),
+        "host_launch_us": round(_issue_per_launch(decode, host), 2),
+        "alone_launch_us": round(_issue_per_launch(alone, host), 2) if alone else None,
+        "beside_prefill_launch_us": round(_issue_per_launch(beside, host), 2) if beside else None}
+    if graphs:
+        out["full_decode"] = _host_around(serve(policy.params.max_num_seqs), decodes)
+    return out
+
+
+def _host_around(steps: list[StepRecord], batch: int) -> dict[str, float]:
+    """Medians over a loop's decode-only steps of `batch` sequences followed by another step
+    of their partition: the host's time before the first launch, after the pass's end (to that
+    next step's start) and from the first launch to the last (a pass replayed whole); `main`
+    turns them into host_step_us (with the plain loops' per-sequence slope) and
+    host_graph_issue_us of the partitioned runtime."""
+    pairs = []
+    for i, rec in enumerate(steps):
+        if rec.shape.prefill_tokens or rec.shape.num_decodes != batch:
+            continue
+        later = next((s for s in steps[i + 1:] if s.partition == rec.partition), None)
+        if later is not None:
+            pairs.append((rec, later))
+    return {"steps": len(pairs), "batch": batch,
+            "before_ms": round(1e3 * statistics.median(r.ready - r.start for r, _ in pairs), 4),
+            "after_ms": round(1e3 * statistics.median(n.start - r.end for r, n in pairs), 4),
+            "issue_ms": round(1e3 * statistics.median(r.issued - r.ready for r, _ in pairs), 4)}
 
 
 def _per_seq_fit(loops: dict[str, dict[str, float]]) -> dict[str, float]:
@@ -336,6 +366,13 @@ def main() -> None:
     # fit over both loop sets.
     both = {**{f"piecewise_{k}": v for k, v in loops.items()}, **{f"full_{k}": v for k, v in full_loops.items()}}
     out["graphed"] = {**graphed, **_per_seq_fit(both), "per_seq_fit": "piecewise and full-graph loops"}
+    partitioned = out.get("partitioned")
+    if isinstance(partitioned, dict) and isinstance(partitioned.get("full_decode"), dict):
+        # Nexus's loop, as it serves: its host time around a decode step, less what the
+        # sequences add (the plain loops' slope), and its issue of a pass replayed whole.
+        around, per_seq = partitioned["full_decode"], float(out["graphed"]["host_per_seq_us"])
+        partitioned["host_step_us"] = round(1e3 * (around["before_ms"] + around["after_ms"]) - per_seq * around["batch"], 1)
+        partitioned["host_graph_issue_us"] = round(1e3 * around["issue_ms"], 1)
     _emit(out, args.out)
 
 

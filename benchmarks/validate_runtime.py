@@ -184,7 +184,11 @@ def main() -> None:
         if full:  # a file of the runtime with full decode graphs (from 2540a07 on; 2540a07's has no total)
             args.set += [f"cost_model.host_graph_issue_us={full.get('host_graph_issue_us') or graph_issue_us(full['loops'])}"]
         if "partitioned" in measured:  # Nexus's runtime: one host thread for both partitions
-            partitioned = [f"cost_model.host_launch_us={measured['partitioned']['host_launch_us']}"]
+            loop = measured["partitioned"]
+            # its launch cost, and (files from the fourteenth session on) its own host time
+            # around a step and issue of a decode pass replayed whole
+            partitioned = [f"cost_model.{k}={loop[k]}" for k in ("host_launch_us", "host_step_us",
+                                                                   "host_graph_issue_us") if k in loop]
     if bool(args.config) == bool(args.matrix):
         parser.error("give a config or --matrix")
     source = Path(args.matrix or args.config)

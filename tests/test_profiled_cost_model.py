@@ -147,9 +147,11 @@ def test_decode_only_passes_take_their_measured_in_pass_time(model: str) -> None
         passes = passes[passes.corunner_prompt.fillna(0) == 0]
     sms_of = passes.sms.fillna(H200.num_sms).astype(int) if "sms" in passes else pd.Series(H200.num_sms, passes.index)
     assert cost._in_pass is not None and H200.num_sms in cost._in_pass.factors
-    # decode passes timed alone for the decode-beside-prompt grid (other SMs, batches and
-    # contexts) are that grid's, not this one's
-    on_grid = sms_of.isin(list(cost._in_pass.factors))
+    # decode passes timed alone for the decode-beside-prompt grid (other batches and contexts,
+    # some on the same SMs) are that grid's, not this one's
+    contexts = {round(math.exp(c)) for c in cost._in_pass.log_ctx}
+    on_grid = sms_of.isin(list(cost._in_pass.factors)) & passes.num_decodes.isin(cost._in_pass.batches) \
+        & (passes.decode_context / passes.num_decodes).round().astype(int).isin(contexts)
     passes, sms_of = passes[on_grid], sms_of[on_grid]
     assert len(passes) == 10 * len(cost._in_pass.factors)
     factors: dict[int, list[float]] = {}

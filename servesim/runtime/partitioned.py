@@ -6,8 +6,10 @@ One host thread drives both partitions, as the simulator's two executors share o
 launches the two passes piece by piece in turn (a graph replay or an attention launch each),
 notices a pass's end by polling the event recorded after it, and only then completes its step
 and schedules that partition's next one. The policy's controller re-splits the SMs every
-`tick_s` and before each prefill batch; a new split takes effect at each partition's next step,
-so for one step the old and the new partition may overlap (as the paper's asynchronous switch).
+`tick_s`, when a prefill pass ends and before the next one starts (as the simulator's
+`PhaseExecutor`: not when an idle prefill partition finds nothing to run); a new split takes
+effect at each partition's next step, so for one step the old and the new partition may overlap
+(as the paper's asynchronous switch).
 
 Every split the controller can choose needs its own graphs, captured on its partitions' streams
 with kernels sized for their SMs (`PartitionLanes`): a static split needs one set, an adaptive
@@ -198,9 +200,11 @@ class PartitionedRuntime(Runtime):
         to do."""
         state, policy = self.state, self.nexus
         now = self.now()
-        if slot.phase == "prefill" and policy.params.adaptive:
-            self._resplit(now)
         step = policy.schedule_phase(state.view(now), slot.phase)
+        if slot.phase == "prefill" and policy.params.adaptive and not step.is_empty:
+            # (Not for an empty prefill batch: the idle partition wakes after every decode step,
+            # and the controller's ~0.1 ms there held up the decode lane's next step.)
+            self._resplit(now)
         scheduled = self.now()
         state.apply_preemptions(step, now)
         for req in step.preempt:
@@ -265,6 +269,12 @@ class PartitionedRuntime(Runtime):
         step, record = slot.step, self.steps[slot.record]
         record.end = end
         self._complete(step, end)
+        if slot.phase == "prefill" and self.nexus.params.adaptive:
+            # Its requests now decode: re-split before the decode partition starts its next
+            # step in this turn of the loop (the simulator re-splits at the same instant; a
+            # split made on the next prefill batch came a step late, and a first decode after
+            # an idle spell ran on the 12 SMs prefill had left, in 24 ms instead of 7).
+            self._resplit(end)
         shape = record.shape
         self.state.log.add(record.start, end, shape.num_prefill_tokens, shape.num_decodes, slot.used,
                            slot.index)

@@ -1,9 +1,11 @@
 """Two executors on disjoint SM partitions of one GPU (Nexus): one runs prefill batches, the
 other decode batches, over one shared serving state and KV pool. Each iteration is timed at its
 partition's SMs and slowed by what the other partition is running at its start (the cost
-model's contention). The policy's controller re-splits the SMs every tick and before each
-prefill batch (the moment prefill decides which requests it hands to decode next); a new split
-takes effect at each executor's next iteration (asynchronous, as the paper's switch)."""
+model's contention). The policy's controller re-splits the SMs every tick, when a prefill batch
+ends (its requests join the decode batch) and before the next one starts; a new split takes
+effect at each executor's next iteration (asynchronous, as the paper's switch). A prefill
+partition that wakes and finds nothing to run does not ask (it wakes after every decode step;
+the controller's ~0.1 ms of host time there delayed each decode step in servesim's runtime)."""
 
 from __future__ import annotations
 
@@ -35,11 +37,14 @@ class PhaseExecutor(Executor):
     def next_step(self) -> Step:
         policy = self.policy
         assert isinstance(policy, Nexus)
-        if self.splits is not None:
+        step = policy.schedule_phase(self.state.view(self.env.now), self.phase)
+        if self.splits is not None and not step.is_empty:  # (the batch does not depend on the split)
             self.resplit()
-        return policy.schedule_phase(self.state.view(self.env.now), self.phase)
+        return step
 
     def after_step(self) -> None:
+        if self.splits is not None:  # a prefill batch ended: the decode side's next step runs on the new split
+            self.resplit()
         if self.sibling is not None:  # new decodes, or freed KV, for the other side
             self.sibling.notify()
 
@@ -57,8 +62,8 @@ class PhaseExecutor(Executor):
 
 def controller(env: Any, policy: Nexus, prefill: PhaseExecutor, decode: PhaseExecutor,
                splits: list[tuple[float, int]]) -> Proc:
-    """Re-split the SMs every tick until every request is done (and, from now on, before each
-    prefill batch)."""
+    """Re-split the SMs every tick until every request is done (and, from now on, around each
+    prefill batch: `PhaseExecutor`)."""
     assert prefill.sibling is decode
     prefill.splits = splits
     while prefill.state.num_done < prefill.num_requests:
