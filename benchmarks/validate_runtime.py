@@ -134,6 +134,21 @@ def _summary(out: Path) -> None:
         compiles = r.get("runtime_health", {}).get("jit_compiles", "not counted")
         lines.append(f"| {report_file.parent.name} | {r['requests']} | " + " | ".join(cells + steps)
                      + f" | {host} | {compiles} |")
+    lines += ["", "Target cells missed, with the 95 % interval of each error when the run's requests are drawn "
+              "again (servesim.validate.error_intervals; an interval that reaches the target means the "
+              "sample alone could account for the miss):", ""]
+    missed = []
+    for report_file in sorted(out.glob("*/report.json")):
+        r = json.loads(report_file.read_text())
+        for key, bound in TARGETS.items():
+            row = r["metrics"][key]
+            if abs(row["rel_error"]) > bound:
+                ci = row.get("ci95")
+                reach = "" if not ci else (f" (interval {100 * ci[0]:+.1f}% .. {100 * ci[1]:+.1f}%: "
+                                           + ("reaches" if ci[0] <= bound and ci[1] >= -bound else "does not reach")
+                                           + f" the {100 * bound:g} % target)")
+                missed.append(f"- {report_file.parent.name} {key}: {100 * row['rel_error']:+.1f}%{reach}")
+    lines += missed or ["- none"]
     (out / "summary.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     _summary_figure(out)

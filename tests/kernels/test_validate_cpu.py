@@ -51,12 +51,14 @@ def test_validate_reports_every_metric(tmp_path: Path) -> None:
     assert set(report["steps"]) == {"decode_only", "with_prefill"}
     steps.to_csv(tmp_path / "steps.csv", index=False)
     read = pd.read_csv(tmp_path / "steps.csv", dtype={"chunks": str, "prefixes": str, "layers": str})
-    again = repredict(config, tmp_path, report, read, out.measured_itl_s)
+    again = repredict(config, tmp_path, report, read, out.measured_itl_s, out.measured)
     priced = again.steps
     assert list(again.predicted.ttft_s) == list(out.predicted.ttft_s)
     assert again.predicted_itl_s.tolist() == out.predicted_itl_s.tolist()
     assert priced.predicted_s.tolist() == steps.predicted_s.tolist()
     assert again.report["metrics"] == report["metrics"]
+    assert all(len(report["metrics"][k]["ci95"]) == 2 for k in ("median_ttft_ms", "p99_itl_ms", "mean_itl_ms"))
+    assert "ci95" not in report["metrics"]["request_throughput"]
     assert json.dumps(again.report["steps"]) == json.dumps(report["steps"])  # NaN-tolerant
     # Per request: the same three requests on both sides, each with its own error.
     paired = report["paired"]
