@@ -102,11 +102,15 @@ def test_intensity_follows_the_prompt_rate_measured() -> None:
 def test_sensitivities_match_the_passes_after_heat_and_a_host_gap() -> None:
     """The slowdown after 0.2 s of 2,048-token prompts and 0.5-2 ms of idle (serving's host gap
     between passes), per target: the model within 1 point of the measurements' mean; queued
-    right behind the prompts the passes ran less slow (the model does not price that case)."""
-    after = _rows("after")
-    for key, shape in (("decode_32", BatchShape(num_decodes=32)), ("decode_96", BatchShape(num_decodes=96)),
-                       ("decode_128", BatchShape(num_decodes=128)), ("prefill_256", _prompt(256))):
-        r = after[key]["after"]
+    right behind the prompts the passes ran less slow (the model does not price that case).
+    Prompts of 256 tokens were measured twice (`after` and `after-prompts`), 512 and 1,024 once."""
+    after, prompts = _rows("after"), _rows("after-prompts")
+    for rows, key, shape in ((after, "decode_32", BatchShape(num_decodes=32)),
+                             (after, "decode_96", BatchShape(num_decodes=96)),
+                             (after, "decode_128", BatchShape(num_decodes=128)),
+                             (after, "prefill_256", _prompt(256)), (prompts, "prefill_256", _prompt(256)),
+                             (prompts, "prefill_512", _prompt(512)), (prompts, "prefill_1024", _prompt(1024))):
+        r = rows[key]["after"]
         idle = statistics.median(r["0x0ms"])
         measured = statistics.mean(statistics.median(r[f"4x{gap}ms"]) / idle - 1 for gap in ("0.5", "1", "2"))
         state = _heated(1.0, 0.2, 0.001)
