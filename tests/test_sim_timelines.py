@@ -54,3 +54,35 @@ def test_idle_gpu_waits_for_the_next_arrival(policy: str) -> None:
     res = run(policy, requests([(1.0, 4, 1)]), lim=limits(max_model_len=64))
     assert token_times(res) == {0: [1.014]}
     assert res.end_s == pytest.approx(1.014)
+
+
+def test_nexus_asks_its_controller_around_prefill_batches_only() -> None:
+    """The simulated Nexus asks its controller when a prefill batch ends (before the decode
+    partition's next step) and before the next one, as servesim's runtime does: not when its
+    idle prefill partition wakes after each decode step. (No tick falls inside this run.)"""
+    from servesim.policies import REGISTRY
+    from servesim.sim.cost_model import ConstantCostModel
+    from servesim.sim.engine import simulate
+
+    lim = limits()
+    cls = REGISTRY["nexus"]
+    policy = cls(cls.Params(tick_s=100.0), lim)
+    asked: list[float] = []
+    split = policy.split
+
+    def counted(view, prefill_sms):  # type: ignore[no-untyped-def]
+        asked.append(view.now_s)
+        return split(view, prefill_sms)
+
+    policy.split = counted  # type: ignore[method-assign]
+    res = simulate(requests([(0.0, 6, 12), (0.03, 4, 12), (0.09, 8, 6)]), policy,
+                   ConstantCostModel(fixed_s=0.01, per_prefill_token_s=0.001), lim)
+    prefill_ends = [e for s, e, p, part in zip(res.log.start_s, res.log.end_s, res.log.prefill_tokens,
+                                                res.log.partition, strict=True) if part == 0 and p]
+    decode_steps = sum(1 for part in res.log.partition if part == 1)
+    assert len(prefill_ends) == 3 and decode_steps > 6
+    # before each prefill batch and when it ends; the controller's one tick falls after the run,
+    # which ends with its last pass
+    assert len(asked) <= 2 * len(prefill_ends), asked
+    assert all(any(abs(t - e) < 1e-12 for t in asked) for e in prefill_ends)
+    assert res.end_s == max(res.log.end_s) < 1.0

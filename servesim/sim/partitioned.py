@@ -68,4 +68,5 @@ def controller(env: Any, policy: Nexus, prefill: PhaseExecutor, decode: PhaseExe
     prefill.splits = splits
     while prefill.state.num_done < prefill.num_requests:
         yield env.timeout(policy.params.tick_s)
-        prefill.resplit()
+        if prefill.state.num_done < prefill.num_requests:  # (a tick due after the run is not one)
+            prefill.resplit()

@@ -5,6 +5,7 @@ engine serves every request under the same policy objects as the simulator."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -141,6 +142,37 @@ def test_a_suspended_pass_keeps_its_rows_while_others_reuse_the_workspace() -> N
             torch.testing.assert_close(stop.value, alone, rtol=1e-4, atol=1e-4)
             return
     raise AssertionError("the resumed pass did not finish")
+
+
+def test_nexus_controller_runs_when_prefill_ends_not_when_its_partition_idles() -> None:
+    """The runtime asks Nexus's controller when a prefill pass ends (before the decode partition
+    starts its next step) and before a prefill batch, as the simulator does; never for the idle
+    prefill partition that wakes after each decode step (its host time held up the decode lane)."""
+    from servesim.runtime.partitioned import PartitionedRuntime, PartitionLanes
+
+    model = _model("llama")
+    limits = EngineLimits(block_size=BS, total_blocks=64, watermark_blocks=0, max_model_len=256,
+                          num_layers=2, num_sms=32)
+    cls = REGISTRY["nexus"]
+    policy = cls(cls.Params(token_budget=16, initial_prefill_sms=16, hysteresis_sms=0, tick_s=100.0), limits)
+    policy.predict = lambda shape, sms, corunner=None: (
+        1e-3 * shape.num_prefill_tokens / (sms or 32) + 1e-3 * shape.num_decodes / min(sms or 32, 8))
+    asked: list[float] = []
+    split = policy.split
+
+    def counted(view: Any, prefill_sms: int) -> int:
+        asked.append(view.now_s)
+        return split(view, prefill_sms)
+
+    policy.split = counted  # type: ignore[method-assign]
+    lanes = PartitionLanes(model, limits, graphs=False).get(policy.shares(), 16, 8)
+    runtime = PartitionedRuntime(model, policy, limits, lanes)
+    runtime.run([Request(i, 0.004 * i, 5 + 3 * i, 8) for i in range(4)])
+    prefills = [rec for rec in runtime.steps if rec.partition == 0]
+    decodes = [rec for rec in runtime.steps if rec.partition == 1]
+    assert len(decodes) > 2 * len(prefills)
+    assert len(asked) <= 2 * len(prefills)
+    assert all(rec.end in asked for rec in prefills)
 
 
 @pytest.mark.parametrize("adaptive", [False, True], ids=["static", "adaptive"])
