@@ -147,6 +147,8 @@ def test_decode_only_passes_take_their_measured_in_pass_time(model: str) -> None
         passes = passes[passes.corunner_prompt.fillna(0) == 0]
     sms_of = passes.sms.fillna(H200.num_sms).astype(int) if "sms" in passes else pd.Series(H200.num_sms, passes.index)
     assert cost._in_pass is not None and H200.num_sms in cost._in_pass.factors
+    if model == "llama-3.1-8b":  # the shipped profile times the decode passes on Nexus's lanes
+        assert {68, 76, 84, 92, 100, 108} <= set(cost._in_pass.factors)
     # decode passes timed alone for the decode-beside-prompt grid (other batches and contexts,
     # some on the same SMs) are that grid's, not this one's
     contexts = {round(math.exp(c)) for c in cost._in_pass.log_ctx}

@@ -253,3 +253,20 @@ def test_moe_points_time_several_fixed_routing_draws() -> None:
     assert len(draws) == MOE_ROUTINGS
     assert len(first.builder("moe_down", 6, 1, 0, None)[0](1)) == MOE_ROUTINGS
     assert len(first.builder("moe_down", MOE_ROUTED_TOKENS * 2, 0, 0, None)[0](1)) == 1
+
+
+@pytest.mark.parametrize("mode", ["quick", "full"])
+def test_every_nexus_lane_has_partition_grids_of_its_own_size(mode: str) -> None:
+    """Nexus splits the H200's 132 SMs in steps of 8; each split of 24-64 prefill SMs leaves its
+    decode lane 68-108 SMs, which the SM shares and the decode passes time on those counts
+    (read between 64 and 96 SMs, lane passes were priced 2-7 % fast on 68-84 SMs and 2 % slow
+    on 92), and both sides of each split are SM shares."""
+    from servesim.policies import REGISTRY, EngineLimits
+    from servesim.profiler.validate import PASS_SMS
+
+    cls = REGISTRY["nexus"]
+    policy = cls(cls.Params(), EngineLimits(16, 1000, 0, 4096, 32, 132))
+    prefill = [p for p in policy.shares() if 24 <= p <= 64]
+    assert prefill == [24, 32, 40, 48, 56, 64]
+    assert {132 - p for p in prefill} <= set(SPECS[mode].sm_counts) & set(PASS_SMS[mode])
+    assert set(prefill) <= set(SPECS[mode].sm_counts)
