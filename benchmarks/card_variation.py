@@ -20,17 +20,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from servesim.sim.profile_report import kind_of
+
 _OP_KEYS = ["op", "a", "b", "c"]
 _PASS_KEYS = ["prefill_tokens", "prefill_prefix", "num_decodes", "decode_context", "max_decode_context",
               "sms", "corunner_decodes", "corunner_context", "corunner_sms", "corunner_prompt"]
-
-
-def _kind(op: str) -> str:
-    if op.startswith("attn_"):
-        return op
-    if op in ("qkv", "o", "gate_up", "down", "lm_head", "router") or op.startswith("moe_"):
-        return "gemm"
-    return "elementwise"
 
 
 def _ratios(a: Path, b: Path) -> pd.DataFrame:
@@ -42,9 +36,9 @@ def _ratios(a: Path, b: Path) -> pd.DataFrame:
         left, right = (f.assign(**{k: f[k].astype(str) for k in keys}) for f in (left, right))
         both = left.merge(right, on=keys, suffixes=("_a", "_b")).dropna(subset=["median_us_a", "median_us_b"])
         if table == "ops":
-            group = "whole GPU: " + both.op.map(_kind)
+            group = "whole GPU: " + both.op.map(kind_of)
         elif table == "sm_shares":
-            group = "partitions: " + both.op.map(_kind)
+            group = "partitions: " + both.op.map(kind_of)
         else:
             prompt = both.prefill_tokens.str.strip() != ""
             whole = both.sms.isin(["nan", "None", "132", "132.0"])

@@ -19,7 +19,7 @@ from servesim.models.shapes import BatchShape
 from servesim.sim.profiled import ProfiledCostModel
 
 TARGETS = {"op_median": 0.03, "op_p95": 0.08, "iteration_median": 0.05}
-_KINDS = {"gemm": GEMM_OPS, "attention": ("attn_prefill", "attn_decode"),
+_KINDS = {"gemm": GEMM_OPS, "attention": ("attn_prefill", "attn_decode", "attn_prefill_packed"),
           "moe": ("moe_gate_up", "moe_down", "moe_fused", "topk_softmax", "moe_align", "moe_silu_mul")}
 
 
