@@ -165,13 +165,13 @@ def validate(config: Config, base_dir: Path, device_name: str = "cuda",
               "jit_compiles": len(runtime.jit_compiles), "jit_compiled": sorted(set(runtime.jit_compiles)),
               **clocks.summary(), **host_speed.summary()}
     report = _report(config, summaries[0], summaries[1], device, limits, resolved_kind(config, arch, gpu))
-    report["metrics"] = with_intervals(report["metrics"], error_intervals(
-        tables[0], tables[1], _itl(measured.requests), _itl(predicted.requests), seed=config.seed))
+    gaps = _itl(measured.requests), _itl(predicted.requests)
+    report["metrics"] = with_intervals(report["metrics"], error_intervals(tables[0], tables[1], *gaps,
+                                                                           seed=config.seed))
     report = {**report, "paired": paired_errors(tables[0], tables[1]),
               "runtime_setup": setup,
               "runtime_health": health, "steps": step_errors(steps)}
-    return Validation(report, tables[0], tables[1], _itl(measured.requests),
-                      _itl(predicted.requests), steps)
+    return Validation(report, tables[0], tables[1], *gaps, steps)
 
 
 def _nexus_runtime(loaded: _Loaded, policy: Nexus, limits: EngineLimits, graph_rows: int,
@@ -232,15 +232,16 @@ def repredict(config: Config, base_dir: Path, report: dict[str, Any], steps: pd.
     predicted_s, predicted_gpu_s = _priced(cost_model, step_shapes(steps), steps.start_s.tolist(),
                                            _power_state(power, arch))
     steps = steps.assign(predicted_s=predicted_s, predicted_gpu_s=predicted_gpu_s)
+    predicted_itl_s = _itl(predicted.requests)
     if measured is not None:
-        rows = with_intervals(rows, error_intervals(measured, table, measured_itl_s, _itl(predicted.requests),
+        rows = with_intervals(rows, error_intervals(measured, table, measured_itl_s, predicted_itl_s,
                                                     seed=config.seed))
     new = {**report, "cost_model": resolved_kind(config, arch, gpu), "metrics": rows,
            "completed_predicted": summary["completed"], "steps": step_errors(steps),
            **({"paired": paired_errors(measured, table)} if measured is not None else {}),
            "predicted_again": {"cost_model": dataclasses.asdict(config.cost_model),
                                "measured_itls": int(len(measured_itl_s))}}
-    return Repredicted(new, steps, table, _itl(predicted.requests))
+    return Repredicted(new, steps, table, predicted_itl_s)
 
 
 def _power_state(model: PowerModel | None, arch: ModelArch) -> PowerState | None:
@@ -429,13 +430,11 @@ def _split_gaps(table: pd.DataFrame, itl_s: np.ndarray) -> dict[int, np.ndarray]
 
 
 class _Resampled:
-    """Values that belong to requests (one or several each), for statistics of a resample of
-    the requests given as how many times each is drawn: quantiles by the inverted CDF of the
-    drawn values, and the mean."""
+    """Values that belong to requests (`owner`: each value's request index; one or several
+    values each), for statistics of a resample of the requests given as how many times each is
+    drawn: quantiles by the inverted CDF of the drawn values, and the mean."""
 
-    def __init__(self, per_request: list[np.ndarray]) -> None:
-        values = np.concatenate(per_request) if per_request else np.zeros(0)
-        owner = np.repeat(np.arange(len(per_request)), [len(v) for v in per_request])
+    def __init__(self, values: np.ndarray, owner: np.ndarray) -> None:
         order = np.argsort(values, kind="stable")
         self.values, self.owner = values[order], owner[order]
 
@@ -474,13 +473,15 @@ def error_intervals(measured: pd.DataFrame, predicted: pd.DataFrame, measured_it
     series: dict[str, tuple[_Resampled, _Resampled]] = {}
     for metric in ("ttft", "tpot", "e2el"):
         m, p = (both[f"{metric}_s_{side}"].to_numpy(float) * 1e3 for side in "mp")
-        keep = np.isfinite(m) & np.isfinite(p)
-        m_values, p_values = ([np.array([v]) if k else np.zeros(0) for v, k in zip(x, keep, strict=True)]
-                              for x in (m, p))
-        series[metric] = (_Resampled(m_values), _Resampled(p_values))
+        keep = np.flatnonzero(np.isfinite(m) & np.isfinite(p))
+        series[metric] = (_Resampled(m[keep], keep), _Resampled(p[keep], keep))
     m_gaps, p_gaps = gaps
     if m_gaps is not None and p_gaps is not None:
-        series["itl"] = (_Resampled([m_gaps[i] * 1e3 for i in ids]), _Resampled([p_gaps[i] * 1e3 for i in ids]))
+        def pooled(per_id: dict[int, np.ndarray]) -> _Resampled:
+            runs = [per_id[i] for i in ids]
+            return _Resampled(np.concatenate(runs) * 1e3, np.repeat(np.arange(len(ids)), [len(g) for g in runs]))
+
+        series["itl"] = (pooled(m_gaps), pooled(p_gaps))
     keys: dict[str, list[tuple[str, float | None]]] = {}
     for metric in series:
         keys[metric] = [(f"{stat}_{metric}_ms", q) for stat, q in (("median", 50.0), ("p90", 90.0), ("p99", 99.0))]
