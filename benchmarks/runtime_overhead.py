@@ -26,7 +26,8 @@ from servesim.models.shapes import BatchShape
 from servesim.policies import REGISTRY, EngineLimits, Step
 from servesim.request import Request, State
 from servesim.runtime.blocks import BlockTables
-from servesim.runtime.engine import RUN_AHEAD, Runtime, StepRecord
+from servesim.runtime.calibrate import decode_loops
+from servesim.runtime.engine import RUN_AHEAD, StepRecord
 from servesim.runtime.model import RuntimeModel
 from servesim.runtime.partitioned import PartitionedRuntime, PartitionLanes
 from servesim.runtime.plan import build_plan
@@ -92,7 +93,7 @@ def _graphed_constants(cases: dict[str, dict[str, float]], loops: dict[str, dict
     decision and the event it waits on), timed alone, and host_check_per_seq_us what each
     running request adds to it. host_gap_us: the graphed pass's time over the same pass
     replayed as one graph, per launch from the host (median over the cases). host_step_us and
-    host_per_seq_us are added by `main` (`_per_seq_fit` over both loop sets)."""
+    host_per_seq_us are added by `main` (`per_seq_fit` over the full-graph loops)."""
     per_launch = [1e3 * c["graphed_issue_ms"] / c["graphed_launches"] for c in cases.values()]
     gaps = [1e3 * (c["graphed_ms"] - c["gpu_ms"]) / c["graphed_launches"] for c in cases.values()]
     return {"host_launch_us": round(statistics.median(loop["launch_us"] for loop in loops.values()), 2),
@@ -117,34 +118,8 @@ measured in vllm's 90 % run."""
 
 def _decode_loops(model: RuntimeModel, limits: EngineLimits, host: HostOverheadCostModel,
                   output: int = 64, rounds: int = 3) -> dict[str, dict[str, float]]:
-    """The runtime's own loop serving LOOPS' requests that decode together, each loop run
-    `rounds` times in turn (the host's speed drifts over seconds, so each size sees the same
-    stretches of it): per decode step, the host's time before its first launch and after its end
-    (GPU idle), the interval between steps, and the issue time per launch; medians over the
-    rounds' steps."""
-    samples: dict[str, dict[str, list[float]]] = {}
-    policy_cls = REGISTRY["vllm_v1"]
-    for _ in range(rounds):
-        for batch, ctx in LOOPS:
-            runtime = Runtime(model, policy_cls(policy_cls.Params(), limits), limits)
-            runtime.run([Request(i, 0.0, ctx, output) for i in range(batch)])
-            records = runtime.steps
-            decode = [i for i, s in enumerate(records[:-1])
-                      if s.shape.num_decodes == batch and not s.shape.prefill_tokens]
-            got = samples.setdefault(f"decode_b{batch}", collections.defaultdict(list))
-            got["before"] += [records[i].ready - records[i].start for i in decode]
-            got["after"] += [records[i + 1].start - records[i].end for i in decode]
-            got["interval"] += [records[i + 1].start - records[i].start for i in decode]
-            got["launch"] += [(records[i].issued - records[i].ready) / host.launches(records[i].shape)
-                              for i in decode]
-    loops = {}
-    for name, got in samples.items():
-        before, after = statistics.median(got["before"]), statistics.median(got["after"])
-        loops[name] = {"batch": float(name.removeprefix("decode_b")), "steps": len(got["before"]),
-                       "interval_ms": 1e3 * statistics.median(got["interval"]), "before_ms": 1e3 * before,
-                       "after_ms": 1e3 * after, "host_step_us": 1e6 * (before + after),
-                       "launch_us": 1e6 * statistics.median(got["launch"])}
-    return loops
+    """LOOPS in the runtime's own loop (`servesim.runtime.calibrate.decode_loops`)."""
+    return decode_loops(model, limits, host, LOOPS, output, rounds)
 
 
 def _full_decode(model: RuntimeModel, limits: EngineLimits, host: HostOverheadCostModel, max_decodes: int = 256
@@ -161,7 +136,7 @@ def _full_decode(model: RuntimeModel, limits: EngineLimits, host: HostOverheadCo
                                  graph_max_decodes=max_decodes)
     loops = _decode_loops(model, limits, full)
     return {"graphs": graphs, "capture_s": round(capture_s, 1), "host_graph_issue_us": graph_issue_us(loops),
-            **_per_seq_fit(loops), "loops": loops}, loops
+            **per_seq_fit(loops), "loops": loops}, loops
 
 
 def graph_issue_us(loops: dict[str, dict[str, float]]) -> float:
@@ -231,7 +206,7 @@ def _host_around(steps: list[StepRecord], batch: int) -> dict[str, float]:
             "issue_ms": round(1e3 * statistics.median(r.issued - r.ready for r, _ in pairs), 4)}
 
 
-def _per_seq_fit(loops: dict[str, dict[str, float]]) -> dict[str, float]:
+def per_seq_fit(loops: dict[str, dict[str, float]]) -> dict[str, float]:
     """host_step_us + host_per_seq_us x batch, least squares over the loops' host costs: per
     decode step, the host's time outside the pass with the GPU idle, from the step's start to
     its first launch (scheduling, KV, inputs) plus from the pass's end to the next step's start
@@ -361,11 +336,10 @@ def main() -> None:
     if not args.no_partitioned:  # (before the whole GPU's lane has full decode graphs)
         out["partitioned"] = _partitioned_constants(model, limits, host)
     out["full_decode"], full_loops = _full_decode(model, limits, host)
-    # The host's work around a step is the same code with either kind of graph (serving replays
-    # decode-only steps whole, the others in pieces): host_step_us and host_per_seq_us are one
-    # fit over both loop sets.
-    both = {**{f"piecewise_{k}": v for k, v in loops.items()}, **{f"full_{k}": v for k, v in full_loops.items()}}
-    out["graphed"] = {**graphed, **_per_seq_fit(both), "per_seq_fit": "piecewise and full-graph loops"}
+    # Serving replays decode-only steps (every token gap) whole from a graph: host_step_us and
+    # host_per_seq_us are the full-graph loops' line. (The piecewise loops' host lies 70-170 us
+    # above it; steps with a prompt, which run piecewise, last 10-100 ms.)
+    out["graphed"] = {**graphed, **per_seq_fit(full_loops), "per_seq_fit": "full-graph loops"}
     partitioned = out.get("partitioned")
     if isinstance(partitioned, dict) and isinstance(partitioned.get("full_decode"), dict):
         # Nexus's loop, as it serves: its host time around a decode step, less what the

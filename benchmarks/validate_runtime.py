@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import yaml
-from runtime_overhead import graph_issue_us  # (benchmarks/, beside this script)
+from runtime_overhead import graph_issue_us, per_seq_fit  # (benchmarks/, beside this script)
 
 from servesim.config import Config, load_config
 
@@ -70,7 +70,8 @@ def _measure(runs: dict[str, Config], base: Path, out: Path, args: argparse.Name
     for name, config in runs.items():
         started = time.perf_counter()
         try:
-            result = validate(config, base, args.device, args.max_kv_blocks, models=models)
+            result = validate(config, base, args.device, args.max_kv_blocks, models=models,
+                              host_reference=Path(args.host) if args.calibrate_host else None)
         except Exception:  # noqa: BLE001 - one broken run must not cost the others theirs
             traceback.print_exc()
             continue
@@ -185,8 +186,14 @@ def main() -> None:
     parser.add_argument("--set", action="append", default=[])
     parser.add_argument("--policies", help="with --matrix: only these policies (comma-separated)")
     parser.add_argument("--host", help="predict with the host constants of this runtime_overhead.py "
-                        "result (its 'graphed' entry), measured on the same machine")
+                        "result (its 'graphed' entry; host_step_us and host_per_seq_us fitted over its "
+                        "full-decode-graph loops), measured on the same machine")
+    parser.add_argument("--calibrate-host", action="store_true",
+                        help="with --host: time the host against that file's loops in each run's process "
+                        "just before it serves, and scale the host constants by the ratio")
     args = parser.parse_args()
+    if args.calibrate_host and not args.host:
+        parser.error("--calibrate-host needs --host")
     partitioned: list[str] = []
     if args.host:
         measured = json.loads(Path(args.host).read_text())
@@ -196,14 +203,24 @@ def main() -> None:
                       "host_check_per_seq_us")
                      if k in constants]
         full = measured.get("full_decode")
+        per_seq = float(constants.get("host_per_seq_us", 0.0))
         if full:  # a file of the runtime with full decode graphs (from 2540a07 on; 2540a07's has no total)
             args.set += [f"cost_model.host_graph_issue_us={full.get('host_graph_issue_us') or graph_issue_us(full['loops'])}"]
+            # Decode-only steps (which set every token gap) replay full graphs: their host time
+            # is the full-graph loops' line (the piecewise loops' lies 70-170 us above it, and a
+            # line through both put a 1-decode step 57-80 us high).
+            fit = per_seq_fit(full["loops"])
+            per_seq = fit["host_per_seq_us"]
+            args.set += [f"cost_model.{k}={v}" for k, v in fit.items()]
         if "partitioned" in measured:  # Nexus's runtime: one host thread for both partitions
             loop = measured["partitioned"]
             # its launch cost, and (files from the fourteenth session on) its own host time
             # around a step and issue of a decode pass replayed whole
-            partitioned = [f"cost_model.{k}={loop[k]}" for k in ("host_launch_us", "host_step_us",
-                                                                   "host_graph_issue_us") if k in loop]
+            partitioned = [f"cost_model.{k}={loop[k]}" for k in ("host_launch_us", "host_graph_issue_us") if k in loop]
+            around = loop.get("full_decode")
+            if isinstance(around, dict):  # less what its sequences add, on the same line as above
+                step = 1e3 * (around["before_ms"] + around["after_ms"]) - per_seq * around["batch"]
+                partitioned.append(f"cost_model.host_step_us={round(step, 1)}")
     if bool(args.config) == bool(args.matrix):
         parser.error("give a config or --matrix")
     source = Path(args.matrix or args.config)

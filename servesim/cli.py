@@ -132,7 +132,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
     config = load_config(args.config, args.set or [])
     out = Path(args.out)
     result = validation.validate(config, Path(args.config).resolve().parent, args.device,
-                                 args.max_kv_blocks)
+                                 args.max_kv_blocks, host_reference=args.host_reference)
     write_json(out / "report.json", result.report)
     write_text(out / "report.md", validation.report_markdown(result.report))
     write_parquet(out / "requests_measured.parquet", result.measured)
@@ -192,6 +192,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key")
     p.add_argument("--device", default="cuda", help="cuda, or cpu with TRITON_INTERPRET=1 (tiny models)")
     p.add_argument("--max-kv-blocks", type=int, help="cap the KV cache (both sides use the cap)")
+    p.add_argument("--host-reference", type=Path, metavar="FILE",
+                   help="the benchmarks/runtime_overhead.py result the config's host constants come from: "
+                        "time the host against it just before serving and scale the constants by the ratio")
     p.set_defaults(func=cmd_validate)
     p = sub.add_parser("profile", help="on a GPU: time every operator of a model into a profile")
     add_profile_arguments(p)

@@ -35,6 +35,13 @@ from servesim.runner import (
     power_model,
     resolved_kind,
 )
+from servesim.runtime.calibrate import (
+    HOST_FIELDS,
+    REFERENCE_LOOPS,
+    calibrate,
+    reference_loops,
+    scaled,
+)
 from servesim.runtime.clocks import HOST_SLOW_RATIO, ClockMonitor, HostMonitor
 from servesim.runtime.engine import Runtime, StepRecord
 from servesim.runtime.model import GRAPH_SIZES, RuntimeModel
@@ -42,7 +49,7 @@ from servesim.runtime.partitioned import Lanes, PartitionedRuntime, PartitionLan
 from servesim.runtime.warmup import warm_up
 from servesim.sim.cost_model import CostModel
 from servesim.sim.engine import simulate
-from servesim.sim.hardware import get_gpu
+from servesim.sim.hardware import GpuSpec, get_gpu
 from servesim.sim.metrics import request_table, summarize
 from servesim.sim.power import PowerModel, PowerState
 from servesim.traces import load_workload
@@ -94,11 +101,17 @@ def runtime_config(config: Config) -> Config:
 
 def validate(config: Config, base_dir: Path, device_name: str = "cuda",
              max_kv_blocks: int | None = None, warmup: bool = True,
-             models: dict[tuple[Any, ...], Any] | None = None) -> Validation:
+             models: dict[tuple[Any, ...], Any] | None = None, host_reference: Path | None = None
+             ) -> Validation:
     """Measure on the runtime, predict with the simulator, compare. `models` (a dict the
     caller keeps) lets several validations of one model share its weights, compiled kernels
-    and graphs."""
+    and graphs. `host_reference`: the runtime_overhead.py result the config's host constants
+    come from; the host's speed is timed against it just before serving
+    (`servesim.runtime.calibrate`) and every host constant scaled by the ratio, for the
+    runtime's predictor (Nexus's controller) and the simulator alike."""
     config = runtime_config(config)
+    if host_reference is not None:
+        reference_loops(host_reference)  # a bad file fails before the model is built
     device = _device(device_name)
     arch, gpu = load_model(config.model), get_gpu(config.hardware.gpu)
     limits = engine_limits(config, arch, gpu)
@@ -139,10 +152,16 @@ def validate(config: Config, base_dir: Path, device_name: str = "cuda",
             _say("capturing full CUDA graphs of decode passes")
             graphs += loaded.model.capture_decode_graphs(decode_rows, limits.max_model_len)
         loaded.setup |= {"graphs": graphs, "capture_s": round(time.perf_counter() - started, 1)}
+    lanes = _nexus_lanes(loaded, policy, limits, graph_rows, decode_rows) if isinstance(policy, Nexus) else None
+    calibration = None
+    if host_reference is not None:
+        calibration = _calibrate_host(loaded, limits, arch, gpu, host_reference)
+        config = dataclasses.replace(config, cost_model=scaled(config.cost_model, calibration["factor"]))
+        calibration["constants"] = {f: getattr(config.cost_model, f) for f in HOST_FIELDS}
     cost_model = build_cost_model(config, arch, gpu)
     policy.predict = cost_model.step_time  # the same predictor the simulated policy gets
-    runtime = _nexus_runtime(loaded, policy, limits, graph_rows, decode_rows) \
-        if isinstance(policy, Nexus) else Runtime(loaded.model, policy, limits)
+    runtime = PartitionedRuntime(loaded.model, policy, limits, lanes) \
+        if lanes is not None and isinstance(policy, Nexus) else Runtime(loaded.model, policy, limits)
     setup = dict(loaded.setup)
     requests = build_requests(workload, config)
     last = max((r.arrival_s for r in requests), default=0.0)
@@ -169,15 +188,34 @@ def validate(config: Config, base_dir: Path, device_name: str = "cuda",
     report["metrics"] = with_intervals(report["metrics"], error_intervals(tables[0], tables[1], *gaps,
                                                                            seed=config.seed))
     report = {**report, "paired": paired_errors(tables[0], tables[1]),
+              **({"host_calibration": calibration} if calibration is not None else {}),
               "runtime_setup": setup,
               "runtime_health": health, "steps": step_errors(steps)}
     return Validation(report, tables[0], tables[1], *gaps, steps)
 
 
-def _nexus_runtime(loaded: _Loaded, policy: Nexus, limits: EngineLimits, graph_rows: int,
-                   decode_rows: int = 0) -> PartitionedRuntime:
-    """The partitioned runtime, with the lanes (green contexts, graphs) of every split the
-    policy may use made before the clock starts; their set-up time goes into the report."""
+def _calibrate_host(loaded: _Loaded, limits: EngineLimits, arch: ModelArch, gpu: GpuSpec,
+                   reference: Path) -> dict[str, Any]:
+    """The host's speed now against `reference`'s (`servesim.runtime.calibrate`), timed on the
+    whole GPU's full decode graphs (for Nexus, whose lanes have their own, the few the loops
+    need are captured first)."""
+    if loaded.model.device.type == "cuda" and "calibration_graphs" not in loaded.setup \
+            and "graphs" not in loaded.setup:
+        started = time.perf_counter()
+        _say("capturing full CUDA graphs of the host calibration's decode passes")
+        rows = max(b for b, _ in REFERENCE_LOOPS)
+        loaded.setup["calibration_graphs"] = loaded.model.capture_decode_graphs(rows, limits.max_model_len)
+        loaded.setup["calibration_capture_s"] = round(time.perf_counter() - started, 1)
+    _say(f"timing the host against {reference.name}")
+    calibration = calibrate(loaded.model, limits, arch, gpu, reference)
+    _say(f"host speed factor {calibration['factor']:.3f} (host constants x that)")
+    return calibration
+
+
+def _nexus_lanes(loaded: _Loaded, policy: Nexus, limits: EngineLimits, graph_rows: int,
+                 decode_rows: int = 0) -> Lanes:
+    """The lanes (green contexts, graphs) of every split the policy may use, made before the
+    clock starts; their set-up time goes into the report."""
     started = time.perf_counter()
     if loaded.partitions is None:
         loaded.partitions = PartitionLanes(loaded.model, limits, graphs=graph_rows > 0)
@@ -198,7 +236,7 @@ def _nexus_runtime(loaded: _Loaded, policy: Nexus, limits: EngineLimits, graph_r
                     "partition_method": loaded.partitions.partitions.method,
                     "gpu_memory_reserved_gib": round(torch.cuda.memory_reserved() / 2**30, 1)
                     if loaded.model.device.type == "cuda" else 0.0}
-    return PartitionedRuntime(loaded.model, policy, limits, lanes)
+    return lanes
 
 
 @dataclass
@@ -216,8 +254,12 @@ def repredict(config: Config, base_dir: Path, report: dict[str, Any], steps: pd.
               measured_itl_s: np.ndarray, measured: pd.DataFrame | None = None) -> Repredicted:
     """Predict again, on any machine, for a measurement already taken (a report and its step
     table; with the measured request table, the per-request errors too): the simulator with
-    `config`'s cost model; the measured side is kept as it is."""
+    `config`'s cost model; the measured side is kept as it is. A measurement whose host was
+    timed while it served (`host_calibration`) is predicted with the host constants it had."""
     config = runtime_config(config)
+    calibrated = report.get("host_calibration", {}).get("constants")
+    if calibrated:
+        config = dataclasses.replace(config, cost_model=dataclasses.replace(config.cost_model, **calibrated))
     arch, gpu = load_model(config.model), get_gpu(config.hardware.gpu)
     limits = dataclasses.replace(engine_limits(config, arch, gpu), total_blocks=report["kv_blocks"])
     limits = dataclasses.replace(limits, watermark_blocks=int(config.engine.watermark * limits.total_blocks))

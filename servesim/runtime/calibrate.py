@@ -1,0 +1,116 @@
+"""The host's speed while it serves. The runtime's host constants (`cost_model.host_*`, from
+benchmarks/runtime_overhead.py) are timed in one process at one time, but the host of a rented
+GPU machine does not keep one speed: on the H200 machines' virtual CPUs the same decode step's
+host work took 244-479 us from one call to the next (and swings by up to 2x from one second to
+the next). `calibrate` times the runtime's own loop serving decode batches of fixed shapes
+(REFERENCE_LOOPS, the first loops runtime_overhead.py times with full decode graphs) in the
+serving process, just before it serves, and returns the ratio of that host time to the same
+loops' in the file the constants came from: `servesim validate` scales every host constant by
+it, so the prediction (and Nexus's controller, which asks it while serving) prices the host the
+run will have."""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import json
+import statistics
+from pathlib import Path
+from typing import Any
+
+from servesim.config import CostModelConfig
+from servesim.errors import InputError
+from servesim.models.arch import ModelArch
+from servesim.policies import REGISTRY, EngineLimits
+from servesim.request import Request
+from servesim.runtime.engine import Runtime
+from servesim.runtime.model import RuntimeModel
+from servesim.sim.cost_model import make_cost_model
+from servesim.sim.hardware import GpuSpec
+from servesim.sim.host_overhead import FULL_DECODE_LAUNCHES, HostOverheadCostModel
+
+REFERENCE_LOOPS = ((1, 128), (8, 1024), (32, 1024))
+"""(requests, prompt) of the loops timed against the reference file's loops of the same names
+(runtime_overhead.py's LOOPS begin with these)."""
+
+ROUNDS = 2
+OUTPUT = 64
+"""Rounds of the loops and tokens each request decodes: about 3 s of the H200's time."""
+
+HOST_FIELDS = ("host_launch_us", "host_step_us", "host_per_seq_us", "host_check_us",
+               "host_check_per_seq_us", "host_gap_us", "host_graph_issue_us")
+"""The cost model's host constants, all scaled by the factor."""
+
+
+def decode_loops(model: RuntimeModel, limits: EngineLimits, host: HostOverheadCostModel,
+                 loops: tuple[tuple[int, int], ...], output: int = OUTPUT, rounds: int = 3
+                 ) -> dict[str, dict[str, float]]:
+    """The runtime's own loop serving `loops`' requests that decode together, each loop run
+    `rounds` times in turn (the host's speed drifts over seconds, so each size sees the same
+    stretches of it): per decode step, the host's time before its first launch and after its end
+    (GPU idle), the interval between steps, and the issue time per launch (`host` counts the
+    launches); medians over the rounds' steps."""
+    samples: dict[str, dict[str, list[float]]] = {}
+    policy_cls = REGISTRY["vllm_v1"]
+    for _ in range(rounds):
+        for batch, ctx in loops:
+            runtime = Runtime(model, policy_cls(policy_cls.Params(), limits), limits)
+            runtime.run([Request(i, 0.0, ctx, output) for i in range(batch)])
+            records = runtime.steps
+            decode = [i for i, s in enumerate(records[:-1])
+                      if s.shape.num_decodes == batch and not s.shape.prefill_tokens]
+            got = samples.setdefault(f"decode_b{batch}", collections.defaultdict(list))
+            got["before"] += [records[i].ready - records[i].start for i in decode]
+            got["after"] += [records[i + 1].start - records[i].end for i in decode]
+            got["interval"] += [records[i + 1].start - records[i].start for i in decode]
+            got["launch"] += [(records[i].issued - records[i].ready) / host.launches(records[i].shape)
+                              for i in decode]
+    out = {}
+    for name, got in samples.items():
+        before, after = statistics.median(got["before"]), statistics.median(got["after"])
+        out[name] = {"batch": float(name.removeprefix("decode_b")), "steps": len(got["before"]),
+                     "interval_ms": 1e3 * statistics.median(got["interval"]), "before_ms": 1e3 * before,
+                     "after_ms": 1e3 * after, "host_step_us": 1e6 * (before + after),
+                     "launch_us": 1e6 * statistics.median(got["launch"])}
+    return out
+
+
+def loop_host_us(loop: dict[str, float]) -> float:
+    """A decode step's host time in a loop with full decode graphs: around the pass (before and
+    after) plus issuing it."""
+    return loop["host_step_us"] + FULL_DECODE_LAUNCHES * loop["launch_us"]
+
+
+def speed_factor(now: dict[str, dict[str, float]], reference: dict[str, dict[str, float]]) -> float:
+    """The host's time for the loops both sets hold now over the reference's: above 1, the host
+    runs slower than when the constants were measured."""
+    names = [name for name in now if name in reference]
+    if not names:
+        raise InputError(f"host reference: none of the loops {sorted(now)} in its full_decode loops "
+                         f"({sorted(reference)})")
+    return sum(loop_host_us(now[n]) for n in names) / sum(loop_host_us(reference[n]) for n in names)
+
+
+def reference_loops(path: Path) -> dict[str, dict[str, float]]:
+    """The full-decode-graph loops of a runtime_overhead.py result."""
+    try:
+        loops = json.loads(path.read_text())["full_decode"]["loops"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise InputError(f"{path}: not a runtime_overhead.py result with full_decode loops ({e})") from None
+    return {name: loop for name, loop in loops.items() if isinstance(loop, dict) and "launch_us" in loop}
+
+
+def scaled(cost_model: CostModelConfig, factor: float) -> CostModelConfig:
+    """`cost_model` with every host constant times `factor` (to 0.01 us)."""
+    return dataclasses.replace(cost_model, **{f: round(getattr(cost_model, f) * factor, 2) for f in HOST_FIELDS})
+
+
+def calibrate(model: RuntimeModel, limits: EngineLimits, arch: ModelArch, gpu: GpuSpec,
+              reference: Path) -> dict[str, Any]:
+    """Time REFERENCE_LOOPS on `model` (its full decode graphs must hold their batches) and
+    compare them with `reference`'s: {"reference", "factor", "loops"}."""
+    before = reference_loops(reference)
+    host = HostOverheadCostModel(make_cost_model("roofline", arch, gpu), arch, 1.0, 0.0, 2048,
+                                 graph_max_decodes=max(b for b, _ in REFERENCE_LOOPS))
+    now = decode_loops(model, limits, host, REFERENCE_LOOPS, OUTPUT, ROUNDS)
+    return {"reference": reference.name, "factor": round(speed_factor(now, before), 4), "loops": now}

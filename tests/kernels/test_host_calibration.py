@@ -1,0 +1,108 @@
+"""The host's speed timed in the serving process (`servesim.runtime.calibrate`): the factor
+against a reference file's loops, the constants it scales, and `validate` end to end on the CPU
+interpreter with a tiny model (the prediction, and a prediction made again, use the scaled
+constants)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from servesim.config import CostModelConfig, from_mapping
+from servesim.errors import InputError
+from servesim.runtime import calibrate as cal
+from servesim.sim.host_overhead import FULL_DECODE_LAUNCHES
+from servesim.validate import repredict, validate
+
+TINY = Path(__file__).parent.parent / "data" / "tiny" / "llama.json"
+
+
+def _loop(host_step_us: float, launch_us: float) -> dict[str, float]:
+    return {"batch": 1.0, "steps": 10, "host_step_us": host_step_us, "launch_us": launch_us}
+
+
+def test_speed_factor_compares_the_loops_both_sides_hold() -> None:
+    reference = {"decode_b1": _loop(400.0, 20.0), "decode_b8": _loop(500.0, 30.0), "decode_b64": _loop(900.0, 1.0)}
+    now = {"decode_b1": _loop(200.0, 10.0), "decode_b8": _loop(250.0, 15.0)}
+    assert cal.speed_factor(now, reference) == pytest.approx(0.5)
+    slower = {"decode_b1": _loop(400.0, 20.0 + 100.0 / FULL_DECODE_LAUNCHES)}  # 100 us more issue
+    assert cal.speed_factor(slower, reference) == pytest.approx((400 + 220 + 100) / (400 + 220))
+    with pytest.raises(InputError, match="none of the loops"):
+        cal.speed_factor({"decode_b2": _loop(1.0, 1.0)}, reference)
+
+
+def test_scaled_multiplies_every_host_constant_and_nothing_else() -> None:
+    base = CostModelConfig(kind="roofline", host_launch_us=40.0, host_step_us=473.5, host_per_seq_us=3.85,
+                           host_check_us=15.3, host_check_per_seq_us=0.06, host_gap_us=2.9,
+                           host_graph_issue_us=233.4)
+    out = cal.scaled(base, 0.8)
+    for field in cal.HOST_FIELDS:
+        assert getattr(out, field) == round(getattr(base, field) * 0.8, 2)
+    assert out.host_step_us == 378.8 and out.kind == "roofline" and out.power_cap == base.power_cap
+
+
+def test_a_reference_without_full_decode_loops_is_one_line_naming_the_file(tmp_path: Path) -> None:
+    bad = tmp_path / "overhead.json"
+    bad.write_text(json.dumps({"graphed": {"host_step_us": 400.0}}))
+    with pytest.raises(InputError, match="overhead.json: not a runtime_overhead.py result"):
+        cal.reference_loops(bad)
+    with pytest.raises(InputError, match="missing.json"):
+        cal.reference_loops(tmp_path / "missing.json")
+
+
+def test_validate_cli_refuses_a_missing_reference_before_building_anything(tmp_path: Path) -> None:
+    pd.DataFrame({"arrival_s": [0.0], "num_prompt_tokens": [9], "num_output_tokens": [2]}).to_csv(
+        tmp_path / "t.csv", index=False)
+    (tmp_path / "c.yaml").write_text(f"model: {TINY}\nworkload: {{trace: t.csv}}\npolicy: {{name: sarathi}}\n")
+    done = subprocess.run([sys.executable, "-m", "servesim.cli", "validate", str(tmp_path / "c.yaml"),
+                           "--out", str(tmp_path / "out"), "--device", "cpu",
+                           "--host-reference", str(tmp_path / "nope.json")],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2
+    assert "nope.json" in done.stderr and len(done.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "out").exists()
+
+
+def test_validate_scales_the_host_constants_by_the_speed_it_timed(tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(cal, "REFERENCE_LOOPS", ((1, 8), (2, 8)))
+    monkeypatch.setattr(cal, "OUTPUT", 3)
+    monkeypatch.setattr(cal, "ROUNDS", 1)
+    reference = tmp_path / "overhead.json"
+    # (the interpreter's host takes about a second a step)
+    reference.write_text(json.dumps({"full_decode": {"loops": {
+        "decode_b1": _loop(5e5, 5e4), "decode_b2": _loop(6e5, 6e4)}}}))
+    pd.DataFrame({"arrival_s": [0.0, 0.05, 0.1], "num_prompt_tokens": [9, 5, 17],
+                  "num_output_tokens": [3, 2, 2]}).to_csv(tmp_path / "t.csv", index=False)
+    config = from_mapping({"model": str(TINY), "workload": {"trace": "t.csv"},
+                           "cost_model": {"kind": "roofline", "host_step_us": 100.0, "host_launch_us": 10.0},
+                           "policy": {"name": "sarathi", "token_budget": 8}}, "test")
+    out = validate(config, tmp_path, "cpu", max_kv_blocks=64, warmup=False, host_reference=reference)
+    calibration = out.report["host_calibration"]
+    loops = calibration["loops"]
+    assert set(loops) == {"decode_b1", "decode_b2"} and all(loop["steps"] >= 1 for loop in loops.values())
+    now = sum(cal.loop_host_us(loop) for loop in loops.values())
+    factor = calibration["factor"]
+    assert factor > 0 and factor == round(now / (5e5 + 6e5 + FULL_DECODE_LAUNCHES * 11e4), 4)
+    constants = calibration["constants"]
+    assert constants["host_step_us"] == round(100.0 * factor, 2)
+    assert constants["host_launch_us"] == round(10.0 * factor, 2) and constants["host_gap_us"] == 0.0
+    # Predicted again from the report, with the config as it was: the same numbers.
+    steps = out.steps.drop(columns=["predicted_s", "predicted_gpu_s"])
+    again = repredict(config, tmp_path, out.report, steps, out.measured_itl_s, out.measured)
+    assert again.report["metrics"] == out.report["metrics"]
+    assert again.steps.predicted_s.tolist() == out.steps.predicted_s.tolist()
+    # The same as setting the scaled constants by hand, and not the same as the unscaled ones.
+    plain = {k: v for k, v in out.report.items() if k != "host_calibration"}
+    by_hand = from_mapping({"model": str(TINY), "workload": {"trace": "t.csv"},
+                            "cost_model": {"kind": "roofline", **constants},
+                            "policy": {"name": "sarathi", "token_budget": 8}}, "test")
+    assert repredict(by_hand, tmp_path, plain, steps, out.measured_itl_s).steps.predicted_s.tolist() \
+        == out.steps.predicted_s.tolist()
+    assert repredict(config, tmp_path, plain, steps, out.measured_itl_s).steps.predicted_s.tolist() \
+        != out.steps.predicted_s.tolist()
