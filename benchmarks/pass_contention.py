@@ -27,6 +27,7 @@ import argparse
 import json
 import statistics
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -48,13 +49,23 @@ CASES = {"nexus": ((256, 48, 8, 1024, 0), (256, 64, 8, 1024, 0), (256, 48, 32, 2
          "v15": tuple((512, 68, 32, 2048, prefix) for prefix in (0, 2048, 6144, 10240)),
          "paced": ((2048, 48, 8, 1024, 0), (2048, 48, 32, 1024, 0), (256, 48, 8, 1024, 0)),
          "batch": tuple((prompt, 40, decodes, 1024, 0) for prompt in (2048, 256)
-                        for decodes in (2, 8, 12, 16, 20, 24, 32, 48))}
+                        for decodes in (2, 8, 12, 16, 20, 24, 32, 48)),
+         "sustained": ((1536, 56, 28, 1536, 0), (1536, 40, 8, 1536, 0))}
 """`--cases batch`: Nexus's most common split in issue 7's runs (prompts on 40 SMs, decodes on 92)
 at the decode batches between the profile's co-runner grid (8, 16, 32, 64): serving measured a
 1-2k-token prompt's slowdown falling with the batch (about 1.4 beside 1-2 decodes, 1.33 beside
 6-12, 1.2 beside 12-48) where the profile's grid reads 1.45 at 8 and 16, 1.29 at 32 and 1.38 at
 64; the rows show whether the slowdown steps where the decode GEMMs change configuration (at
 17 rows: kernels.configs) rather than varying smoothly between the grid's points."""
+SUSTAINED_S = 3.0
+SUSTAINED_WINDOWS = ((0.0, 0.1), (0.4, 0.6), (0.9, 1.1), (1.8, 2.2), (2.6, 3.0))
+"""`--cases sustained`: each pass replayed back to back for SUSTAINED_S seconds beside the other
+looping as long, its median over each window of time since the start (s), with the SM clock;
+the profile and the other cases time a pass beside its co-runner for about 8 replays (0.05-0.2
+s). Nexus's 90 % run kept its prompt lane busy for seconds at a time with its SM clock slowed for
+power in 38 % of samples (3.5 % at 30 %), and its decode passes of 17-32 decodes on 76 SMs
+beside prompts on 56 ran 5.3-6.8 % over their price (alone +2.7 / -4.0 %): these rows show
+whether a co-run held for seconds slows the passes past the profile's short one."""
 PACED_GAPS_US = (0.0, 400.0, 800.0, 2000.0)
 """`--cases paced`: the decode co-runner idles this long on its SMs after each pass (a one-block
 spin kernel, `torch.cuda._sleep`), as a serving lane waits for its host between steps (0.5-1 ms
@@ -152,6 +163,8 @@ def main() -> int:
     rows = []
     if args.cases == "paced":
         return _paced(arch, factory, partitions, args.out)
+    if args.cases == "sustained":
+        return _sustained(arch, factory, partitions, model, args.out)
     with ClockMonitor(device.index or 0) as clocks:
         for prompt, sms, decodes, context, prefix in CASES[args.cases]:
             part, rest = partitions.pair(sms)
@@ -215,6 +228,80 @@ def _paced(arch: ModelArch, factory: OperatorFactory, partitions: Partitions, ou
         torch.cuda.empty_cache()
     result = {"model": arch.name, "gpu": torch.cuda.get_device_name(device),
               "partitions": partitions.method, "sm_clock_mhz_for_gaps": mhz, "rows": rows}
+    if out:
+        Path(out).write_text(json.dumps(result, indent=1) + "\n")
+    return 0
+
+
+def _held(graph: torch.cuda.CUDAGraph, stream: object, other: torch.cuda.CUDAGraph, other_stream: object,
+          own_us: float, other_us: float) -> dict[str, float]:
+    """The target replayed back to back for SUSTAINED_S beside the other looping as long: the
+    median of its replays starting in each of SUSTAINED_WINDOWS (keys "t0.0-0.1" ...)."""
+    loops = int(1.05 * SUSTAINED_S * 1e6 / other_us) + 2
+    reps = int(SUSTAINED_S * 1e6 / own_us) + 1
+    with torch.cuda.stream(other_stream):  # type: ignore[arg-type]
+        for _ in range(loops):
+            other.replay()
+    events = []
+    with torch.cuda.stream(stream):  # type: ignore[arg-type]
+        for _ in range(reps):
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            graph.replay()
+            end.record()
+            events.append((start, end))
+    torch.cuda.synchronize()
+    first = events[0][0]
+    timed = [(first.elapsed_time(s) * 1e-3, s.elapsed_time(e) * 1e3) for s, e in events]
+    return {f"t{lo:g}-{hi:g}": statistics.median(us for t, us in timed if lo <= t < hi)
+            for lo, hi in SUSTAINED_WINDOWS if any(lo <= t < hi for t, _ in timed)}
+
+
+def _sustained(arch: ModelArch, factory: OperatorFactory, partitions: Partitions, model: ProfiledCostModel,
+               out: str | None) -> int:
+    """Each pass of CASES["sustained"] alone, beside the other for ~8 replays (as the profile
+    times it), and held beside it for SUSTAINED_S (`_held`), with the SM clock of each; a rested
+    GPU (1 s idle) before each."""
+    device = factory.device
+    rows = []
+    for prompt, sms, decodes, context, _ in CASES["sustained"]:
+        part, rest = partitions.pair(sms)
+        assert rest is not None
+        row: dict = {"prompt": prompt, "prefix": 0, "prefill_sms": sms, "decodes": decodes, "context": context,
+                     "decode_sms": rest.sms}
+        prefill, decode = _shapes(row)
+        (p_forward, pg), (d_forward, dg) = (_graph(factory, prefill, sms, part.stream),
+                                            _graph(factory, decode, rest.sms, rest.stream))
+        time.sleep(1.0)
+        p_alone, d_alone = _alone(pg, part.stream), _alone(dg, rest.stream)
+        time.sleep(1.0)
+        d_short, _, _ = _beside(dg, rest.stream, pg, part.stream, d_alone, p_alone)
+        time.sleep(1.0)
+        p_short, _, _ = _beside(pg, part.stream, dg, rest.stream, p_alone, d_alone)
+        row |= {"prefill_alone_us": p_alone, "decode_alone_us": d_alone, "decode_beside_us": d_short,
+                "prefill_beside_us": p_short}
+        for side, (target, t_stream, other, o_stream, own, theirs) in (
+                ("decode", (dg, rest.stream, pg, part.stream, d_alone, p_alone)),
+                ("prefill", (pg, part.stream, dg, rest.stream, p_alone, d_alone))):
+            time.sleep(1.0)
+            with ClockMonitor(device.index or 0) as clocks:
+                windows = _held(target, t_stream, other, o_stream, own, theirs)
+            row[f"{side}_held_us"], row[f"{side}_held_clock"] = windows, clocks.summary()
+        row |= _predicted(model, row)
+        rows.append(row)
+        for side in ("decode", "prefill"):
+            held = " ".join(f"{k} {v / row[f'{side}_alone_us']:.3f}" for k, v in row[f"{side}_held_us"].items())
+            print(f"| {prompt} on {sms} / {decodes} x {context} on {rest.sms} | {side}: alone "
+                  f"{row[f'{side}_alone_us']:.0f} us (priced {row[f'pred_{side}_alone_us']:.0f}), beside ~8 "
+                  f"{row[f'{side}_beside_us'] / row[f'{side}_alone_us']:.3f}x (priced "
+                  f"{row[f'pred_{side}_beside_us'] / row[f'pred_{side}_alone_us']:.3f}x), held: {held} | clock slowed "
+                  f"{row[f'{side}_held_clock'].get('clock_slowed_share', float('nan')):.2f}, median "
+                  f"{row[f'{side}_held_clock'].get('sm_clock_median_mhz', float('nan')):.0f} MHz |", flush=True)
+        del pg, dg, p_forward, d_forward
+        torch.cuda.synchronize()
+        torch.cuda.empty_cache()
+    result = {"model": arch.name, "gpu": torch.cuda.get_device_name(device), "partitions": partitions.method,
+              "held_s": SUSTAINED_S, "rows": rows}
     if out:
         Path(out).write_text(json.dumps(result, indent=1) + "\n")
     return 0
