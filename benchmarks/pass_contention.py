@@ -257,6 +257,37 @@ def _held(graph: torch.cuda.CUDAGraph, stream: object, other: torch.cuda.CUDAGra
             for lo, hi in SUSTAINED_WINDOWS if any(lo <= t < hi for t, _ in timed)}
 
 
+RELEASE_HELD_S = 1.5
+RELEASE_WINDOWS = ((-0.2, 0.0), (0.0, 0.01), (0.01, 0.03), (0.03, 0.06), (0.06, 0.1), (0.1, 0.2), (0.2, 0.5),
+                   (0.5, 1.0))
+"""`--cases sustained`'s release: the prompt loops for RELEASE_HELD_S beside the decodes, which
+go on alone 1 s longer; the decodes' median per window of time since the prompt's last pass
+ended (s): how fast the heat falls."""
+
+
+def _released(decode: torch.cuda.CUDAGraph, d_stream: object, prompt: torch.cuda.CUDAGraph, p_stream: object,
+              d_us: float, p_us: float) -> dict[str, float]:
+    loops = max(1, int(RELEASE_HELD_S * 1e6 / (1.3 * p_us)))
+    reps = int((RELEASE_HELD_S + 1.0) * 1e6 / d_us) + 1
+    with torch.cuda.stream(p_stream):  # type: ignore[arg-type]
+        for _ in range(loops):
+            prompt.replay()
+        released = torch.cuda.Event(enable_timing=True)
+        released.record()
+    events = []
+    with torch.cuda.stream(d_stream):  # type: ignore[arg-type]
+        for _ in range(reps):
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            decode.replay()
+            end.record()
+            events.append((start, end))
+    torch.cuda.synchronize()
+    timed = [(released.elapsed_time(s) * 1e-3, s.elapsed_time(e) * 1e3) for s, e in events]
+    return {f"t{lo:g}..{hi:g}": statistics.median(us for t, us in timed if lo <= t < hi)
+            for lo, hi in RELEASE_WINDOWS if any(lo <= t < hi for t, _ in timed)}
+
+
 def _sustained(arch: ModelArch, factory: OperatorFactory, partitions: Partitions, model: ProfiledCostModel,
                out: str | None) -> int:
     """Each pass of CASES["sustained"] alone, beside the other for ~8 replays (as the profile
@@ -287,6 +318,8 @@ def _sustained(arch: ModelArch, factory: OperatorFactory, partitions: Partitions
             with ClockMonitor(device.index or 0) as clocks:
                 windows = _held(target, t_stream, other, o_stream, own, theirs)
             row[f"{side}_held_us"], row[f"{side}_held_clock"] = windows, clocks.summary()
+        time.sleep(1.0)
+        row["decode_released_us"] = _released(dg, rest.stream, pg, part.stream, d_alone, p_alone)
         row |= _predicted(model, row)
         rows.append(row)
         for side in ("decode", "prefill"):
@@ -297,6 +330,9 @@ def _sustained(arch: ModelArch, factory: OperatorFactory, partitions: Partitions
                   f"{row[f'pred_{side}_beside_us'] / row[f'pred_{side}_alone_us']:.3f}x), held: {held} | clock slowed "
                   f"{row[f'{side}_held_clock'].get('clock_slowed_share', float('nan')):.2f}, median "
                   f"{row[f'{side}_held_clock'].get('sm_clock_median_mhz', float('nan')):.0f} MHz |", flush=True)
+        released = " ".join(f"{k} {v / d_alone:.3f}" for k, v in row["decode_released_us"].items())
+        print(f"| {prompt} on {sms} / {decodes} x {context} on {rest.sms} | decode after the prompt's "
+              f"{RELEASE_HELD_S:g} s ends: {released} |", flush=True)
         del pg, dg, p_forward, d_forward
         torch.cuda.synchronize()
         torch.cuda.empty_cache()
