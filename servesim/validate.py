@@ -51,7 +51,7 @@ from servesim.sim.cost_model import CostModel
 from servesim.sim.engine import simulate
 from servesim.sim.hardware import GpuSpec, get_gpu
 from servesim.sim.metrics import request_table, summarize
-from servesim.sim.power import PowerModel, PowerState
+from servesim.sim.power import LaneHeat, PowerModel, PowerState
 from servesim.traces import load_workload
 
 COMPARED = [f"{stat}_{metric}_ms" for metric in ("ttft", "itl", "tpot", "e2el")
@@ -404,17 +404,27 @@ def _priced(cost_model: CostModel, steps: list[tuple[BatchShape, int | None, Cor
     host's issue of it (the inputs' copies and the replay), which comes before any of its GPU
     work and inside that span. With `power` (and the measured `starts`), both are stretched
     by the heat the measured sequence of passes leaves, as the simulator stretches its own
-    (on the whole GPU only: a table with SM partitions is priced rested)."""
+    (on SM partitions, by the lanes' heat: `LaneHeat`)."""
     gpu = getattr(cost_model, "gpu_s", cost_model.step_time)
     full_graph = getattr(cost_model, "full_graph", None)
     issue = getattr(cost_model, "host_graph_issue_s", 0.0)
     times = [cost_model.step_time(b, sms, other) for b, sms, other in steps]
     spans = [gpu(b, sms, other) + (issue if full_graph is not None and full_graph(b) else 0.0)
              for b, sms, other in steps]
-    if power is None or starts is None or any(sms for _, sms, _ in steps):
+    if power is None or starts is None:
         return times, spans
-    factors = [power.stretch(b, t, start) / t if t > 0 else 1.0
-               for (b, _, _), t, start in zip(steps, times, starts, strict=True)]
+    if any(sms for _, sms, _ in steps):
+        if not power.model.lane_rise_s:
+            return times, spans
+        # SM partitions: the lanes' heat (`LaneHeat`), each pass in the order it started.
+        lanes, factors = LaneHeat(power.model, power.arch), [1.0] * len(steps)
+        for i in sorted(range(len(steps)), key=starts.__getitem__):
+            (b, sms, _), t = steps[i], times[i]
+            if sms and t > 0:
+                factors[i] = lanes.stretch(b, t, starts[i]) / t
+    else:
+        factors = [power.stretch(b, t, start) / t if t > 0 else 1.0
+                   for (b, _, _), t, start in zip(steps, times, starts, strict=True)]
     return ([t * f for t, f in zip(times, factors, strict=True)],
             [g * f for g, f in zip(spans, factors, strict=True)])
 

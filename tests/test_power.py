@@ -4,6 +4,7 @@ the H200 measurements they were fitted to, its behaviour, and how configs turn i
 from __future__ import annotations
 
 import json
+import math
 import statistics
 from pathlib import Path
 
@@ -184,8 +185,9 @@ def test_config_turns_it_on_for_the_measured_gpu_and_profile() -> None:
 
 def test_step_tables_price_the_measured_sequence_with_its_heat() -> None:
     """validate's step table prices each measured pass after the ones before it: a decode pass
-    right after prompts costs more than the same pass priced alone; on SM partitions the
-    table stays rested."""
+    right after prompts costs more than the same pass priced alone; on SM partitions, by the
+    lanes' heat: a decode pass that starts while the prompt lane has been busy for 0.26 s costs
+    its sensitivity times the rise by then more, and the first prompt pass nothing more."""
     from servesim.validate import _priced
 
     model = ProfiledCostModel(LLAMA, H200)
@@ -199,4 +201,98 @@ def test_step_tables_price_the_measured_sequence_with_its_heat() -> None:
     assert 1.05 < heated[-1] / rested[-1] < 1.14
     assert spans[-1] / _priced(model, steps)[1][-1] == pytest.approx(heated[-1] / rested[-1])
     on_partitions = [(prompt, 64, None)] * 4 + [(decode, 68, None)]
-    assert _priced(model, on_partitions, starts, PowerState(H200_POWER, LLAMA)) == _priced(model, on_partitions)
+    lane, _ = _priced(model, on_partitions)
+    busy = 3.5 * lane[0]  # prompts back to back; the decode starts halfway through the fourth
+    heated, _ = _priced(model, on_partitions, [0.0, lane[0], 2 * lane[0], 3 * lane[0], busy],
+                        PowerState(H200_POWER, LLAMA))
+    assert heated[0] == lane[0] and heated[1] > lane[1]
+    assert heated[-1] / lane[-1] - 1 == pytest.approx(
+        H200_POWER.lane_decode_sensitivity * (1 - math.exp(-busy / H200_POWER.lane_rise_s)), rel=0.02)
+
+
+def _sustained_rows() -> list[dict]:
+    return [r for f in ("sustained", "sustained-release")
+            for r in json.loads((RESULTS / f"h200-pass-contention-{f}.json").read_text())["rows"]]
+
+
+def _steady(row: dict, side: str) -> float:
+    """A held pass's time from 0.9 s on over its time beside the other for 8 replays."""
+    held = [v for k, v in row[f"{side}_held_us"].items()
+            if float(k[1:].split("-")[0]) >= 0.9 and v > row[f"{side}_alone_us"]]
+    return statistics.mean(held) / row[f"{side}_beside_us"]
+
+
+def test_lane_constants_are_the_two_cards_means_of_the_held_passes() -> None:
+    """The lanes' constants from benchmarks/results/h200-pass-contention-sustained*.json (two
+    cards' means of (held from 0.9 s on) / (beside for 8 replays) - 1 and of the held prompts'
+    matmul rates): the 56-SM prompt's rate is intensity 1, where its decodes' excess is the
+    decode sensitivity and its own the prompt sensitivity; the 40-SM prompt's rate is the
+    intensity its decodes' excess gives over that sensitivity."""
+    rows = _sustained_rows()
+    assert len(rows) == 4
+    flops = prompt_flops_per_token(LLAMA)
+
+    def mean(sms: int, what: str) -> float:
+        pair = [r for r in rows if r["prefill_sms"] == sms]
+        if what == "rate":
+            return statistics.mean(r["prompt"] * flops / (_steady(r, "prefill") * r["prefill_beside_us"] * 1e-6)
+                                   for r in pair)
+        return statistics.mean(_steady(r, what) - 1 for r in pair)
+
+    m = H200_POWER
+    assert m.lane_decode_sensitivity == pytest.approx(mean(56, "decode"), abs=0.001)
+    assert m.lane_prefill_sensitivity == pytest.approx(mean(56, "prefill"), abs=0.001)
+    assert m.lane_rate_high == pytest.approx(mean(56, "rate"), rel=0.002)
+    q40 = (mean(40, "rate") - m.lane_rate_low) / (m.lane_rate_high - m.lane_rate_low)
+    assert q40 == pytest.approx(mean(40, "decode") / m.lane_decode_sensitivity, abs=0.005)
+
+
+def test_lane_heat_rises_with_a_busy_prompt_lane_and_falls_when_it_stops() -> None:
+    """A 1,536-token prompt at 241 TFLOP/s (intensity 1: the 56-SM lane held beside decodes)
+    back to back: the heat a decode pass on the other lane meets is the rise's
+    1 - exp(-t / 0.58 s); 100 ms after the lane stops it has fallen by the whole GPU's fall; a
+    decode pass is stretched by the decode sensitivity times that heat. A prompt lane at 100
+    TFLOP/s (24 SMs) heats nothing."""
+    from servesim.sim.power import LaneHeat
+
+    lanes = LaneHeat(H200_POWER, LLAMA)
+    prompt, decodes = _prompt(1536), BatchShape(num_decodes=28, decode_context=28 * 1536,
+                                                max_decode_context=1536, num_logits=28)
+    assert lanes.heat(0.5) == 0.0 and lanes.stretch(decodes, 0.0085, 0.5) == 0.0085  # rested
+    t = 1.0
+    while t < 3.0:
+        t += lanes.stretch(prompt, 0.087, t)
+    heat = lanes.heat(t)
+    assert lanes.q == 1.0 and heat == pytest.approx(1.0 - math.exp(-2.0 / 0.58), abs=0.02)
+    assert lanes.stretch(decodes, 0.0085, t) == pytest.approx(0.0085 * (1 + 0.190 * heat))
+    assert lanes.heat(t + 0.1) == pytest.approx(heat * math.exp(-0.1 / H200_POWER.fall_s), rel=1e-9)
+    assert 0.03 < lanes.heat(t + 0.1) < 0.06
+    assert lanes.stretch(prompt, 0.087, t + 1.0) == pytest.approx(0.087, rel=1e-6)  # cooled
+    small = LaneHeat(H200_POWER, LLAMA)
+    t = 0.0
+    while t < 3.0:
+        t += small.stretch(prompt, 0.215, t)
+    assert small.heat(t) == 0.0 and small.stretch(decodes, 0.0085, t) == 0.0085
+
+
+def test_nexus_decodes_beside_a_busy_prompt_lane_slow_with_the_clock_model() -> None:
+    """The simulator's Nexus lanes with the H200's clock model: the token gaps of requests
+    decoding while long prompts keep the prefill lane busy come out longer than without it;
+    once a lone request's own prompt is 0.5 s past, its gaps are the same either way."""
+    cls = REGISTRY["nexus"]
+    lim = __import__("simkit").limits()
+    busy = [(0.0, 1024, 300)] + [(0.05 + 0.1 * i, 3000, 2) for i in range(25)]
+    gaps = []
+    for power in (None, H200_POWER):
+        result = simulate(requests(busy), cls(cls.Params(adaptive=False), lim), ProfiledCostModel(LLAMA, H200),
+                          lim, arch=LLAMA, power=power)
+        times = result.requests[0].token_times_s
+        gaps.append([b - a for a, b in zip(times, times[1:], strict=False)])
+    late = slice(len(gaps[0]) // 2, None)  # after a second of prompts
+    assert statistics.mean(gaps[1][late]) > 1.03 * statistics.mean(gaps[0][late])
+    alone = [(0.0, 512, 200)]
+    plain = [simulate(requests(alone), cls(cls.Params(adaptive=False), lim), ProfiledCostModel(LLAMA, H200),
+                      lim, arch=LLAMA, power=p).requests[0].token_times_s for p in (None, H200_POWER)]
+    assert plain[0][1] < plain[1][1]  # right after its prompt: heat
+    later = [[b - a for a, b in zip(t, t[1:], strict=False) if a > 0.5] for t in plain]
+    assert len(later[0]) > 50 and later[0] == pytest.approx(later[1], rel=1e-6)

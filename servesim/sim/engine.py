@@ -18,7 +18,7 @@ from servesim.sim.cost_model import CostModel
 from servesim.sim.executor import Executor, Proc, delay_until
 from servesim.sim.op_executor import OperatorExecutor
 from servesim.sim.partitioned import PhaseExecutor, controller
-from servesim.sim.power import PowerModel, PowerState
+from servesim.sim.power import LaneHeat, PowerModel, PowerState
 from servesim.sim.state import ServingState, SimResult, admission_reject_reason
 
 
@@ -47,7 +47,7 @@ def simulate(
     """Replay `requests` (sorted by arrival) under `policy` until each one finished or was
     rejected. `fast_forward=False` steps every iteration as its own event (for checking).
     `power` (with `arch`): the GPU's clock slows after compute-dense passes (servesim.sim.power;
-    not on SM partitions)."""
+    on SM partitions, its `LaneHeat`)."""
     env = simpy.Environment()
     state = ServingState(limits)
     policy.predict = cost_model.step_time
@@ -96,6 +96,8 @@ def _executors(
                            sms=policy.limits.num_sms - prefill_sms, partition=1, arch=arch,
                            phase="decode")
     prefill.sibling, decode.sibling = decode, prefill
+    if power is not None and arch is not None and power.model.lane_rise_s > 0.0:
+        prefill.lanes = decode.lanes = LaneHeat(power.model, arch)
     splits: list[tuple[float, int]] = [(0.0, prefill_sms)]
     extra["sm_splits"] = splits
     env.process(controller(env, policy, prefill, decode, splits))

@@ -1,7 +1,8 @@
 """Two executors on disjoint SM partitions of one GPU (Nexus): one runs prefill batches, the
 other decode batches, over one shared serving state and KV pool. Each iteration is timed at its
 partition's SMs and slowed by what the other partition is running at its start (the cost
-model's contention). The policy's controller re-splits the SMs every tick, when a prefill batch
+model's contention) and, with a clock model, by the heat the prompt lane has made
+(`servesim.sim.power.LaneHeat`). The policy's controller re-splits the SMs every tick, when a prefill batch
 ends (its requests join the decode batch) and before the next one starts; a new split takes
 effect at each executor's next iteration (asynchronous, as the paper's switch). A prefill
 partition that wakes and finds nothing to run does not ask (it wakes after every decode step;
@@ -9,12 +10,16 @@ the controller's ~0.1 ms of host time there delayed each decode step in servesim
 
 from __future__ import annotations
 
+from collections.abc import Generator
 from typing import Any
 
-from servesim.models.shapes import Corunner
+import simpy
+
+from servesim.models.shapes import BatchShape, Corunner
 from servesim.policies.base import Step
 from servesim.policies.nexus import Nexus, Phase
 from servesim.sim.executor import Executor, Proc
+from servesim.sim.power import LaneHeat
 
 
 class PhaseExecutor(Executor):
@@ -27,12 +32,21 @@ class PhaseExecutor(Executor):
         self.fast_forward = False
         self.splits: list[tuple[float, int]] | None = None
         """On the prefill partition once `controller` runs: (time, prefill SMs) of each split."""
+        self.lanes: LaneHeat | None = None
+        """The two partitions' heat (shared by both executors; None: priced rested)."""
 
     def corunner(self) -> Corunner | None:
         other = self.sibling
         if other is None or other.current is None or other.sms is None:
             return None
         return Corunner(other.current, other.sms)
+
+    def execute(self, step: Step, shape: BatchShape) -> Generator[simpy.Event, Any, bool]:
+        seconds = self.cost_model.step_time(shape, self.sms, self.corunner())
+        if self.lanes is not None:
+            seconds = self.lanes.stretch(shape, seconds, self.env.now)
+        yield self.env.timeout(seconds)
+        return True
 
     def next_step(self) -> Step:
         policy = self.policy

@@ -22,7 +22,9 @@ over its rows, 1 above `rate_high`, linear between) with its rise time and falli
 (`sensitivity`). Issue 7's runs measured the same effect while serving: at 90 % load, decode
 steps within 50 ms of a prompt's pass ran 2-3 % slower than those with none in 200 ms.
 
-Not modelled: SM partitions (Nexus's two lanes share one power budget; not measured), and a
+SM partitions (Nexus) have their own state (`LaneHeat`): the prompt lane's passes drive it, at
+their matmul rate per SM; a prompt and decodes held side by side for seconds slow far more than
+beside each other for a few passes (the profile's co-runner tables). Not modelled: a
 pass's own heating (a 2,048-token prompt replayed back to back for 3 s slowed by 2 % only).
 Prompts of 256, 512 and 1,024 tokens after the same heat ran 8.7, 11.2 and 11.8 % slower
 (h200-pass-fidelity-after-prompts.json, a second measurement; 7.8 % at 256 in the first). Read
@@ -61,6 +63,17 @@ class PowerModel:
     prefill_sensitivity: tuple[tuple[int, float], ...]
     """(prompt tokens, slowdown at full heat) of passes with a prompt, linear in the log of the
     tokens between, held outside."""
+    lane_rise_s: float = 0.0
+    """SM partitions (`LaneHeat`): the rise time of the heat a prompt lane makes; 0: partitions
+    are priced rested."""
+    lane_rate_low: float = 0.0
+    lane_rate_high: float = 0.0
+    """The prompt lane's matmul rate (FLOP/s, the whole GPU's) at lane intensity 0 and 1."""
+    lane_decode_sensitivity: float = 0.0
+    """Slowdown at full heat of a decode-only pass on a partition beside a prompt lane, over its
+    price beside it rested (the profile's)."""
+    lane_prefill_sensitivity: float = 0.0
+    """Slowdown at full heat of the prompt lane's passes."""
 
 
 H200_POWER = PowerModel(
@@ -70,6 +83,11 @@ H200_POWER = PowerModel(
     rate_high=600e12,
     decode_sensitivity=((32, 0.162), (96, 0.086), (128, 0.055)),
     prefill_sensitivity=((256, 0.114), (512, 0.155), (1024, 0.164), (2048, 0.04)),
+    lane_rise_s=0.58,
+    lane_rate_low=124.4e12,
+    lane_rate_high=240.9e12,
+    lane_decode_sensitivity=0.190,
+    lane_prefill_sensitivity=0.020,
 )
 """Fitted to benchmarks/results/h200-pass-fidelity-{heat,after}.json (Llama-3.1-8B; tests
 check the fit): the rise's two parts give 0.49 / 0.76 / 1 of the heat after 0.05 / 0.2 / 1 s of
@@ -78,7 +96,24 @@ constant of 33 ms (the four targets kept 0.1-0.5 of their slowdown from 5 to 50 
 sensitivities, the slowdown after 0.2 s of 2,048-token prompts and 0.5-2 ms of idle (mean of the
 three gaps) over the heat that leaves at 1 ms (0.721; the 256-token prompt's, the mean of two
 measurements: 7.8 and 8.7 %); the 2,048-token prompt's, its slowdown after 3 s back to back (+2 %
-over its first 0.3 s)."""
+over its first 0.3 s). The lanes' constants: benchmarks/results/h200-pass-contention-sustained.json
+and -sustained-release.json (`pass_contention.py --cases sustained`, two cards): a 1,536-token
+prompt on 56 SMs beside 28 decodes of 1.5k on 76, and on 40 beside 8 on 92, each pass held beside
+the other for 3 s. Beside each other for 8 replays (the profile's beside price: 1.066 and
+1.077) the decodes ran 1.051-1.055 and 1.070-1.072 times their time alone; from 1 s on (mean of
+the windows from 0.9 s) 1.284 / 1.223 and 1.161 / 1.087 (0.217 / 0.163 and 0.083 / 0.016 over
+the beside price; the prompts 0.024 / 0.015 and 0.011 / 0.013), the held prompts running at
+241 and 155 TFLOP/s of matmuls (two cards' mean). The heat is taken to grow with that rate,
+the chip's power: intensity 1 at the 56-SM prompt's rate, where the decodes' mean excess (0.190)
+is the decode sensitivity and the prompts' (0.020) the prompt sensitivity, and 0.259 at the
+40-SM prompt's (its decodes' 0.049 over 0.190), linear, so 0 below 124 TFLOP/s: a prompt on
+24 SMs (about 100) heats nothing, as Nexus's 90 % run measured (its 33-48 decodes on 108 SMs
+beside one ran 1.5 % over their rested price). The decodes' excess over its full value, per
+window of time since the start: the least-squares single rise over both cards' 20 windows is
+0.58 s (measured 0.03-0.31 in the first 0.1 s, 0.20-0.54 by 0.5 s, 0.97-0.98 by 1 s), with the
+SM clock slowed for power in 62-95 % of samples. After 1.5 s held, the 76-SM decodes going on
+alone kept 0.070 / 0.049 / 0.020 / 0.009 of their time over alone 5 / 20 / 45 / 150 ms after
+the prompt lane stopped: the whole GPU's fall (33 ms)."""
 
 POWER_MODELS = {"h200": H200_POWER}
 """GPUs whose clock response was measured."""
@@ -101,6 +136,7 @@ class PowerState:
 
     def __init__(self, model: PowerModel, arch: ModelArch) -> None:
         self.model = model
+        self.arch = arch
         self.flops_per_token = prompt_flops_per_token(arch)
         self.levels = [0.0] * len(model.parts)
         self.at_s = 0.0
@@ -175,3 +211,48 @@ class PowerState:
             out.append(level if level > 1e-9 else 0.0)
         return out
 
+
+
+class LaneHeat:
+    """The heat of a GPU split into SM partitions (Nexus): the prompt lane's passes drive it, at
+    the intensity of their matmul rate (`lane_rate_low` .. `lane_rate_high`), rising with the
+    model's `lane_rise_s` and falling with its `fall_s`; a pass of either lane is slower by its
+    lane sensitivity times the heat it starts at. Each lane's passes come in time order, and
+    the prompt lane's do not overlap (one stream)."""
+
+    def __init__(self, model: PowerModel, arch: ModelArch) -> None:
+        self.model = model
+        self.flops_per_token = prompt_flops_per_token(arch)
+        self.level = 0.0
+        """The heat when the last prompt pass started (`start_s`), which drives it at `q` until
+        `end_s`."""
+        self.start_s = self.end_s = self.q = 0.0
+
+    def heat(self, t: float) -> float:
+        """The heat at `t` (at or after the last prompt pass's start)."""
+        m = self.model
+        if t <= self.end_s:
+            tau = m.lane_rise_s if self.q > self.level else m.fall_s
+            return self.q + (self.level - self.q) * math.exp(-(t - self.start_s) / tau)
+        return self.heat(self.end_s) * math.exp(-(t - self.end_s) / m.fall_s)
+
+    def intensity(self, batch: BatchShape, seconds: float) -> float:
+        """0-1: the prompt pass's matmul rate between the model's lane rates."""
+        m = self.model
+        if seconds <= 0.0:
+            return 0.0
+        q = (batch.num_prefill_tokens * self.flops_per_token / seconds - m.lane_rate_low) \
+            / (m.lane_rate_high - m.lane_rate_low)
+        return 1.0 if q > 1.0 else q if q > 0.0 else 0.0
+
+    def stretch(self, batch: BatchShape, seconds: float, start_s: float) -> float:
+        """A pass priced `seconds` (rested, beside the other lane) that starts at `start_s`:
+        slower by its sensitivity times the heat; a prompt pass then drives the heat to its end."""
+        heat = self.heat(start_s)
+        m = self.model
+        if batch.prefill_tokens:
+            taken = seconds * (1.0 + m.lane_prefill_sensitivity * heat)
+            self.level, self.start_s, self.end_s = heat, start_s, start_s + taken
+            self.q = self.intensity(batch, taken)
+            return taken
+        return seconds * (1.0 + m.lane_decode_sensitivity * heat) if batch.num_decodes else seconds
