@@ -337,7 +337,7 @@ def main() -> None:
         out["partitioned"] = _partitioned_constants(model, limits, host)
     out["full_decode"], full_loops = _full_decode(model, limits, host)
     # Serving replays decode-only steps (every token gap) whole from a graph: host_step_us and
-    # host_per_seq_us are the full-graph loops' line. (The piecewise loops' host lies 70-170 us
+    # host_per_seq_us are the full-graph loops' line. (The piecewise loops' host lies 66-172 us
     # above it; steps with a prompt, which run piecewise, last 10-100 ms.)
     out["graphed"] = {**graphed, **per_seq_fit(full_loops), "per_seq_fit": "full-graph loops"}
     partitioned = out.get("partitioned")

@@ -175,6 +175,38 @@ def _summary_figure(out: Path) -> None:
                                f"{out.name}: predicted vs measured, error in % (green: within target)")
 
 
+def host_overrides(measured: dict[str, Any]) -> tuple[list[str], list[str]]:
+    """The config overrides (KEY=VALUE) of a runtime_overhead.py result's host constants: those
+    of every policy, and those Nexus's partitioned loop sets on top (empty for a file without
+    it)."""
+    constants = measured["graphed"]
+    common = [f"cost_model.{k}={constants[k]}" for k in
+              ("host_launch_us", "host_step_us", "host_per_seq_us", "host_check_us", "host_gap_us",
+               "host_check_per_seq_us")
+              if k in constants]
+    full = measured.get("full_decode")
+    per_seq = float(constants.get("host_per_seq_us", 0.0))
+    if full:  # a file of the runtime with full decode graphs (from 2540a07 on; 2540a07's has no total)
+        common += [f"cost_model.host_graph_issue_us={full.get('host_graph_issue_us') or graph_issue_us(full['loops'])}"]
+        # Decode-only steps (which set every token gap) replay full graphs: their host time
+        # is the full-graph loops' line (the piecewise loops' lies 66-172 us above it; a line
+        # through both put host_step_us 34-71 us higher).
+        fit = per_seq_fit(full["loops"])
+        per_seq = fit["host_per_seq_us"]
+        common += [f"cost_model.{k}={v}" for k, v in fit.items()]
+    partitioned: list[str] = []
+    if "partitioned" in measured:  # Nexus's runtime: one host thread for both partitions
+        loop = measured["partitioned"]
+        # its launch cost, and (files from the fourteenth session on) its own host time
+        # around a step and issue of a decode pass replayed whole
+        partitioned = [f"cost_model.{k}={loop[k]}" for k in ("host_launch_us", "host_graph_issue_us") if k in loop]
+        around = loop.get("full_decode")
+        if isinstance(around, dict):  # less what its sequences add, on the same line as above
+            step = 1e3 * (around["before_ms"] + around["after_ms"]) - per_seq * around["batch"]
+            partitioned.append(f"cost_model.host_step_us={round(step, 1)}")
+    return common, partitioned
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("config", nargs="?")
@@ -196,31 +228,8 @@ def main() -> None:
         parser.error("--calibrate-host needs --host")
     partitioned: list[str] = []
     if args.host:
-        measured = json.loads(Path(args.host).read_text())
-        constants = measured["graphed"]
-        args.set += [f"cost_model.{k}={constants[k]}" for k in
-                     ("host_launch_us", "host_step_us", "host_per_seq_us", "host_check_us", "host_gap_us",
-                      "host_check_per_seq_us")
-                     if k in constants]
-        full = measured.get("full_decode")
-        per_seq = float(constants.get("host_per_seq_us", 0.0))
-        if full:  # a file of the runtime with full decode graphs (from 2540a07 on; 2540a07's has no total)
-            args.set += [f"cost_model.host_graph_issue_us={full.get('host_graph_issue_us') or graph_issue_us(full['loops'])}"]
-            # Decode-only steps (which set every token gap) replay full graphs: their host time
-            # is the full-graph loops' line (the piecewise loops' lies 70-170 us above it, and a
-            # line through both put a 1-decode step 57-80 us high).
-            fit = per_seq_fit(full["loops"])
-            per_seq = fit["host_per_seq_us"]
-            args.set += [f"cost_model.{k}={v}" for k, v in fit.items()]
-        if "partitioned" in measured:  # Nexus's runtime: one host thread for both partitions
-            loop = measured["partitioned"]
-            # its launch cost, and (files from the fourteenth session on) its own host time
-            # around a step and issue of a decode pass replayed whole
-            partitioned = [f"cost_model.{k}={loop[k]}" for k in ("host_launch_us", "host_graph_issue_us") if k in loop]
-            around = loop.get("full_decode")
-            if isinstance(around, dict):  # less what its sequences add, on the same line as above
-                step = 1e3 * (around["before_ms"] + around["after_ms"]) - per_seq * around["batch"]
-                partitioned.append(f"cost_model.host_step_us={round(step, 1)}")
+        common, partitioned = host_overrides(json.loads(Path(args.host).read_text()))
+        args.set += common
     if bool(args.config) == bool(args.matrix):
         parser.error("give a config or --matrix")
     source = Path(args.matrix or args.config)

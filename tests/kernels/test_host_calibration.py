@@ -106,3 +106,26 @@ def test_validate_scales_the_host_constants_by_the_speed_it_timed(tmp_path: Path
         == out.steps.predicted_s.tolist()
     assert repredict(config, tmp_path, plain, steps, out.measured_itl_s).steps.predicted_s.tolist() \
         != out.steps.predicted_s.tolist()
+
+
+@pytest.mark.parametrize("policy", ["vllm", "layered", "sarathi", "flowprefill", "nexus"])
+def test_each_validate_config_holds_the_host_constants_of_the_file_it_names(policy: str) -> None:
+    """The configs name the runtime_overhead.py result their host constants come from; they
+    hold what `validate_runtime.py --host FILE` derives from it (Nexus: with its partitioned
+    loop's)."""
+    import re
+
+    root = Path(__file__).resolve().parents[2]
+    sys.path.insert(0, str(root / "benchmarks"))
+    try:
+        from validate_runtime import host_overrides
+    finally:
+        sys.path.remove(str(root / "benchmarks"))
+    from servesim.config import load_config
+
+    path = root / "examples" / f"validate_{policy}.yaml"
+    named = re.search(r"benchmarks/results/h200-validate/(runtime-overhead-[a-z-]+\.json)", path.read_text())
+    assert named is not None, f"{path.name} names no runtime_overhead.py result"
+    common, partitioned = host_overrides(json.loads((root / "benchmarks/results/h200-validate" / named[1]).read_text()))
+    expected = load_config(str(path), [*common, *(partitioned if policy == "nexus" else [])]).cost_model
+    assert load_config(str(path), []).cost_model == expected
