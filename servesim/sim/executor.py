@@ -191,11 +191,12 @@ class Executor:
     def execute(self, step: Step, shape: BatchShape) -> Generator[simpy.Event, Any, bool]:
         """Let the iteration's time pass (one event on the fast path); False if it was suspended
         before the end (operator-level preemption), so its tokens are not emitted yet."""
-        seconds = self.cost_model.step_time(shape, self.sms, self.corunner())
-        if self.power is not None:
-            seconds = self.power.stretch(shape, seconds, self.env.now)
-        yield self.env.timeout(seconds)
+        yield self.env.timeout(self.heated(shape, self.cost_model.step_time(shape, self.sms, self.corunner())))
         return True
+
+    def heated(self, shape: BatchShape, seconds: float) -> float:
+        """A pass priced `seconds` on a rested GPU, starting now: slower by the GPU's heat."""
+        return self.power.stretch(shape, seconds, self.env.now) if self.power is not None else seconds
 
     def complete(self, step: Step, now_s: float) -> None:
         """Advance every request in the step and emit the tokens it produced."""

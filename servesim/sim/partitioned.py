@@ -2,18 +2,15 @@
 other decode batches, over one shared serving state and KV pool. Each iteration is timed at its
 partition's SMs and slowed by what the other partition is running at its start (the cost
 model's contention) and, with a clock model, by the heat the prompt lane has made
-(`servesim.sim.power.LaneHeat`). The policy's controller re-splits the SMs every tick, when a prefill batch
-ends (its requests join the decode batch) and before the next one starts; a new split takes
+(`servesim.sim.power.LaneHeat`). The policy's controller re-splits the SMs every tick, when a
+prefill batch ends (its requests join the decode batch) and before the next one starts; a new split takes
 effect at each executor's next iteration (asynchronous, as the paper's switch). A prefill
 partition that wakes and finds nothing to run does not ask (it wakes after every decode step;
 the controller's ~0.1 ms of host time there delayed each decode step in servesim's runtime)."""
 
 from __future__ import annotations
 
-from collections.abc import Generator
 from typing import Any
-
-import simpy
 
 from servesim.models.shapes import BatchShape, Corunner
 from servesim.policies.base import Step
@@ -41,12 +38,9 @@ class PhaseExecutor(Executor):
             return None
         return Corunner(other.current, other.sms)
 
-    def execute(self, step: Step, shape: BatchShape) -> Generator[simpy.Event, Any, bool]:
-        seconds = self.cost_model.step_time(shape, self.sms, self.corunner())
-        if self.lanes is not None:
-            seconds = self.lanes.stretch(shape, seconds, self.env.now)
-        yield self.env.timeout(seconds)
-        return True
+    def heated(self, shape: BatchShape, seconds: float) -> float:
+        """Slower by the two lanes' heat (none without a clock model)."""
+        return self.lanes.stretch(shape, seconds, self.env.now) if self.lanes is not None else seconds
 
     def next_step(self) -> Step:
         policy = self.policy
