@@ -93,10 +93,11 @@ def _graph(factory: OperatorFactory, batch: BatchShape, sms: int, stream: object
     return forward, graph
 
 
-def _replays_us(graph: torch.cuda.CUDAGraph, stream: object) -> list[tuple[torch.cuda.Event, torch.cuda.Event]]:
+def _replays_us(graph: torch.cuda.CUDAGraph, stream: object, reps: int = REPS
+                ) -> list[tuple[torch.cuda.Event, torch.cuda.Event]]:
     events = []
     with torch.cuda.stream(stream):  # type: ignore[arg-type]
-        for _ in range(REPS):
+        for _ in range(reps):
             start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
             start.record()
             graph.replay()
@@ -236,25 +237,23 @@ def _paced(arch: ModelArch, factory: OperatorFactory, partitions: Partitions, ou
 def _held(graph: torch.cuda.CUDAGraph, stream: object, other: torch.cuda.CUDAGraph, other_stream: object,
           own_us: float, other_us: float) -> dict[str, float]:
     """The target replayed back to back for SUSTAINED_S beside the other looping as long: the
-    median of its replays starting in each of SUSTAINED_WINDOWS (keys "t0.0-0.1" ...)."""
+    median of its replays starting in each of SUSTAINED_WINDOWS (keys "t0-0.1" ...)."""
     loops = int(1.05 * SUSTAINED_S * 1e6 / other_us) + 2
     reps = int(SUSTAINED_S * 1e6 / own_us) + 1
     with torch.cuda.stream(other_stream):  # type: ignore[arg-type]
         for _ in range(loops):
             other.replay()
-    events = []
-    with torch.cuda.stream(stream):  # type: ignore[arg-type]
-        for _ in range(reps):
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            graph.replay()
-            end.record()
-            events.append((start, end))
+    events = _replays_us(graph, stream, reps)
     torch.cuda.synchronize()
-    first = events[0][0]
-    timed = [(first.elapsed_time(s) * 1e-3, s.elapsed_time(e) * 1e3) for s, e in events]
-    return {f"t{lo:g}-{hi:g}": statistics.median(us for t, us in timed if lo <= t < hi)
-            for lo, hi in SUSTAINED_WINDOWS if any(lo <= t < hi for t, _ in timed)}
+    return _by_window(events[0][0], events, SUSTAINED_WINDOWS, "-")
+
+
+def _by_window(origin: torch.cuda.Event, events: list[tuple[torch.cuda.Event, torch.cuda.Event]],
+               windows: tuple[tuple[float, float], ...], sep: str) -> dict[str, float]:
+    """The median replay (us) of those starting in each window of seconds since `origin`."""
+    timed = [(origin.elapsed_time(s) * 1e-3, s.elapsed_time(e) * 1e3) for s, e in events]
+    return {f"t{lo:g}{sep}{hi:g}": statistics.median(us for t, us in timed if lo <= t < hi)
+            for lo, hi in windows if any(lo <= t < hi for t, _ in timed)}
 
 
 RELEASE_HELD_S = 1.5
@@ -267,6 +266,8 @@ ended (s): how fast the heat falls."""
 
 def _released(decode: torch.cuda.CUDAGraph, d_stream: object, prompt: torch.cuda.CUDAGraph, p_stream: object,
               d_us: float, p_us: float) -> dict[str, float]:
+    """The decodes' median per RELEASE_WINDOWS (keys "t-0.2..0" ...) around the end of the
+    prompt's RELEASE_HELD_S beside them."""
     loops = max(1, int(RELEASE_HELD_S * 1e6 / (1.3 * p_us)))
     reps = int((RELEASE_HELD_S + 1.0) * 1e6 / d_us) + 1
     with torch.cuda.stream(p_stream):  # type: ignore[arg-type]
@@ -274,18 +275,9 @@ def _released(decode: torch.cuda.CUDAGraph, d_stream: object, prompt: torch.cuda
             prompt.replay()
         released = torch.cuda.Event(enable_timing=True)
         released.record()
-    events = []
-    with torch.cuda.stream(d_stream):  # type: ignore[arg-type]
-        for _ in range(reps):
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            decode.replay()
-            end.record()
-            events.append((start, end))
+    events = _replays_us(decode, d_stream, reps)
     torch.cuda.synchronize()
-    timed = [(released.elapsed_time(s) * 1e-3, s.elapsed_time(e) * 1e3) for s, e in events]
-    return {f"t{lo:g}..{hi:g}": statistics.median(us for t, us in timed if lo <= t < hi)
-            for lo, hi in RELEASE_WINDOWS if any(lo <= t < hi for t, _ in timed)}
+    return _by_window(released, events, RELEASE_WINDOWS, "..")
 
 
 def _sustained(arch: ModelArch, factory: OperatorFactory, partitions: Partitions, model: ProfiledCostModel,
