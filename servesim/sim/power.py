@@ -225,8 +225,8 @@ class LaneHeat:
         self.flops_per_token = prompt_flops_per_token(arch)
         self.level = 0.0
         """The heat when the last prompt pass started (`start_s`), which drives it at `q` until
-        `end_s`."""
-        self.start_s = self.end_s = self.q = 0.0
+        `end_s`, where it is `end_level`."""
+        self.start_s = self.end_s = self.q = self.end_level = 0.0
 
     def heat(self, t: float) -> float:
         """The heat at `t` (at or after the last prompt pass's start)."""
@@ -234,7 +234,7 @@ class LaneHeat:
         if t <= self.end_s:
             tau = m.lane_rise_s if self.q > self.level else m.fall_s
             return self.q + (self.level - self.q) * math.exp(-(t - self.start_s) / tau)
-        return self.heat(self.end_s) * math.exp(-(t - self.end_s) / m.fall_s)
+        return self.end_level * math.exp(-(t - self.end_s) / m.fall_s) if self.end_level else 0.0
 
     def intensity(self, batch: BatchShape, seconds: float) -> float:
         """0-1: the prompt pass's matmul rate between the model's lane rates."""
@@ -254,5 +254,6 @@ class LaneHeat:
             taken = seconds * (1.0 + m.lane_prefill_sensitivity * heat)
             self.level, self.start_s, self.end_s = heat, start_s, start_s + taken
             self.q = self.intensity(batch, taken)
+            self.end_level = self.heat(self.end_s)  # (the fall after the pass starts from it)
             return taken
         return seconds * (1.0 + m.lane_decode_sensitivity * heat) if batch.num_decodes else seconds
