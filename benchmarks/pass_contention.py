@@ -37,7 +37,7 @@ from servesim.models.shapes import BatchShape, Corunner
 from servesim.profiler.forward import Forward
 from servesim.profiler.operators import OperatorFactory
 from servesim.profiler.partitions import Partitions
-from servesim.runtime.clocks import ClockMonitor
+from servesim.runtime.clocks import ClockMonitor, smi_id
 from servesim.sim.hardware import get_gpu
 from servesim.sim.profiled import ProfiledCostModel
 
@@ -166,7 +166,7 @@ def main() -> int:
         return _paced(arch, factory, partitions, args.out)
     if args.cases == "sustained":
         return _sustained(arch, factory, partitions, model, args.out)
-    with ClockMonitor(device.index or 0) as clocks:
+    with ClockMonitor(smi_id(device)) as clocks:
         for prompt, sms, decodes, context, prefix in CASES[args.cases]:
             part, rest = partitions.pair(sms)
             assert rest is not None
@@ -210,7 +210,7 @@ def _paced(arch: ModelArch, factory: OperatorFactory, partitions: Partitions, ou
         p_alone, d_alone = _alone(pg, part.stream), _alone(dg, rest.stream)
         back_to_back: tuple[float, float] | None = None  # (slowdown, period) without a gap
         for gap in PACED_GAPS_US:
-            with ClockMonitor(device.index or 0) as clocks:
+            with ClockMonitor(smi_id(device)) as clocks:
                 beside, covered, period = _beside(pg, part.stream, dg, rest.stream, p_alone, d_alone + gap,
                                                   int(gap * mhz))
             slowdown = beside / p_alone
@@ -307,7 +307,7 @@ def _sustained(arch: ModelArch, factory: OperatorFactory, partitions: Partitions
                 ("decode", (dg, rest.stream, pg, part.stream, d_alone, p_alone)),
                 ("prefill", (pg, part.stream, dg, rest.stream, p_alone, d_alone))):
             time.sleep(1.0)
-            with ClockMonitor(device.index or 0) as clocks:
+            with ClockMonitor(smi_id(device)) as clocks:
                 windows = _held(target, t_stream, other, o_stream, own, theirs)
             row[f"{side}_held_us"], row[f"{side}_held_clock"] = windows, clocks.summary()
         time.sleep(1.0)

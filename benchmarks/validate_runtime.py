@@ -43,9 +43,16 @@ def _matrix(path: Path, sets: list[str]) -> dict[str, Config]:
     for policy, file in spec["configs"].items():
         for load in spec["loads"]:
             scale = round(load * spec["capacity"][policy], 4)
-            extra = [f"workload.rate_scale={scale}", f"workload.duration_s={round(spec['wall_s'] * scale, 2)}"]
+            extra = [f"workload.rate_scale={scale}", f"workload.duration_s={round(wall_s(spec, load) * scale, 2)}"]
             runs[f"{policy}-load{round(100 * load)}"] = load_config(str(path.parent / file), [*extra, *sets])
     return runs
+
+
+def wall_s(spec: dict[str, Any], load: float) -> float:
+    """Seconds of arrivals a matrix file's run at `load` replays: `wall_s`, or for a load that
+    `wall_s_by_load` names, that (the lightest load's runs hold the fewest requests, and the
+    median TTFT of a few dozen has a 95 % interval of +-10-15 %)."""
+    return float(spec.get("wall_s_by_load", {}).get(load, spec["wall_s"]))
 
 
 def _write(out: Path, report: dict[str, Any], result: Any) -> None:
@@ -116,8 +123,9 @@ def _summary(out: Path) -> None:
     """summary.md: the relative error of the headline metrics for every run under `out`."""
     lines = ["| run | requests | " + " | ".join(SUMMARY) + " | decode steps | steps with prefill "
              "| per-request TTFT (median, mean) | decode steps' host, measured / priced "
-             "| host constants (us: launch, step, per seq, check, check per running seq, gap, graph issue) | compiles while serving |",
-             "|---|---:|" + "---:|" * (len(SUMMARY) + 4) + "---|---:|"]
+             "| host constants (us: launch, step, per seq, check, check per running seq, gap, graph issue) "
+             "| host speed before / after serving | compiles while serving |",
+             "|---|---:|" + "---:|" * (len(SUMMARY) + 4) + "---|---:|---:|"]
     for report_file in sorted(out.glob("*/report.json")):
         r = json.loads(report_file.read_text())
         cells = [f"{100 * r['metrics'][k]['rel_error']:+.1f}%" for k in SUMMARY]
@@ -133,8 +141,11 @@ def _summary(out: Path) -> None:
                                                     "host_graph_issue_us")
                          if k in cost) or "-"
         compiles = r.get("runtime_health", {}).get("jit_compiles", "not counted")
+        speed = r.get("host_calibration", {})
+        speed_cell = "-" if not speed else f"{speed['factor']:.2f}" + (
+            f" / {speed['after']['factor']:.2f}" if "drift" in speed else "")
         lines.append(f"| {report_file.parent.name} | {r['requests']} | " + " | ".join(cells + steps)
-                     + f" | {host} | {compiles} |")
+                     + f" | {host} | {speed_cell} | {compiles} |")
     lines += ["", "Target cells missed, with the 95 % interval of each error when the run's requests are drawn "
               "again (servesim.validate.error_intervals; an interval that reaches the target means the "
               "sample alone could account for the miss):", ""]
@@ -201,10 +212,25 @@ def host_overrides(measured: dict[str, Any]) -> tuple[list[str], list[str]]:
         # around a step and issue of a decode pass replayed whole
         partitioned = [f"cost_model.{k}={loop[k]}" for k in ("host_launch_us", "host_graph_issue_us") if k in loop]
         around = loop.get("full_decode")
-        if isinstance(around, dict):  # less what its sequences add, on the same line as above
-            step = 1e3 * (around["before_ms"] + around["after_ms"]) - per_seq * around["batch"]
-            partitioned.append(f"cost_model.host_step_us={round(step, 1)}")
+        if isinstance(around, dict):
+            partitioned.append(f"cost_model.host_step_us={partitioned_host_step_us(around, full, per_seq)}")
     return common, partitioned
+
+
+def partitioned_host_step_us(around: dict[str, float], full: dict[str, Any] | None, per_seq: float) -> float:
+    """Nexus's host time around a decode step at no sequences: the plain runtime's line (the
+    full-graph loops' intercept) plus what the partitioned loop takes over the plain loop of
+    the same batch. Each loop set times one batch size at a time, and a single point carries its
+    own residual: the plain 32-decode loop lies 110 us above its line, so the partitioned loop's
+    32-decode point less 32 slopes (the earlier derivation) priced the Nexus runs' decode steps'
+    host at 1/0.73-1/0.79 of what they measured; the difference of the two loops at the same
+    batch cancels the residual. Without a plain loop of that batch, the point less its slopes."""
+    total = 1e3 * (around["before_ms"] + around["after_ms"])
+    loops = (full or {}).get("loops", {})
+    plain = loops.get(f"decode_b{int(around['batch'])}")
+    if isinstance(plain, dict) and "host_step_us" in plain:
+        return round(per_seq_fit(loops)["host_step_us"] + total - plain["host_step_us"], 1)
+    return round(total - per_seq * around["batch"], 1)
 
 
 def main() -> None:

@@ -42,7 +42,7 @@ from servesim.runtime.calibrate import (
     reference_loops,
     scaled,
 )
-from servesim.runtime.clocks import HOST_SLOW_RATIO, ClockMonitor, HostMonitor
+from servesim.runtime.clocks import HOST_SLOW_RATIO, ClockMonitor, HostMonitor, smi_id
 from servesim.runtime.engine import Runtime, StepRecord
 from servesim.runtime.model import GRAPH_SIZES, RuntimeModel
 from servesim.runtime.partitioned import Lanes, PartitionedRuntime, PartitionLanes
@@ -166,8 +166,18 @@ def validate(config: Config, base_dir: Path, device_name: str = "cuda",
     requests = build_requests(workload, config)
     last = max((r.arrival_s for r in requests), default=0.0)
     _say(f"serving {len(requests)} requests in real time ({last:.0f} s of arrivals)")
-    with ClockMonitor((device.index or 0) if device.type == "cuda" else None) as clocks, HostMonitor() as host_speed:
+    with ClockMonitor(smi_id(device) if device.type == "cuda" else None) as clocks, HostMonitor() as host_speed:
         measured = runtime.run(requests)
+    if calibration is not None and host_reference is not None:
+        # The same loops again, a diagnostic of how far the host's speed moved while it served
+        # (it scales nothing: the runtime served with the constants timed before).
+        try:
+            after = _calibrate_host(loaded, limits, arch, gpu, host_reference, "after serving")
+        except RuntimeError as e:  # a failed diagnostic must not cost the measurement
+            calibration["after"] = {"error": str(e).splitlines()[0] if str(e) else type(e).__name__}
+        else:
+            calibration["after"] = {"factor": after["factor"], "loops": after["loops"]}
+            calibration["drift"] = round(after["factor"] / calibration["factor"], 4)
     _say("simulating the same requests")
     power = power_model(config, arch, gpu)
     predicted = simulate(build_requests(workload, config), make_policy(config, limits), cost_model,
@@ -195,7 +205,7 @@ def validate(config: Config, base_dir: Path, device_name: str = "cuda",
 
 
 def _calibrate_host(loaded: _Loaded, limits: EngineLimits, arch: ModelArch, gpu: GpuSpec,
-                   reference: Path) -> dict[str, Any]:
+                    reference: Path, when: str = "before serving") -> dict[str, Any]:
     """The host's speed now against `reference`'s (`servesim.runtime.calibrate`), timed on the
     whole GPU's full decode graphs (for Nexus, whose lanes have their own, the few the loops
     need are captured first)."""
@@ -206,9 +216,10 @@ def _calibrate_host(loaded: _Loaded, limits: EngineLimits, arch: ModelArch, gpu:
         rows = max(b for b, _ in REFERENCE_LOOPS)
         loaded.setup["calibration_graphs"] = loaded.model.capture_decode_graphs(rows, limits.max_model_len)
         loaded.setup["calibration_capture_s"] = round(time.perf_counter() - started, 1)
-    _say(f"timing the host against {reference.name}")
+    _say(f"timing the host against {reference.name} ({when})")
     calibration = calibrate(loaded.model, limits, arch, gpu, reference)
-    _say(f"host speed factor {calibration['factor']:.3f} (host constants x that)")
+    _say(f"host speed factor {calibration['factor']:.3f} {when}"
+         + (" (host constants x that)" if when == "before serving" else ""))
     return calibration
 
 
@@ -587,6 +598,12 @@ def report_markdown(report: dict[str, Any]) -> str:
                   + (f"; host probe {h['host_probe_median_us']:.0f} us median (fast decile "
                      f"{h['host_probe_fast_us']:.0f}), slower than {HOST_SLOW_RATIO:g}x that in "
                      f"{100 * h['host_slowed_share']:.0f} % of samples" if "host_probe_median_us" in h else "")]
+    calibration = report.get("host_calibration")
+    if calibration:
+        lines += ["", f"host speed against {calibration['reference']}: x{calibration['factor']:.3f} before "
+                  "serving (every host constant scaled by it)"
+                  + (f", x{calibration['after']['factor']:.3f} after (drift {calibration['drift']:.3f})"
+                     if "drift" in calibration else "")]
     if report.get("steps"):
         lines += ["", "Per step (same shape, measured vs predicted; queueing excluded):", "",
                   "| steps | count | median busy ms | median error | p90 abs error | "

@@ -42,7 +42,7 @@ from servesim.profiler.validate import (
     sweep_order,
 )
 from servesim.profiler.warm import kv_tokens, specs_of, warm_compile
-from servesim.runtime.clocks import ClockMonitor
+from servesim.runtime.clocks import ClockMonitor, smi_id
 
 
 class ModelProfiler:
@@ -93,7 +93,7 @@ class ModelProfiler:
         done = sum(p.key in journal for p in self.points + self.held_out)
         bar = tqdm(total=total, initial=done, mininterval=15, desc=self.arch.name, file=sys.stderr)
         grid_s = 0.0
-        gpu_index = (self.device.index or 0) if self.device.type == "cuda" else None
+        gpu_index = smi_id(self.device) if self.device.type == "cuda" else None
         clocks: dict[str, dict[str, Any]] = {}
         try:
             with ClockMonitor(gpu_index) as clock:

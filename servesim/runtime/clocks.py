@@ -39,11 +39,22 @@ class _Sampler:
         self.lines = self._proc.communicate(timeout=5)[0].splitlines()
 
 
+def smi_id(device: Any) -> int | str:
+    """nvidia-smi's id of a torch CUDA device: its UUID, which names the same card whatever
+    CUDA_VISIBLE_DEVICES maps (a process on the second GPU sees it as index 0); the index
+    where torch gives no UUID."""
+    import torch
+
+    index = device.index or 0
+    uuid = getattr(torch.cuda.get_device_properties(index), "uuid", None)
+    return f"GPU-{uuid}" if uuid is not None else index
+
+
 class ClockMonitor(_Sampler):
     """`with ClockMonitor(index) as clocks:` ... `clocks.summary()` after the block."""
 
-    def __init__(self, index: int | None, period_ms: int = 200) -> None:
-        """`index`: the GPU's nvidia-smi index; None samples nothing (a run off the GPU)."""
+    def __init__(self, index: int | str | None, period_ms: int = 200) -> None:
+        """`index`: the GPU's nvidia-smi id (`smi_id`); None samples nothing (a run off the GPU)."""
         exe = shutil.which("nvidia-smi")
         super().__init__(None if exe is None or index is None else
                          [exe, f"--query-gpu={FIELDS}", "--format=csv,noheader,nounits",

@@ -9,6 +9,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import pytest
@@ -17,7 +18,7 @@ from servesim.config import CostModelConfig, from_mapping
 from servesim.errors import InputError
 from servesim.runtime import calibrate as cal
 from servesim.sim.host_overhead import FULL_DECODE_LAUNCHES
-from servesim.validate import repredict, validate
+from servesim.validate import report_markdown, repredict, validate
 
 TINY = Path(__file__).parent.parent / "data" / "tiny" / "llama.json"
 
@@ -89,6 +90,11 @@ def test_validate_scales_the_host_constants_by_the_speed_it_timed(tmp_path: Path
     now = sum(cal.loop_host_us(loop) for loop in loops.values())
     factor = calibration["factor"]
     assert factor > 0 and factor == round(now / (5e5 + 6e5 + FULL_DECODE_LAUNCHES * 11e4), 4)
+    # The loops again after serving: a diagnostic of the host's drift, scaling nothing.
+    after = calibration["after"]
+    assert set(after["loops"]) == set(loops) and after["factor"] > 0
+    assert calibration["drift"] == round(after["factor"] / factor, 4)
+    assert f"x{factor:.3f} before serving" in report_markdown(out.report)
     constants = calibration["constants"]
     assert constants["host_step_us"] == round(100.0 * factor, 2)
     assert constants["host_launch_us"] == round(10.0 * factor, 2) and constants["host_gap_us"] == 0.0
@@ -129,3 +135,35 @@ def test_each_validate_config_holds_the_host_constants_of_the_file_it_names(poli
     common, partitioned = host_overrides(json.loads((root / "benchmarks/results/h200-validate" / named[1]).read_text()))
     expected = load_config(str(path), [*common, *(partitioned if policy == "nexus" else [])]).cost_model
     assert load_config(str(path), []).cost_model == expected
+
+
+def _validate_runtime() -> Any:
+    root = Path(__file__).resolve().parents[2]
+    sys.path.insert(0, str(root / "benchmarks"))
+    try:
+        import validate_runtime
+    finally:
+        sys.path.remove(str(root / "benchmarks"))
+    return validate_runtime
+
+
+def test_the_partitioned_host_step_is_the_plain_line_plus_the_loops_difference_at_one_batch() -> None:
+    """A residual of the plain loop at the partitioned loop's batch cancels; without a plain
+    loop of that batch, the point less its slopes."""
+    vr = _validate_runtime()
+    loops = {f"decode_b{b}": {"batch": float(b), "host_step_us": 500.0 + 6.0 * b} for b in (1, 8, 64)}
+    loops["decode_b32"] = {"batch": 32.0, "host_step_us": 500.0 + 6.0 * 32 + 110.0}  # above the line
+    around = {"batch": 32, "before_ms": 0.8, "after_ms": 0.1}  # 900 us: 100 us over the plain b32 point
+    step = vr.partitioned_host_step_us(around, {"loops": loops}, 6.0)
+    intercept = vr.per_seq_fit(loops)["host_step_us"]
+    assert step == round(intercept + 900.0 - (500.0 + 6.0 * 32 + 110.0), 1)
+    assert 580 < step < 620  # the 110 us residual is not carried in
+    del loops["decode_b32"]
+    assert vr.partitioned_host_step_us(around, {"loops": loops}, 6.0) == 900.0 - 6.0 * 32
+
+
+def test_a_matrix_load_may_replay_longer() -> None:
+    vr = _validate_runtime()
+    spec = {"wall_s": 40, "wall_s_by_load": {0.3: 80}}
+    assert vr.wall_s(spec, 0.3) == 80.0 and vr.wall_s(spec, 0.6) == 40.0
+    assert vr.wall_s({"wall_s": 40}, 0.3) == 40.0
