@@ -39,6 +39,8 @@ from servesim.runtime.calibrate import (
     HOST_FIELDS,
     REFERENCE_LOOPS,
     calibrate,
+    priced_constants,
+    priced_factor,
     reference_loops,
     scaled,
 )
@@ -168,20 +170,26 @@ def validate(config: Config, base_dir: Path, device_name: str = "cuda",
     _say(f"serving {len(requests)} requests in real time ({last:.0f} s of arrivals)")
     with ClockMonitor(smi_id(device) if device.type == "cuda" else None) as clocks, HostMonitor() as host_speed:
         measured = runtime.run(requests)
+    predictor = cost_model.step_time  # what the runtime's policy believed while it served
     if calibration is not None and host_reference is not None:
-        # The same loops again, a diagnostic of how far the host's speed moved while it served
-        # (it scales nothing: the runtime served with the constants timed before).
+        # The same loops again: the run is priced at the faster of the two timings around it
+        # (`priced_factor`); the policy keeps the constants it served with.
         try:
             after = _calibrate_host(loaded, limits, arch, gpu, host_reference, "after serving")
-        except RuntimeError as e:  # a failed diagnostic must not cost the measurement
+        except RuntimeError as e:  # a failed timing must not cost the measurement
             calibration["after"] = {"error": str(e).splitlines()[0] if str(e) else type(e).__name__}
         else:
             calibration["after"] = {"factor": after["factor"], "loops": after["loops"]}
             calibration["drift"] = round(after["factor"] / calibration["factor"], 4)
+        calibration["priced_factor"] = priced_factor(calibration)
+        calibration["priced_constants"] = priced_constants(calibration)
+        config = dataclasses.replace(config, cost_model=dataclasses.replace(
+            config.cost_model, **calibration["priced_constants"]))
+        cost_model = build_cost_model(config, arch, gpu)
     _say("simulating the same requests")
     power = power_model(config, arch, gpu)
     predicted = simulate(build_requests(workload, config), make_policy(config, limits), cost_model,
-                         limits, arch=arch, power=power)
+                         limits, arch=arch, power=power, predictor=predictor)
     tables = [request_table(r.requests, config.slo.classes, config.slo.default) for r in (measured, predicted)]
     summaries = [summarize(r, t) for r, t in zip((measured, predicted), tables, strict=True)]
     steps = step_table(runtime.steps, cost_model, _power_state(power, arch))
@@ -266,11 +274,19 @@ def repredict(config: Config, base_dir: Path, report: dict[str, Any], steps: pd.
     """Predict again, on any machine, for a measurement already taken (a report and its step
     table; with the measured request table, the per-request errors too): the simulator with
     `config`'s cost model; the measured side is kept as it is. A measurement whose host was
-    timed while it served (`host_calibration`) is predicted with the host constants it had."""
+    timed while it served (`host_calibration`) is priced with the host constants of its priced
+    factor, and its policy predicts with those it served with."""
     config = runtime_config(config)
-    calibrated = report.get("host_calibration", {}).get("constants")
-    if calibrated:
-        config = dataclasses.replace(config, cost_model=dataclasses.replace(config.cost_model, **calibrated))
+    calibration = report.get("host_calibration", {})
+    served = calibration.get("constants")
+    predictor = None
+    if served:
+        priced = priced_constants(calibration)  # (without loops after serving: those it served with)
+        if priced != served:
+            served_config = dataclasses.replace(config, cost_model=dataclasses.replace(config.cost_model, **served))
+            predictor = build_cost_model(served_config, load_model(config.model),
+                                         get_gpu(config.hardware.gpu)).step_time
+        config = dataclasses.replace(config, cost_model=dataclasses.replace(config.cost_model, **priced))
     arch, gpu = load_model(config.model), get_gpu(config.hardware.gpu)
     limits = dataclasses.replace(engine_limits(config, arch, gpu), total_blocks=report["kv_blocks"])
     limits = dataclasses.replace(limits, watermark_blocks=int(config.engine.watermark * limits.total_blocks))
@@ -278,7 +294,7 @@ def repredict(config: Config, base_dir: Path, report: dict[str, Any], steps: pd.
     cost_model = build_cost_model(config, arch, gpu)
     power = power_model(config, arch, gpu)
     predicted = simulate(build_requests(workload, config), make_policy(config, limits), cost_model,
-                         limits, arch=arch, power=power)
+                         limits, arch=arch, power=power, predictor=predictor)
     table = request_table(predicted.requests, config.slo.classes, config.slo.default)
     summary = summarize(predicted, table)
     rows = _metric_rows({k: row["measured"] for k, row in report["metrics"].items()}, summary)
@@ -601,9 +617,10 @@ def report_markdown(report: dict[str, Any]) -> str:
     calibration = report.get("host_calibration")
     if calibration:
         lines += ["", f"host speed against {calibration['reference']}: x{calibration['factor']:.3f} before "
-                  "serving (every host constant scaled by it)"
+                  "serving (the constants the runtime served with)"
                   + (f", x{calibration['after']['factor']:.3f} after (drift {calibration['drift']:.3f})"
-                     if "drift" in calibration else "")]
+                     if "drift" in calibration else "")
+                  + (f"; priced at x{priced_factor(calibration):.3f}" if "drift" in calibration else "")]
     if report.get("steps"):
         lines += ["", "Per step (same shape, measured vs predicted; queueing excluded):", "",
                   "| steps | count | median busy ms | median error | p90 abs error | "

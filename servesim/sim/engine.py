@@ -11,7 +11,7 @@ from typing import Any
 import simpy
 
 from servesim.models.arch import ModelArch
-from servesim.policies.base import EngineLimits, Policy
+from servesim.policies.base import EngineLimits, Policy, Predictor
 from servesim.policies.nexus import Nexus
 from servesim.request import Request, State
 from servesim.sim.cost_model import CostModel
@@ -43,14 +43,16 @@ def _arrivals(
 def simulate(
     requests: Sequence[Request], policy: Policy, cost_model: CostModel, limits: EngineLimits,
     fast_forward: bool = True, arch: ModelArch | None = None, power: PowerModel | None = None,
+    predictor: Predictor | None = None,
 ) -> SimResult:
     """Replay `requests` (sorted by arrival) under `policy` until each one finished or was
     rejected. `fast_forward=False` steps every iteration as its own event (for checking).
     `power` (with `arch`): the GPU's clock slows after compute-dense passes (servesim.sim.power;
-    on SM partitions, its `LaneHeat`)."""
+    on SM partitions, its `LaneHeat`). `predictor`: what the policy believes a step costs, where
+    that is not `cost_model` (a measured engine's controller that served with other constants)."""
     env = simpy.Environment()
     state = ServingState(limits)
-    policy.predict = cost_model.step_time
+    policy.predict = predictor if predictor is not None else cost_model.step_time
     if power is not None and arch is None:
         raise ValueError("simulate: a power model needs the model's arch (its matmul FLOPs per row)")
     heat = PowerState(power, arch) if power is not None and arch is not None else None

@@ -90,23 +90,28 @@ def test_validate_scales_the_host_constants_by_the_speed_it_timed(tmp_path: Path
     now = sum(cal.loop_host_us(loop) for loop in loops.values())
     factor = calibration["factor"]
     assert factor > 0 and factor == round(now / (5e5 + 6e5 + FULL_DECODE_LAUNCHES * 11e4), 4)
-    # The loops again after serving: a diagnostic of the host's drift, scaling nothing.
+    # The loops again after serving; the run is priced at the faster of the two timings.
     after = calibration["after"]
     assert set(after["loops"]) == set(loops) and after["factor"] > 0
     assert calibration["drift"] == round(after["factor"] / factor, 4)
     assert f"x{factor:.3f} before serving" in report_markdown(out.report)
-    constants = calibration["constants"]
+    assert calibration["priced_factor"] == min(factor, after["factor"])
+    constants = calibration["constants"]  # what the runtime served with
     assert constants["host_step_us"] == round(100.0 * factor, 2)
     assert constants["host_launch_us"] == round(10.0 * factor, 2) and constants["host_gap_us"] == 0.0
+    priced = calibration["priced_constants"]
+    ratio = calibration["priced_factor"] / factor
+    assert priced == {k: round(v * ratio, 2) for k, v in constants.items()}
     # Predicted again from the report, with the config as it was: the same numbers.
     steps = out.steps.drop(columns=["predicted_s", "predicted_gpu_s"])
     again = repredict(config, tmp_path, out.report, steps, out.measured_itl_s, out.measured)
     assert again.report["metrics"] == out.report["metrics"]
     assert again.steps.predicted_s.tolist() == out.steps.predicted_s.tolist()
-    # The same as setting the scaled constants by hand, and not the same as the unscaled ones.
+    # The same as setting the priced constants by hand (sarathi asks no predictor), and not the
+    # same as the unscaled ones.
     plain = {k: v for k, v in out.report.items() if k != "host_calibration"}
     by_hand = from_mapping({"model": str(TINY), "workload": {"trace": "t.csv"},
-                            "cost_model": {"kind": "roofline", **constants},
+                            "cost_model": {"kind": "roofline", **priced},
                             "policy": {"name": "sarathi", "token_budget": 8}}, "test")
     assert repredict(by_hand, tmp_path, plain, steps, out.measured_itl_s).steps.predicted_s.tolist() \
         == out.steps.predicted_s.tolist()
@@ -167,3 +172,43 @@ def test_a_matrix_load_may_replay_longer() -> None:
     spec = {"wall_s": 40, "wall_s_by_load": {0.3: 80}}
     assert vr.wall_s(spec, 0.3) == 80.0 and vr.wall_s(spec, 0.6) == 40.0
     assert vr.wall_s({"wall_s": 40}, 0.3) == 40.0
+
+
+def test_a_run_is_priced_at_the_faster_of_the_timings_around_it() -> None:
+    served = {"host_step_us": 400.0, "host_launch_us": 20.0}
+    slow_before = {"factor": 1.95, "constants": served, "after": {"factor": 1.3}}
+    assert cal.priced_factor(slow_before) == 1.3
+    assert cal.priced_constants(slow_before) == {"host_step_us": round(400 * 1.3 / 1.95, 2),
+                                                 "host_launch_us": round(20 * 1.3 / 1.95, 2)}
+    assert cal.priced_factor({"factor": 1.1, "constants": served, "after": {"factor": 1.4}}) == 1.1
+    # No loops after serving (an older report, or they failed): what it served with.
+    for calibration in ({"factor": 1.2, "constants": served}, {"factor": 1.2, "constants": served,
+                                                              "after": {"error": "CUDA error"}}):
+        assert cal.priced_factor(calibration) == 1.2 and cal.priced_constants(calibration) == served
+
+
+def test_the_simulated_policy_predicts_with_the_constants_the_runtime_served_with() -> None:
+    """A measured controller's beliefs stay its own while the simulator prices the steps with
+    other host constants: `simulate(..., predictor=...)`."""
+    from servesim.models.arch import load_model
+    from servesim.policies import REGISTRY, EngineLimits
+    from servesim.request import Request, State
+    from servesim.sim.cost_model import make_cost_model
+    from servesim.sim.engine import simulate
+    from servesim.sim.hardware import get_gpu
+
+    arch = load_model(str(TINY))
+    limits = EngineLimits(total_blocks=64, block_size=16, max_model_len=256, num_layers=arch.num_layers,
+                          watermark_blocks=0)
+    asked: list[int] = []
+
+    def belief(shape: object, sms: int | None) -> float:
+        asked.append(1)
+        return 0.001
+
+    cls = REGISTRY["flowprefill"]
+    policy = cls(cls.Params(), limits)
+    truth = make_cost_model("roofline", arch, get_gpu("h200"))
+    done = simulate([Request(i, 0.01 * i, 40, 3) for i in range(4)], policy, truth, limits, predictor=belief)
+    assert policy.predict is belief and asked
+    assert all(r.state is State.FINISHED and len(r.token_times_s) == 3 for r in done.requests)
