@@ -221,10 +221,11 @@ def partitioned_host_step_us(around: dict[str, float], full: dict[str, Any] | No
     """Nexus's host time around a decode step at no sequences: the plain runtime's line (the
     full-graph loops' intercept) plus what the partitioned loop takes over the plain loop of
     the same batch. Each loop set times one batch size at a time, and a single point carries its
-    own residual: the plain 32-decode loop lies 110 us above its line, so the partitioned loop's
-    32-decode point less 32 slopes (the earlier derivation) priced the Nexus runs' decode steps'
-    host at 1/0.73-1/0.79 of what they measured; the difference of the two loops at the same
-    batch cancels the residual. Without a plain loop of that batch, the point less its slopes."""
+    own residual: the plain 32-decode loop lies 110 us above its line, and the partitioned loop's
+    32-decode point less 32 slopes (the earlier derivation, 709.7 us) carried it, pricing the
+    fifteenth session's Nexus runs' decode-step host at 1.27-1.37x what they measured; the
+    difference of the two loops at the same batch cancels it (600.8 us). Without a plain loop of
+    that batch, the point less its slopes."""
     total = 1e3 * (around["before_ms"] + around["after_ms"])
     loops = (full or {}).get("loops", {})
     plain = loops.get(f"decode_b{int(around['batch'])}")
