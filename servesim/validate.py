@@ -7,6 +7,7 @@ TRITON_INTERPRET=1 (tiny models only; checks the plumbing, not the timing).
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
 import gc
 import math
@@ -50,7 +51,7 @@ from servesim.runtime.model import GRAPH_SIZES, RuntimeModel
 from servesim.runtime.partitioned import Lanes, PartitionedRuntime, PartitionLanes
 from servesim.runtime.warmup import warm_up
 from servesim.sim.cost_model import CostModel
-from servesim.sim.engine import simulate
+from servesim.sim.engine import SimResult, simulate
 from servesim.sim.hardware import GpuSpec, get_gpu
 from servesim.sim.metrics import request_table, summarize
 from servesim.sim.power import LaneHeat, PowerModel, PowerState
@@ -208,7 +209,8 @@ def validate(config: Config, base_dir: Path, device_name: str = "cuda",
     report = {**report, "paired": paired_errors(tables[0], tables[1]),
               **({"host_calibration": calibration} if calibration is not None else {}),
               "runtime_setup": setup,
-              "runtime_health": health, "steps": step_errors(steps)}
+              "runtime_health": health, "steps": step_errors(steps),
+              **_prompt_shares(steps, predicted)}
     return Validation(report, tables[0], tables[1], *gaps, steps)
 
 
@@ -307,6 +309,7 @@ def repredict(config: Config, base_dir: Path, report: dict[str, Any], steps: pd.
                                                     seed=config.seed))
     new = {**report, "cost_model": resolved_kind(config, arch, gpu), "metrics": rows,
            "completed_predicted": summary["completed"], "steps": step_errors(steps),
+           **_prompt_shares(steps, predicted),
            **({"paired": paired_errors(measured, table)} if measured is not None else {}),
            "predicted_again": {"cost_model": dataclasses.asdict(config.cost_model),
                                "measured_itls": int(len(measured_itl_s))}}
@@ -373,6 +376,34 @@ def step_shapes(steps: pd.DataFrame) -> list[tuple[BatchShape, int | None, Corun
                                             steps.corunner_sms.astype(int), strict=True):
         out.append((shape, int(sms) or None, Corunner(shapes[other], int(other_sms)) if other >= 0 else None))
     return out
+
+
+def _prompt_shares(steps: pd.DataFrame, predicted: SimResult) -> dict[str, Any]:
+    """On SM partitions: the share of prompt tokens that ran at each prefill SM count, measured
+    (the step table) and predicted (the simulator's passes at the split in force when each
+    started). The split controller's decisions set the prompts' pace, and one prompt of 2,048
+    tokens on 24 SMs instead of 56 takes 0.23 s instead of 0.11 s, so this shows whether both
+    sides decided alike; {} off partitions."""
+    splits = predicted.extra.get("sm_splits")
+    if not splits or "sms" not in steps:
+        return {}
+    prompts = steps[(steps.partition == 0) & (steps.prefill_tokens > 0)]
+    measured: dict[int, int] = {}
+    for sms, tokens in zip(prompts.sms.astype(int), prompts.prefill_tokens.astype(int), strict=True):
+        measured[int(sms)] = measured.get(int(sms), 0) + int(tokens)
+    log = predicted.log
+    times, shares = [t for t, _ in splits], [n for _, n in splits]
+    sim: dict[int, int] = {}
+    for start, part, tokens in zip(log.start_s, log.partition, log.prefill_tokens, strict=True):
+        if part == 0 and tokens:
+            sms = shares[max(bisect.bisect_right(times, start) - 1, 0)]
+            sim[sms] = sim.get(sms, 0) + int(tokens)
+
+    def fractions(counts: dict[int, int]) -> dict[str, float]:
+        total = sum(counts.values()) or 1
+        return {str(k): round(v / total, 4) for k, v in sorted(counts.items())}
+
+    return {"prompt_token_shares": {"measured": fractions(measured), "predicted": fractions(sim)}}
 
 
 def step_errors(steps: pd.DataFrame) -> dict[str, Any]:
@@ -621,6 +652,13 @@ def report_markdown(report: dict[str, Any]) -> str:
                   + (f", x{calibration['after']['factor']:.3f} after (drift {calibration['drift']:.3f})"
                      if "drift" in calibration else "")
                   + (f"; priced at x{priced_factor(calibration):.3f}" if "drift" in calibration else "")]
+    shares = report.get("prompt_token_shares")
+    if shares:
+        sms = sorted({*shares["measured"], *shares["predicted"]}, key=int)
+        lines += ["", "Prompt tokens by the prefill partition's SMs (the split controller's decisions):", "",
+                  "| | " + " | ".join(f"{k} SMs" for k in sms) + " |", "|---|" + "---:|" * len(sms)]
+        for side in ("measured", "predicted"):
+            lines.append(f"| {side} | " + " | ".join(f"{100 * shares[side].get(k, 0.0):.1f}%" for k in sms) + " |")
     if report.get("steps"):
         lines += ["", "Per step (same shape, measured vs predicted; queueing excluded):", "",
                   "| steps | count | median busy ms | median error | p90 abs error | "
