@@ -105,8 +105,8 @@ def test_host_time_grows_with_the_sequences_of_the_batch() -> None:
 
 
 def test_operator_level_checks_hide_behind_the_gpu_unless_the_host_is_slower(tmp_path) -> None:
-    """The runtime decides on the next block while the GPU runs the current one: a block takes
-    the longer of its GPU time and the host's work for it (its launches and the check)."""
+    """The runtime decides on the next block while the GPU runs the one before: the checks
+    hide behind the GPU, or, where the host is slower, set the pace."""
     from servesim.config import from_mapping
     from servesim.runner import run
 
@@ -136,10 +136,15 @@ def test_operator_level_checks_hide_behind_the_gpu_unless_the_host_is_slower(tmp
     # and two prompts prefilled together make each check scan two.
     assert ttft(0.0, per_seq_us=20_000.0) == pytest.approx(ttft(20_000.0), rel=1e-12)
     assert ttft(1_000.0, per_seq_us=20_000.0, trace="two") == pytest.approx(100e-6 + blocks * 41e-3, rel=1e-9)
-    # The launches count too, spread over the blocks.
+    # The launches count too, spread over the blocks; the last block runs on the GPU after its
+    # launches.
+    from servesim.sim.op_executor import preemption_groups
+
+    prompt = BatchShape((1000,), (0,), 0, 0, 0, 1)
     host = HostOverheadCostModel(GPU_MODEL, ARCH, 1.0, 0.0, graph_max_tokens=2048)
-    launches = host.launches(BatchShape((1000,), (0,), 0, 0, 0, 1))
-    assert ttft(0.0, 1e6) == pytest.approx(100e-6 + launches * 1.0, rel=1e-9)
+    launches = host.launches(prompt)
+    last = sum(op.seconds for op in preemption_groups(GPU_MODEL.batch_cost(prompt).ops, "sublayer")[-1])
+    assert last > 1e-5 and ttft(0.0, 1e6) == pytest.approx(100e-6 + launches * 1.0 + last, rel=1e-9)
     # The GPU's gaps at the host's launches add to a GPU-bound pass, as in step_time.
     assert ttft(0.0, 0.0, 10.0) - ttft(0.0) == pytest.approx(launches * 10e-6, rel=1e-6)
 
@@ -247,3 +252,25 @@ def test_a_graphed_pass_runs_its_graphed_operators_on_the_padding_rows() -> None
     assert runtime_config(named).engine.cuda_graph_sizes == (8, 64)
     with pytest.raises(InputError, match="cuda_graph_sizes"):
         from_mapping({"model": "llama-3.1-8b", "engine": {"cuda_graph_sizes": [64, 8]}}, "test")
+
+
+def test_paced_blocks_hide_one_blocks_host_behind_the_next_blocks_gpu() -> None:
+    """The runtime's operator-level loop (one block queued beyond the one it waits for): the
+    host issues the next attention block (and checks) while the GPU runs an MLP block, so only
+    what it does after that block ends (a check and the next MLP block's launch) shows, where
+    the GPU runs the attention block in less; a host slower over every block sets the pace; a
+    GPU slower over every block does."""
+    from servesim.sim.op_executor import paced_blocks
+
+    gpu, host = [0.03, 0.18] * 32, [0.09, 0.045] * 32  # ms: attention, MLP blocks of 32 layers
+    paced = paced_blocks(gpu, host, 0.023)
+    # The first layer: issue 0.09, attention 0.03, then the MLP block waits for its launch
+    # (0.09 + 0.023 + 0.045 = 0.158) and runs 0.18; every later layer the MLP's 0.18 plus the
+    # check and launch after it (0.068), which the 0.03 attention block does not cover.
+    assert sum(paced) == pytest.approx(0.158 + 0.18 + 31 * (0.18 + 0.068), rel=1e-9)
+    per_block = sum(max(g, 0.023 + h) for g, h in zip(gpu, host, strict=True))  # each block alone: 9.38
+    assert sum(gpu) < sum(paced) < per_block - 1.3
+    slow = paced_blocks([0.01] * 10, [0.05] * 10, 0.02)  # host-bound: 70 us a block
+    assert sum(slow) == pytest.approx(10 * 0.07, rel=1e-9) and len(slow) == 10
+    fast = paced_blocks([0.2] * 10, [0.05] * 10, 0.02)  # GPU-bound after the first issue
+    assert sum(fast) == pytest.approx(0.05 + 10 * 0.2, rel=1e-9)
