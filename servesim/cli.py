@@ -194,7 +194,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-kv-blocks", type=int, help="cap the KV cache (both sides use the cap)")
     p.add_argument("--host-reference", type=Path, metavar="FILE",
                    help="the benchmarks/runtime_overhead.py result the config's host constants come from: "
-                        "time the host against it just before serving and scale the constants by the ratio")
+                        "time the host against it just before and just after serving; the runtime serves "
+                        "with the constants scaled by the ratio before, the prediction is priced at the "
+                        "faster of the two")
     p.set_defaults(func=cmd_validate)
     p = sub.add_parser("profile", help="on a GPU: time every operator of a model into a profile")
     add_profile_arguments(p)
