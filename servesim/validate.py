@@ -279,6 +279,7 @@ def repredict(config: Config, base_dir: Path, report: dict[str, Any], steps: pd.
     timed while it served (`host_calibration`) is priced with the host constants of its priced
     factor, and its policy predicts with those it served with."""
     config = runtime_config(config)
+    arch, gpu = load_model(config.model), get_gpu(config.hardware.gpu)
     calibration = report.get("host_calibration", {})
     served = calibration.get("constants")
     predictor = None
@@ -286,10 +287,8 @@ def repredict(config: Config, base_dir: Path, report: dict[str, Any], steps: pd.
         priced = priced_constants(calibration)  # (without loops after serving: those it served with)
         if priced != served:
             served_config = dataclasses.replace(config, cost_model=dataclasses.replace(config.cost_model, **served))
-            predictor = build_cost_model(served_config, load_model(config.model),
-                                         get_gpu(config.hardware.gpu)).step_time
+            predictor = build_cost_model(served_config, arch, gpu).step_time
         config = dataclasses.replace(config, cost_model=dataclasses.replace(config.cost_model, **priced))
-    arch, gpu = load_model(config.model), get_gpu(config.hardware.gpu)
     limits = dataclasses.replace(engine_limits(config, arch, gpu), total_blocks=report["kv_blocks"])
     limits = dataclasses.replace(limits, watermark_blocks=int(config.engine.watermark * limits.total_blocks))
     workload = load_workload(config.workload, np.random.default_rng(config.seed), base_dir)

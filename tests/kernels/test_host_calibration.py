@@ -119,30 +119,8 @@ def test_validate_scales_the_host_constants_by_the_speed_it_timed(tmp_path: Path
         != out.steps.predicted_s.tolist()
 
 
-@pytest.mark.parametrize("policy", ["vllm", "layered", "sarathi", "flowprefill", "nexus"])
-def test_each_validate_config_holds_the_host_constants_of_the_file_it_names(policy: str) -> None:
-    """The configs name the runtime_overhead.py result their host constants come from; they
-    hold what `validate_runtime.py --host FILE` derives from it (Nexus: with its partitioned
-    loop's)."""
-    import re
-
-    root = Path(__file__).resolve().parents[2]
-    sys.path.insert(0, str(root / "benchmarks"))
-    try:
-        from validate_runtime import host_overrides
-    finally:
-        sys.path.remove(str(root / "benchmarks"))
-    from servesim.config import load_config
-
-    path = root / "examples" / f"validate_{policy}.yaml"
-    named = re.search(r"benchmarks/results/h200-validate/(runtime-overhead-[a-z-]+\.json)", path.read_text())
-    assert named is not None, f"{path.name} names no runtime_overhead.py result"
-    common, partitioned = host_overrides(json.loads((root / "benchmarks/results/h200-validate" / named[1]).read_text()))
-    expected = load_config(str(path), [*common, *(partitioned if policy == "nexus" else [])]).cost_model
-    assert load_config(str(path), []).cost_model == expected
-
-
 def _validate_runtime() -> Any:
+    """benchmarks/validate_runtime.py, imported from beside this repository's benchmarks."""
     root = Path(__file__).resolve().parents[2]
     sys.path.insert(0, str(root / "benchmarks"))
     try:
@@ -150,6 +128,26 @@ def _validate_runtime() -> Any:
     finally:
         sys.path.remove(str(root / "benchmarks"))
     return validate_runtime
+
+
+@pytest.mark.parametrize("policy", ["vllm", "layered", "sarathi", "flowprefill", "nexus"])
+def test_each_validate_config_holds_the_host_constants_of_the_file_it_names(policy: str) -> None:
+    """The configs name the runtime_overhead.py result their host constants come from; they
+    hold what `validate_runtime.py --host FILE` derives from it (Nexus: with its partitioned
+    loop's)."""
+    import re
+
+    from servesim.config import load_config
+
+    root = Path(__file__).resolve().parents[2]
+    host_overrides = _validate_runtime().host_overrides
+
+    path = root / "examples" / f"validate_{policy}.yaml"
+    named = re.search(r"benchmarks/results/h200-validate/(runtime-overhead-[a-z-]+\.json)", path.read_text())
+    assert named is not None, f"{path.name} names no runtime_overhead.py result"
+    common, partitioned = host_overrides(json.loads((root / "benchmarks/results/h200-validate" / named[1]).read_text()))
+    expected = load_config(str(path), [*common, *(partitioned if policy == "nexus" else [])]).cost_model
+    assert load_config(str(path), []).cost_model == expected
 
 
 def test_the_partitioned_host_step_is_the_plain_line_plus_the_loops_difference_at_one_batch() -> None:
