@@ -7,6 +7,7 @@ import json
 import math
 import statistics
 from pathlib import Path
+from typing import Any
 
 import pytest
 from simkit import requests
@@ -296,3 +297,26 @@ def test_nexus_decodes_beside_a_busy_prompt_lane_slow_with_the_clock_model() -> 
     assert plain[0][1] < plain[1][1]  # right after its prompt: heat
     later = [[b - a for a, b in zip(t, t[1:], strict=False) if a > 0.5] for t in plain]
     assert len(later[0]) > 50 and later[0] == pytest.approx(later[1], rel=1e-6)
+
+
+def test_operator_level_passes_are_slowed_by_the_heat_they_start_at_not_their_own() -> None:
+    """FlowPrefill runs a prompt block by block; each block is slowed by the heat its pass
+    started at, as a pass run whole is (a pass's own heating is not modelled: a prompt block
+    after the first used to carry the heat of the blocks before it, 2 % on a rested 1,088-token
+    prompt, which the H200 runs did not show)."""
+    cls = REGISTRY["flowprefill"]
+    lim = __import__("simkit").limits()
+
+    def prefill_s(power: Any) -> list[float]:
+        reqs = requests([(0.0, 2048, 1), (0.06, 1024, 1)])  # the second after the first's pass
+        result = simulate(reqs, cls(cls.Params(), lim), ProfiledCostModel(LLAMA, H200), lim, arch=LLAMA, power=power)
+        return [r.first_token_s - r.first_scheduled_s for r in result.requests]
+
+    rested, heated = prefill_s(None), prefill_s(H200_POWER)
+    assert rested[0] < 0.06
+    assert heated[0] == pytest.approx(rested[0], rel=1e-12)  # from rest: its own heat does not count
+    state = PowerState(H200_POWER, LLAMA)
+    state.stretch(_prompt(2048), rested[0], 0.0)  # the first prompt's whole pass heats the GPU
+    expected = state.stretch(_prompt(1024), rested[1], 0.06) / rested[1]
+    assert expected > 1.03  # the first prompt did heat it
+    assert heated[1] / rested[1] == pytest.approx(expected, rel=1e-9)

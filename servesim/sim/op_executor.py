@@ -168,11 +168,14 @@ class OperatorExecutor(Executor):
         members = [r for r, _ in step.prefills]
         if isinstance(self.cost_model, HostOverheadCostModel):  # scheduling and inputs, GPU idle
             yield env.timeout(self.cost_model.step_host_s(shape))
+        factor = None  # the heat this step starts at slows each of its blocks alike
         while run.next_block < len(run.blocks):
             started = env.now
             seconds = run.blocks[run.next_block]
             if self.power is not None:
-                seconds = self.power.stretch(shape, seconds, started, run.seconds)
+                rested, seconds = seconds, self.power.stretch(shape, seconds, started, run.seconds, factor)
+                if factor is None and rested > 0.0:
+                    factor = seconds / rested
             yield env.timeout(seconds)
             run.next_block += 1
             for req in members:

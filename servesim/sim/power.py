@@ -181,18 +181,23 @@ class PowerState:
             got = self._sensitivity[key] = got
         return got
 
-    def stretch(self, batch: BatchShape, seconds: float, start_s: float, pass_s: float | None = None) -> float:
+    def stretch(self, batch: BatchShape, seconds: float, start_s: float, pass_s: float | None = None,
+                factor: float | None = None) -> float:
         """The time of a pass priced `seconds` on a rested GPU that starts at `start_s` (at or
         after the previous pass's end): slower by the heat it starts at; the heat then follows
         the pass to its end. A block of a pass (operator-level execution) gives the whole
-        pass's price as `pass_s`, which sets its intensity. (Called for every simulated pass:
-        written for speed.)"""
+        pass's price as `pass_s`, which sets its intensity, and each block after the pass's
+        first gives the first's `factor` (taken / seconds): a pass is slowed by the heat it
+        started at, not by its own (not modelled: see the module), as a pass run whole is.
+        (Called for every simulated pass: written for speed.)"""
         levels = self.levels
         warm = any(levels)
         if warm and start_s > self.at_s:
             levels = self._toward(levels, 0.0, start_s - self.at_s)
         taken = seconds
-        if warm:
+        if factor is not None:
+            taken = seconds * factor
+        elif warm:
             heat = self._heat(levels)
             if heat > 0.0:
                 taken = seconds * (1.0 + self.sensitivity(batch) * heat)
