@@ -149,6 +149,13 @@ def cmd_validate(args: argparse.Namespace) -> int:
 def cmd_profile(args: argparse.Namespace) -> int:
     profiler = _gpu_module("servesim.profiler.run", "profile")
     mode = "tiny" if args.device == "cpu" else ("quick" if args.quick else "full")
+    if args.runtime_passes_only:
+        for model in args.model:
+            meta = profiler.add_runtime_passes(model, Path(args.out), mode, args.device)
+            runtime = meta["runtime_passes"]
+            print(f"{meta['model']} on {meta['gpu']}: {runtime['rows']} runtime prompt passes in "
+                  f"{runtime['seconds']:.0f} s -> {Path(args.out) / meta['gpu'] / meta['model']}")
+        return 0
     metas = profiler.profile_models(args.model, Path(args.out), mode, args.device, args.validate,
                                     args.warm_workers)
     for model, meta in zip(args.model, metas, strict=False):

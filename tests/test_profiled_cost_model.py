@@ -568,3 +568,61 @@ def test_gemms_off_the_grid_are_priced_within_their_measured_time() -> None:
     for stat in (np.median, np.mean, lambda e: np.percentile(e, 95)):
         assert stat(waves) < stat(straight)
     assert np.median(errors["llama-3.1-8b"][0]) < 0.02
+
+
+def _with_runtime_prompts(tmp_path: Path, scale: dict[int, float]) -> Path:
+    """The shipped Llama profile with the runtime's whole prompt passes (`runtime_graph`) at
+    `scale[tokens]` x their operators' sum, and a row of each other runtime method (ignored)."""
+    dst = _copy(tmp_path / "runtime")
+    passes = pd.read_parquet(dst / "passes.parquet")
+    passes = passes[~passes.method.astype(str).str.startswith("runtime_")]
+    passes.to_parquet(dst / "passes.parquet", index=False)
+    base = ProfiledCostModel(load_model("llama-3.1-8b"), H200, dst)
+    assert base._prompt is None
+    rows = []
+    for method, k in (("runtime_graph", None), ("runtime_graph_rested", 2.0), ("runtime_served", 3.0)):
+        for q, f in scale.items():
+            us = 1e6 * (k or f) * base.step_time(BatchShape((q,), (0,), num_logits=1))
+            rows.append({"batch_id": 10_000 + len(rows), "prefill_tokens": str(q), "prefill_prefix": "0",
+                         "num_decodes": 0, "decode_context": 0, "max_decode_context": 0, "num_logits": 1,
+                         "median_us": us, "p20_us": us, "p80_us": us, "reps": 7, "method": method,
+                         "sms": 132, "corunner_decodes": 0, "corunner_context": 0, "corunner_sms": 0,
+                         "corunner_prompt": 0})
+    pd.concat([passes, pd.DataFrame(rows)], ignore_index=True).to_parquet(dst / "passes.parquet", index=False)
+    return dst
+
+
+def test_whole_gpu_prompt_passes_take_the_runtime_passes_measured(tmp_path) -> None:
+    """A prompt pass on the whole GPU costs what the runtime's pass of that length measured
+    (`runtime_graph`; the other runtime methods are for comparison only), linear in log tokens
+    between lengths and held outside; only the prompt's layers are scaled (a layered pass's
+    other layers, the ends, decode-only passes and passes on partitions keep their price), and
+    batch_cost spreads the same total over the ops."""
+    llama = load_model("llama-3.1-8b")
+    factors = {128: 1.10, 512: 1.00, 4096: 1.06}
+    runtime = ProfiledCostModel(llama, H200, _with_runtime_prompts(tmp_path, factors))
+    base = ProfiledCostModel(llama, H200, _copy(tmp_path / "base"))
+    assert runtime._prompt is not None and runtime._prompt.tokens == [128, 512, 4096]
+
+    def prompt(q: int, decodes: int = 0, layers: tuple[int, int] | None = None) -> BatchShape:
+        return BatchShape((q,), (0,), decodes, decodes * 1000, 1000 if decodes else 0, 1 + decodes, layers)
+
+    for q, f in factors.items():
+        assert runtime.step_time(prompt(q)) == pytest.approx(f * base.step_time(prompt(q)), rel=1e-9)
+    layer = runtime._prompt.factors  # the prompt's layers' (the ends priced as they are): a bit more
+    assert layer[0] > 1.10 and layer[1] == pytest.approx(1.0, abs=1e-12) and layer[2] > 1.06
+    assert runtime._prompt.factor(256) == pytest.approx((layer[0] + layer[1]) / 2, rel=1e-12)  # halfway in log
+    assert runtime._prompt.factor(32) == layer[0] and runtime._prompt.factor(16384) == layer[2]
+    # a layered pass: its prompt's 4 layers at the factor of its rows, the rest as priced
+    layered = prompt(4000, decodes=8, layers=(4, 8))
+    f = runtime._prompt.factor(4008)
+    assert runtime.step_time(layered) - base.step_time(layered) == \
+        pytest.approx((f - 1) * base._prompt_layers_s(layered), rel=1e-9)
+    assert 0.0 < base._prompt_layers_s(layered) < 0.8 * base.step_time(layered)
+    ends_and_rest = base.step_time(BatchShape((), (), 8, 8000, 1000, 8))
+    assert runtime.step_time(BatchShape((), (), 8, 8000, 1000, 8)) == ends_and_rest  # decode-only
+    assert runtime.step_time(prompt(1024), 96) == base.step_time(prompt(1024), 96)  # a partition's pass
+    cost = runtime.batch_cost(prompt(128))
+    assert cost.total_s == pytest.approx(runtime.step_time(prompt(128)), rel=1e-12)
+    assert sum(op.seconds for op in cost.ops) == pytest.approx(cost.total_s, rel=1e-9)
+

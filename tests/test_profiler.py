@@ -24,7 +24,7 @@ from servesim.models.profile_schema import (  # noqa: E402
     gpu_key,
     table_for,
 )
-from servesim.profiler import run as profiler_run  # noqa: E402
+from servesim.profiler import run as profiler_run
 from servesim.profiler.grid import (  # noqa: E402
     SPECS,
     _gemm_step_key,
@@ -39,6 +39,7 @@ from servesim.profiler.measure import Measurer  # noqa: E402
 from servesim.profiler.operators import OperatorFactory, decode_contexts  # noqa: E402
 from servesim.profiler.partitions import Partitions  # noqa: E402
 from servesim.profiler.run import moe_combine_rows  # noqa: E402
+from servesim.profiler.runtime_passes import RUNTIME_PROMPTS  # noqa: E402
 from servesim.profiler.store import Journal, write_tables  # noqa: E402
 from servesim.profiler.timing import Timer  # noqa: E402
 from servesim.profiler.validate import (  # noqa: E402
@@ -220,8 +221,13 @@ def test_profile_dry_run_writes_every_table(tmp_path) -> None:
     out = tmp_path / "cpu" / "tiny-dense"
     assert json.loads((out / "meta.json").read_text())["schema_version"] == SCHEMA_VERSION
     assert meta["tables"]["ops"] >= 1 and (out / "ops.parquet").exists()
-    assert set(meta["sm_clock"]) == {"operators", "passes", "partitions"}  # {} off the GPU
+    assert set(meta["sm_clock"]) == {"operators", "passes", "runtime_passes", "partitions"}  # {} off the GPU
     passes = pd.read_parquet(out / "passes.parquet")
+    runtime = passes[passes.method.str.startswith("runtime_")]  # the runtime's prompt passes
+    assert sorted(runtime.method.unique()) == ["runtime_graph_cpu", "runtime_graph_rested_cpu", "runtime_served_cpu"]
+    assert sorted(runtime.prefill_tokens.astype(int).unique()) == list(RUNTIME_PROMPTS["tiny"])
+    assert (runtime.median_us > 0).all() and (runtime.sms == 4).all() and (runtime.num_decodes == 0).all()
+    passes = passes[~passes.method.str.startswith("runtime_")]
     assert sorted(set(passes.sms)) == [2, 4]  # a partition of the CPU's 4 "SMs", and all 4
     assert len(passes) == len(calibration_passes("tiny")) and (passes.median_us > 0).all()
     mixed = passes[(passes.prefill_tokens != "") & (passes.sms == 4)]
@@ -235,6 +241,26 @@ def test_profile_dry_run_writes_every_table(tmp_path) -> None:
     again = profiler_run.ModelProfiler(load_model(TINY), tmp_path, "tiny", torch.device("cpu"))
     again.points = prof.points
     assert again.run("test")["profile_seconds"] < meta["profile_seconds"] + 5
+
+
+def test_runtime_passes_are_added_to_an_existing_profile(tmp_path) -> None:
+    """`--runtime-passes-only`: the runtime's prompt passes replace the profile's earlier ones;
+    every other row and table is kept, and meta.json says when and where they were timed."""
+    out = tmp_path / "cpu" / "tiny-dense"
+    with pytest.raises(SystemExit, match="no profile"):
+        profiler_run.add_runtime_passes(TINY, tmp_path, "tiny", "cpu", "abc")
+    out.mkdir(parents=True)
+    (out / "meta.json").write_text(json.dumps({"model": "tiny-dense", "gpu": "cpu", "tables": {"passes": 2}}))
+    old = pd.DataFrame([{**{c: 0 for c in TABLES["passes"]}, "prefill_tokens": "", "prefill_prefix": "",
+                         "num_decodes": 1, "median_us": 5.0, "method": m, "batch_id": i}
+                        for i, m in enumerate(["graph", "runtime_graph"])])[list(TABLES["passes"])]
+    old.to_parquet(out / "passes.parquet", index=False)
+    meta = profiler_run.add_runtime_passes(TINY, tmp_path, "tiny", "cpu", "abc")
+    passes = pd.read_parquet(out / "passes.parquet")
+    assert list(passes.method[:1]) == ["graph"] and "runtime_graph" not in set(passes.method)
+    assert len(passes) == 1 + 3 * len(RUNTIME_PROMPTS["tiny"]) == meta["tables"]["passes"]
+    assert meta["runtime_passes"]["commit"] == "abc" and meta["runtime_passes"]["rows"] == len(passes) - 1
+    assert json.loads((out / "meta.json").read_text())["runtime_passes"]["date"]
 
 
 def test_moe_points_time_several_fixed_routing_draws() -> None:

@@ -11,6 +11,8 @@ with the same arguments. `--device cpu` is a dry run under TRITON_INTERPRET=1 (t
 from __future__ import annotations
 
 import argparse
+import datetime
+import json
 import math
 import os
 import sys
@@ -32,6 +34,7 @@ from servesim.profiler.measure import Measurer
 from servesim.profiler.operators import OperatorFactory
 from servesim.profiler.options import add_profile_arguments
 from servesim.profiler.partitions import Partitions
+from servesim.profiler.runtime_passes import measure_runtime_prompts, runtime_keys
 from servesim.profiler.store import Journal, write_meta, write_tables
 from servesim.profiler.timing import Timer, summarize
 from servesim.profiler.validate import (
@@ -43,6 +46,9 @@ from servesim.profiler.validate import (
 )
 from servesim.profiler.warm import kv_tokens, specs_of, warm_compile
 from servesim.runtime.clocks import ClockMonitor, smi_id
+
+RUNTIME_KEY = "passes|runtime|"
+"""Journal keys of the runtime's prompt passes (all measured in one go)."""
 
 
 class ModelProfiler:
@@ -113,6 +119,10 @@ class ModelProfiler:
                     bar.update()
             clocks["passes"] = clock.summary()
             factory.free()
+            if not any(k.startswith(RUNTIME_KEY) for k in journal.rows) and not self.poisoned:
+                with ClockMonitor(gpu_index) as clock:
+                    self._guarded("runtime prompt passes", lambda: self._runtime_prompts(journal))
+                clocks["runtime_passes"] = clock.summary()
             with ClockMonitor(gpu_index) as clock:
                 self._measure_all([p for p in later if p.key not in journal], measurer, journal, bar)
             clocks["partitions"] = clock.summary()
@@ -216,13 +226,58 @@ class ModelProfiler:
         return {**batch.row(), "sms": batch.sms or self.partitions.num_sms,
                 "corunner_sms": rest.sms if (decodes or prompt) and rest is not None else 0, **timing.row()}
 
+    def _runtime_prompts(self, journal: Journal) -> None:
+        """The runtime's whole prompt passes in serving's context (`runtime_passes`)."""
+        rows = measure_runtime_prompts(self.arch, self.device, self.mode, self.partitions.num_sms, _say)
+        for key, row in zip(runtime_keys(rows), rows, strict=True):
+            journal.add(key, "passes", row)
+
     def _tables(self, journal: Journal) -> dict[str, pd.DataFrame]:
         keys = {p.key for p in self.points + self.held_out}
+        keys |= {k for k in journal.rows if k.startswith(RUNTIME_KEY)}
         keys |= {f"validation_iters|{b.batch_id}" for b in self.batches}
         keys |= {f"passes|{b.batch_id}" for b in self.passes}
         tables = {name: journal.table(name, keys) for name in TABLES}
         tables["ops"] = pd.concat([tables["ops"], moe_combine_rows(tables["ops"])], ignore_index=True)
         return {name: frame for name, frame in tables.items() if len(frame) or name in ("ops", "sm_shares", "contention")}
+
+
+def _say(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def add_runtime_passes(model: str, out_root: Path, mode: str, device_name: str, commit: str | None = None
+                       ) -> dict[str, Any]:
+    """Time the runtime's prompt passes (`runtime_passes`) into an existing profile of this GPU
+    and model: its `passes` rows of those methods are replaced, the rest of the profile kept;
+    meta.json's `runtime_passes` records when, where and with what code they were measured."""
+    device = torch.device(device_name)
+    arch = load_model(model)
+    out_dir = out_root / provenance.device_key(device) / arch.name
+    meta_path = out_dir / "meta.json"
+    if not meta_path.is_file():
+        raise SystemExit(f"servesim profile: {meta_path}: no profile to add the runtime's passes to")
+    meta = json.loads(meta_path.read_text())
+    if meta.get("model") != arch.name or meta.get("gpu") != provenance.device_key(device):
+        raise SystemExit(f"servesim profile: {meta_path}: a profile of {meta.get('model')} on {meta.get('gpu')}")
+    started = time.perf_counter()
+    partitions = Partitions(device)
+    gpu_index = smi_id(device) if device.type == "cuda" else None
+    with ClockMonitor(gpu_index) as clock:
+        rows = measure_runtime_prompts(arch, device, mode, partitions.num_sms, _say)
+    passes = pd.read_parquet(out_dir / "passes.parquet")
+    kept = passes[~passes.method.astype(str).str.startswith("runtime_")]
+    table = pd.concat([kept, pd.DataFrame(rows, columns=list(TABLES["passes"]))], ignore_index=True)
+    write_tables(out_dir, {"passes": table})
+    meta["tables"]["passes"] = len(table)
+    meta["runtime_passes"] = {"commit": commit or provenance.git_commit(),
+                              "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+                              "gpu_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+                              "nvidia_smi": provenance.nvidia_smi() if device.type == "cuda" else {},
+                              "seconds": round(time.perf_counter() - started, 1), "rows": len(rows),
+                              "sm_clock": clock.summary()}
+    write_meta(out_dir, meta)
+    return meta
 
 
 def moe_combine_rows(ops: pd.DataFrame) -> pd.DataFrame:
@@ -284,6 +339,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     mode = "tiny" if args.device == "cpu" else ("quick" if args.quick else "full")
+    if args.runtime_passes_only:
+        for model in args.model:
+            add_runtime_passes(model, Path(args.out), mode, args.device, args.commit)
+        return 0
     profile_models(args.model, Path(args.out), mode, args.device, args.validate,
                    args.warm_workers, args.commit, warm_only=args.warm_only)
     return 0

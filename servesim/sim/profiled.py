@@ -98,9 +98,11 @@ class ProfiledCostModel:
         self._in_pass: _InPass | None = None
         self._lane: _LanePass | None = None
         self._beside: _LanePass | None = None
+        self._prompt: _PromptPass | None = None
         self._in_pass = self._in_pass_table()
         self._lane = self._lane_pass_table()
         self._beside = self._beside_table()
+        self._prompt = self._prompt_pass_table()
 
     def _in_pass_table(self) -> _InPass | None:
         """The profile's whole decode-only passes (`passes`) over the same passes priced
@@ -184,6 +186,33 @@ class ProfiledCostModel:
 
         return self._lane_levels(rows, "num_decodes", "corunner_prompt", priced, alone_measured=alone,
                                  relative=alone)
+
+    def _prompt_pass_table(self) -> _PromptPass | None:
+        """The runtime's whole prompt passes on the whole GPU, timed in serving's context
+        (`passes` rows of method `runtime_graph`: servesim.profiler.runtime_passes), over the
+        same passes priced operator by operator. None for a profile without them."""
+        rows = self.profile.tables.get("passes")
+        if rows is None:
+            return None
+        rows = rows.dropna(subset=["median_us"])
+        rows = rows[(rows.method.astype(str) == "runtime_graph") & (rows.num_decodes == 0)
+                    & (rows.sms.fillna(self.gpu.num_sms) == self.gpu.num_sms)]
+        if rows.empty:
+            return None
+        counted = self.extrapolated
+        measured = sorted((int(q), float(us) * 1e-6) for q, us in zip(rows.prefill_tokens, rows.median_us, strict=True))
+        factors = []
+        for q, seconds in measured:  # the factor of the prompt's layers (the ends as priced)
+            layers = self._prompt_layers_s(BatchShape((q,), (0,), num_logits=1))
+            whole = self._total(BatchShape((q,), (0,), num_logits=1), self.gpu.num_sms, None)
+            factors.append((seconds - whole + layers) / layers)
+        self.extrapolated = counted
+        return _PromptPass([q for q, _ in measured], factors)
+
+    def _prompt_layers_s(self, batch: BatchShape) -> float:
+        """The prompt's layers of a pass on the whole GPU, priced operator by operator."""
+        parts = self._parts(batch, self.gpu.num_sms)
+        return sum(times * g.total for times, g in parts[1:1 + self._prompt_parts(batch)])
 
     def _lane_levels(self, rows: pd.DataFrame, size: str, co_size: str,
                      priced: Callable[[dict[str, Any], int], float], alone_measured: bool,
@@ -432,7 +461,8 @@ class ProfiledCostModel:
         return max(total, self.step_time(batch, num_sms))
 
     def _parts(self, batch: BatchShape, sms: int) -> list[tuple[int, _Priced]]:
-        """(times, group) of the pass: ends, prefill layers, decode-only layers."""
+        """(times, group) of the pass: ends, prefill layers (`_prompt_parts` of them), decode-only
+        layers."""
         layers, n = self.arch.num_layers, batch.num_decodes
         start, end = (batch.prefill_layers or (0, layers)) if batch.prefill_tokens else (0, 0)
         if not 0 <= start <= end <= layers:
@@ -448,13 +478,33 @@ class ProfiledCostModel:
             parts += [(layers - (end - start), g) for g in [self._dense(n, sms), *attn]]
         return parts
 
+    @staticmethod
+    def _prompt_parts(batch: BatchShape) -> int:
+        """How many of `_parts`' entries after the ends are the prompt's layers."""
+        start, end = batch.prefill_layers or (0, 1)
+        if not batch.prefill_tokens or end <= start:
+            return 0
+        return 1 + len(batch.prefill_tokens) + (batch.num_decodes > 0)
+
     def _total(self, batch: BatchShape, sms: int, corunner: Corunner | None) -> float:
         if batch.is_empty:
             return 0.0
         slowdown, fallback = self._slowdown(self._composed(batch, sms, corunner), sms)
         parts = self._parts(batch, sms)
         self.extrapolated += sum(times * g.extrapolated for times, g in parts) + fallback
-        return (self.fixed_s + sum(times * g.seconds(slowdown) for times, g in parts)) * self._pass_factor(batch, sms, corunner)
+        priced = [times * g.seconds(slowdown) for times, g in parts]
+        if self._prompt_applies(batch, sms):
+            assert self._prompt is not None
+            # The prompt's layers as the runtime's whole prompt passes run them (their rows:
+            # the prompt's tokens and the decodes that share its GEMMs).
+            factor = self._prompt.factor(batch.num_prefill_tokens + batch.num_decodes)
+            prompt = slice(1, 1 + self._prompt_parts(batch))
+            priced[prompt] = [t * factor for t in priced[prompt]]
+        return (self.fixed_s + sum(priced)) * self._pass_factor(batch, sms, corunner)
+
+    def _prompt_applies(self, batch: BatchShape, sms: int) -> bool:
+        """A pass with a prompt on the whole GPU, with a table of the runtime's prompt passes."""
+        return self._prompt is not None and bool(batch.prefill_tokens) and sms >= self.gpu.num_sms
 
     def _pass_factor(self, batch: BatchShape, sms: int, corunner: Corunner | None = None) -> float:
         """The in-pass factor of a decode-only pass on `sms` SMs, or of a prompt-only pass on a
@@ -533,7 +583,8 @@ class ProfiledCostModel:
         factor = self._pass_factor(batch, num_sms, corunner)
         total = self.step_time(batch, sms, corunner)
         op_sum = factor * sum(c.seconds for c in out)
-        if op_sum > 0 and total > op_sum:  # step_time's floor at the pass alone
+        if op_sum > 0 and (total > op_sum or self._prompt_applies(batch, num_sms)):
+            # step_time's floor at the pass alone; the prompt's layers' factor (spread evenly)
             factor *= total / op_sum
         if factor != 1.0:
             out = [dataclasses.replace(c, seconds=c.seconds * factor) for c in out]
@@ -551,6 +602,18 @@ class ProfiledCostModel:
         if 0 < num_sms <= self.gpu.num_sms:
             return num_sms
         raise ValueError(f"sms={sms} outside 1..{self.gpu.num_sms} on {self.gpu.name}")
+
+
+class _PromptPass:
+    """Factors of whole prompt passes on the whole GPU over their operators' sum, by prompt
+    tokens: linear in the log of the tokens between the lengths measured, held outside."""
+
+    def __init__(self, tokens: list[int], factors: list[float]) -> None:
+        self.tokens, self.factors = tokens, factors
+        self.log_q = [math.log(q) for q in tokens]
+
+    def factor(self, tokens: int) -> float:
+        return _interp(self.log_q, self.factors, math.log(max(tokens, 1)))
 
 
 class _InPass:
