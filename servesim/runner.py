@@ -72,7 +72,7 @@ def build_cost_model(config: Config, arch: ModelArch, gpu: GpuSpec) -> CostModel
             per_chunk_s=cm.per_chunk_s,
         )
     elif kind == "profile":
-        model = ProfiledCostModel(arch, gpu, cm.profile)
+        model = ProfiledCostModel(arch, gpu, cm.profile, prompt_passes=cm.prompt_passes)
     else:
         model = make_cost_model(kind, arch, gpu)
     engine = config.engine

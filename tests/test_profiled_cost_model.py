@@ -600,9 +600,17 @@ def test_whole_gpu_prompt_passes_take_the_runtime_passes_measured(tmp_path) -> N
     batch_cost spreads the same total over the ops."""
     llama = load_model("llama-3.1-8b")
     factors = {128: 1.10, 512: 1.00, 4096: 1.06}
-    runtime = ProfiledCostModel(llama, H200, _with_runtime_prompts(tmp_path, factors))
-    base = ProfiledCostModel(llama, H200, _copy(tmp_path / "base"))
-    assert runtime._prompt is not None and runtime._prompt.tokens == [128, 512, 4096]
+    profile = _with_runtime_prompts(tmp_path, factors)
+    runtime = ProfiledCostModel(llama, H200, profile, prompt_passes="runtime_graph")
+    base = ProfiledCostModel(llama, H200, profile)  # the default prices the operators' sum
+    assert base._prompt is None and runtime._prompt is not None and runtime._prompt.tokens == [128, 512, 4096]
+    assert base.step_time(BatchShape((128,), (0,), num_logits=1)) == \
+        ProfiledCostModel(llama, H200, _copy(tmp_path / "base")).step_time(BatchShape((128,), (0,), num_logits=1))
+    none = _copy(tmp_path / "none")
+    passes = pd.read_parquet(none / "passes.parquet")
+    passes[~passes.method.str.startswith("runtime_")].to_parquet(none / "passes.parquet", index=False)
+    with pytest.raises(InputError, match="no runtime prompt passes"):
+        ProfiledCostModel(llama, H200, none, prompt_passes="runtime_graph")
 
     def prompt(q: int, decodes: int = 0, layers: tuple[int, int] | None = None) -> BatchShape:
         return BatchShape((q,), (0,), decodes, decodes * 1000, 1000 if decodes else 0, 1 + decodes, layers)

@@ -51,6 +51,18 @@ def nvidia_smi() -> dict[str, str]:
         return {}
 
 
+def gpu_serial(smi: int | str | None) -> str:
+    """The card's serial number (nvidia-smi's id `smi`: `runtime.clocks.smi_id`); "" if unknown."""
+    if smi is None:
+        return ""
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=serial", "--format=csv,noheader", f"--id={smi}"],
+                             capture_output=True, text=True, timeout=20)
+        return out.stdout.strip().splitlines()[0] if out.stdout.strip() else ""
+    except (OSError, subprocess.SubprocessError):
+        return ""
+
+
 def meta(arch: ModelArch, mode: str, device: torch.device, commit: str, partitions: Partitions,
          tables: dict[str, pd.DataFrame]) -> dict[str, Any]:
     cuda = device.type == "cuda"

@@ -273,6 +273,7 @@ def add_runtime_passes(model: str, out_root: Path, mode: str, device_name: str, 
     meta["runtime_passes"] = {"commit": commit or provenance.git_commit(),
                               "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
                               "gpu_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+                              "gpu_serial": provenance.gpu_serial(gpu_index),
                               "nvidia_smi": provenance.nvidia_smi() if device.type == "cuda" else {},
                               "seconds": round(time.perf_counter() - started, 1), "rows": len(rows),
                               "sm_clock": clock.summary()}

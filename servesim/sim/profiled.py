@@ -87,7 +87,10 @@ class ProfiledCostModel:
     """The CostModel protocol over a profile of `arch` on `gpu` (refused for any other)."""
 
     def __init__(self, arch: ModelArch, gpu: GpuSpec, path: str | Path | None = None,
-                 moe_skew: float = 0.0) -> None:
+                 moe_skew: float = 0.0, prompt_passes: str = "ops") -> None:
+        """`prompt_passes`: "ops" prices a whole-GPU prompt pass as its operators' sum;
+        "runtime_graph" scales its prompt layers to the profile's runtime prompt passes
+        (`_prompt_pass_table`; a profile without them is refused)."""
         self.arch, self.gpu, self.moe_skew = arch, gpu, moe_skew
         self.profile = Profile(profile_dir(gpu, arch, path), arch, gpu)
         self.extrapolated = 0
@@ -102,7 +105,14 @@ class ProfiledCostModel:
         self._in_pass = self._in_pass_table()
         self._lane = self._lane_pass_table()
         self._beside = self._beside_table()
-        self._prompt = self._prompt_pass_table()
+        if prompt_passes == "runtime_graph":
+            self._prompt = self._prompt_pass_table()
+            if self._prompt is None:
+                raise InputError(f"cost_model.prompt_passes: runtime_graph, but the profile of {arch.name} on "
+                                 f"{gpu.name} has no runtime prompt passes: run `servesim profile --model "
+                                 f"{arch.name} --runtime-passes-only` into it")
+        elif prompt_passes != "ops":
+            raise ValueError(f"prompt_passes={prompt_passes!r}: ops or runtime_graph")
 
     def _in_pass_table(self) -> _InPass | None:
         """The profile's whole decode-only passes (`passes`) over the same passes priced

@@ -71,3 +71,20 @@ def test_a_tiny_operator_times_the_same_in_short_and_long_graphs(parts) -> None:
         assert plain > times[copies]  # the plain replay / G carries the fixed cost
     assert abs(times[8] / times[32] - 1) < 0.1, times
     assert 1.0 < times[32] < 8.0
+
+
+def test_runtime_prompt_passes_are_captured_whole_and_cost_less_than_served() -> None:
+    """The runtime's prompt passes on the GPU: each length in one CUDA graph (method names
+    without the CPU suffix), timed after decode passes and after an idle GPU; the pass as the
+    runtime issues it (piecewise graphs, attention and small kernels launched by the host) takes
+    longer than the same pass in one graph."""
+    from servesim.profiler.runtime_passes import RUNTIME_PROMPTS, measure_runtime_prompts
+
+    rows = measure_runtime_prompts(load_model("tests/data/profiler/tiny-dense.json"), torch.device("cuda"),
+                                   "tiny", torch.cuda.get_device_properties(0).multi_processor_count)
+    by = {(r["method"], int(r["prefill_tokens"])): r["median_us"] for r in rows}
+    assert set(by) == {(m, q) for m in ("runtime_graph", "runtime_graph_rested", "runtime_served")
+                       for q in RUNTIME_PROMPTS["tiny"]}
+    for q in RUNTIME_PROMPTS["tiny"]:
+        assert 0 < by[("runtime_graph", q)] < by[("runtime_served", q)]
+        assert by[("runtime_graph_rested", q)] > 0
