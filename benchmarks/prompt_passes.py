@@ -39,6 +39,8 @@ HOSTS = {"vllm": "vllm-layered", "layered": "vllm-layered", "sarathi": "sarathi-
 """The host constants each policy's runs were predicted with (the matrix folders' README)."""
 BUCKETS = (0, 256, 512, 2048, 8192)
 HEADLINE = ("median_ttft_ms", "p99_ttft_ms", "median_itl_ms", "p99_itl_ms")
+SETTINGS = ("ops", "runtime_graph", "runtime")
+"""`cost_model.prompt_passes` values compared."""
 
 
 def profile_rows(model: str = "llama-3.1-8b") -> list[dict[str, Any]]:
@@ -78,7 +80,7 @@ def main() -> int:
     for r in result["profile"]:
         print(f"| {r['tokens']} | {r['price_us'] / 1e3:.2f} | "
               + " | ".join(f"{v:.3f}" for k, v in r.items() if k.endswith("ratio")) + " |")
-    for setting in ("ops", "runtime_graph"):
+    for setting in SETTINGS:
         for measured in args.measured:
             for policy, host in HOSTS.items():
                 common, _ = vr.host_overrides(json.loads(
@@ -99,7 +101,7 @@ def main() -> int:
     result["mean_abs"] = summary.to_dict(orient="index")
     result["misses"] = {s: int(sum((abs(r["headline"][k]) > (5 if k.startswith("median") else 10))
                                    for r in result["runs"] if r["setting"] == s for k in HEADLINE))
-                        for s in ("ops", "runtime_graph")}
+                        for s in SETTINGS}
     print("mean absolute error (%), by setting:")
     print(summary.to_string())
     print("headline cells outside their target:", result["misses"])

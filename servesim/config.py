@@ -69,11 +69,12 @@ class CostModelConfig(DictConfig):
     host_graph_issue_us: float = _help(0.0, "host time to issue a decode pass replayed whole from one graph "
                                        "(engine.cuda_graph_max_decodes): its inputs' copies and the replay, "
                                        "before which the GPU has none of its work (microseconds)")
-    prompt_passes: Literal["ops", "runtime_graph"] = _help(
-        "ops", "a prompt pass on the whole GPU (profile cost model): ops = its operators' sum; "
-        "runtime_graph = its prompt layers scaled to the profile's whole runtime prompt passes timed "
-        "in one CUDA graph (`passes` rows of that method, servesim.profiler.runtime_passes): closer "
-        "for prompts of up to 256 and over 2,048 tokens, further for 257-2,048 (README)")
+    prompt_passes: Literal["auto", "ops", "runtime", "runtime_graph"] = _help(
+        "auto", "a prompt pass on the whole GPU (profile cost model): ops = its operators' sum; "
+        "runtime = its prompt layers scaled to the profile's whole runtime prompt passes timed in one "
+        "CUDA graph, plus what the runtime's way of issuing them (piecewise graphs, launches) added "
+        "to them (servesim.profiler.runtime_passes); runtime_graph = the first part only; auto = "
+        "runtime where the profile has those passes, else ops")
     power_cap: Literal["auto", "on", "off"] = _help(
         "auto", "the SM clock's slowdown after compute-dense passes (servesim.sim.power): a pass "
         "that follows a prompt's pass runs slower than the profile, which times a rested GPU; "

@@ -602,15 +602,15 @@ def test_whole_gpu_prompt_passes_take_the_runtime_passes_measured(tmp_path) -> N
     factors = {128: 1.10, 512: 1.00, 4096: 1.06}
     profile = _with_runtime_prompts(tmp_path, factors)
     runtime = ProfiledCostModel(llama, H200, profile, prompt_passes="runtime_graph")
-    base = ProfiledCostModel(llama, H200, profile)  # the default prices the operators' sum
+    base = ProfiledCostModel(llama, H200, profile, prompt_passes="ops")
     assert base._prompt is None and runtime._prompt is not None and runtime._prompt.tokens == [128, 512, 4096]
-    assert base.step_time(BatchShape((128,), (0,), num_logits=1)) == \
-        ProfiledCostModel(llama, H200, _copy(tmp_path / "base")).step_time(BatchShape((128,), (0,), num_logits=1))
+    assert not runtime.issues_prompts and ProfiledCostModel(llama, H200, profile).prompt_passes == "runtime"
     none = _copy(tmp_path / "none")
     passes = pd.read_parquet(none / "passes.parquet")
     passes[~passes.method.str.startswith("runtime_")].to_parquet(none / "passes.parquet", index=False)
     with pytest.raises(InputError, match="no runtime prompt passes"):
         ProfiledCostModel(llama, H200, none, prompt_passes="runtime_graph")
+    assert ProfiledCostModel(llama, H200, none).prompt_passes == "ops"  # auto, without them
 
     def prompt(q: int, decodes: int = 0, layers: tuple[int, int] | None = None) -> BatchShape:
         return BatchShape((q,), (0,), decodes, decodes * 1000, 1000 if decodes else 0, 1 + decodes, layers)
@@ -634,3 +634,32 @@ def test_whole_gpu_prompt_passes_take_the_runtime_passes_measured(tmp_path) -> N
     assert cost.total_s == pytest.approx(runtime.step_time(prompt(128)), rel=1e-12)
     assert sum(op.seconds for op in cost.ops) == pytest.approx(cost.total_s, rel=1e-9)
 
+
+
+def test_prompt_passes_as_the_runtime_issues_them(tmp_path) -> None:
+    """`runtime` (the default where the profile has the passes): a whole-GPU prompt pass costs
+    what the runtime's pass as it issues it measured (the pass in one graph, scaled from the
+    operators, plus what issuing it piecewise added: `runtime_served` less `runtime_graph`), a
+    layered pass that overhead's share of its prompt's layers; the host model then counts the
+    launch gaps of the decode attention only, and all of them on a partition."""
+    from servesim.sim.host_overhead import HostOverheadCostModel
+
+    llama = load_model("llama-3.1-8b")
+    profile = _with_runtime_prompts(tmp_path, {128: 1.10, 512: 1.00, 4096: 1.06})  # served: 3x the sum
+    runtime = ProfiledCostModel(llama, H200, profile, prompt_passes="runtime")
+    graph = ProfiledCostModel(llama, H200, profile, prompt_passes="runtime_graph")
+    base = ProfiledCostModel(llama, H200, profile, prompt_passes="ops")
+    assert runtime.issues_prompts and runtime._issue is not None
+    for q, f in ((128, 1.10), (512, 1.00), (4096, 1.06)):
+        batch = BatchShape((q,), (0,), num_logits=1)
+        assert runtime.step_time(batch) == pytest.approx(3.0 * base.step_time(batch), rel=1e-9)
+        assert runtime._issue.factor(q) == pytest.approx((3.0 - f) * base.step_time(batch), rel=1e-9)
+    layered = BatchShape((4000,), (0,), 8, 8000, 1000, 9, (4, 12))
+    assert runtime.step_time(layered) - graph.step_time(layered) == \
+        pytest.approx(runtime._issue.factor(4008) * 8 / 32, rel=1e-9)
+    host = HostOverheadCostModel(runtime, llama, 30e-6, 300e-6, graph_max_tokens=2048, host_gap_s=3e-6)
+    plain = HostOverheadCostModel(base, llama, 30e-6, 300e-6, graph_max_tokens=2048, host_gap_s=3e-6)
+    prompt, mixed = BatchShape((256,), (0,), num_logits=1), BatchShape((256,), (0,), 16, 16000, 1000, 17)
+    assert host.gaps_s(prompt) == 0.0 and plain.gaps_s(prompt) == pytest.approx(plain.graphed_launches(prompt) * 3e-6)
+    assert host.gaps_s(mixed) == pytest.approx((1 + (host.decode_splits(mixed) > 1)) * 32 * 3e-6)
+    assert host.gaps_s(prompt, 64) == plain.gaps_s(prompt, 64) > 0.0  # a partition's pass keeps them

@@ -8,13 +8,13 @@ without the host's launch gaps). This stage times the runtime's own prompt pass,
 in one CUDA graph (so no host in it), as serving runs it: after DECODES_BEFORE (8) decode passes of
 DECODE_BATCH sequences, each followed by HOST_GAP_S with the GPU idle (the host's scheduling and
 inputs), which heat nothing (`servesim.sim.power`), so the clock is where serving's is when a
-prompt comes at light load. Rows go to the `passes` table (method `runtime_graph`); with
-`cost_model.prompt_passes: runtime_graph` the cost model reads them as the factor of a whole-GPU
-prompt pass over its operators' sum (`ProfiledCostModel._prompt_pass_table`; off by default: the
-README's validation section says why). Two more rows per length, for comparison only: the same
-graph after an idle GPU (`runtime_graph_rested`), and the pass as the runtime issues it while
-serving, piecewise graphs and host launches in it (`runtime_served`, from the start event to the
-end: the span serving's step tables call the pass's GPU time)."""
+prompt comes at light load. Rows go to the `passes` table (method `runtime_graph`), with the
+same graph after an idle GPU (`runtime_graph_rested`, for comparison) and the pass as the runtime
+issues it while serving, piecewise graphs and host launches in it (`runtime_served`, from the
+start event to the end: the span serving's step tables call the pass's GPU time). The cost model
+(`cost_model.prompt_passes`, default auto) prices a whole-GPU prompt pass's layers at the
+one-graph pass over its operators' sum and adds what issuing it added (served less one-graph):
+`ProfiledCostModel._prompt_pass_table`, `_prompt_issue_table`."""
 
 from __future__ import annotations
 

@@ -133,7 +133,7 @@ class HostOverheadCostModel:
             return gpu_s
         if self.full_graph(batch):
             return self.step_host_s(batch) + self.host_graph_issue_s + gpu_s
-        return self.step_host_s(batch) + max(gpu_s + self.gaps_s(batch), self.launches(batch) * self.host_launch_s)
+        return self.step_host_s(batch) + max(gpu_s + self.gaps_s(batch, sms), self.launches(batch) * self.host_launch_s)
 
     def gpu_s(self, batch: BatchShape, sms: int | None = None, corunner: Corunner | None = None) -> float:
         """The inner model's time for the pass plus its graphs' padding (`padding_s`); its excess
@@ -191,10 +191,15 @@ class HostOverheadCostModel:
             duty = self._duty[corunner] = min(1.0, busy / self.step_time(corunner.batch, corunner.sms))
         return duty
 
-    def gaps_s(self, batch: BatchShape) -> float:
-        """The GPU's idle time at the host's launches inside a graphed pass."""
+    def gaps_s(self, batch: BatchShape, sms: int | None = None) -> float:
+        """The GPU's idle time at the host's launches inside a graphed pass. Where the inner
+        model prices a whole-GPU prompt pass as the runtime issues it (`issues_prompts`), only
+        the decode attention's launches count."""
         if not self.host_gap_s or not 0 < batch.num_tokens <= self.graph_max_tokens or self.full_graph(batch):
             return 0.0
+        if batch.prefill_tokens and (sms is None or sms >= self.num_sms) and getattr(self.inner, "issues_prompts", False):
+            decode = (1 + (self.decode_splits(batch) > 1)) if batch.num_decodes else 0
+            return decode * self.arch.num_layers * self.host_gap_s
         return self.graphed_launches(batch) * self.host_gap_s
 
     def step_host_s(self, batch: BatchShape) -> float:

@@ -87,10 +87,12 @@ class ProfiledCostModel:
     """The CostModel protocol over a profile of `arch` on `gpu` (refused for any other)."""
 
     def __init__(self, arch: ModelArch, gpu: GpuSpec, path: str | Path | None = None,
-                 moe_skew: float = 0.0, prompt_passes: str = "ops") -> None:
+                 moe_skew: float = 0.0, prompt_passes: str = "auto") -> None:
         """`prompt_passes`: "ops" prices a whole-GPU prompt pass as its operators' sum;
-        "runtime_graph" scales its prompt layers to the profile's runtime prompt passes
-        (`_prompt_pass_table`; a profile without them is refused)."""
+        "runtime_graph" scales its prompt layers to the profile's runtime prompt passes timed in
+        one graph (`_prompt_pass_table`); "runtime" adds what the runtime's way of issuing them
+        adds (`_prompt_issue_table`); "auto": "runtime" where the profile has them, else "ops".
+        A profile without them is refused for "runtime" and "runtime_graph"."""
         self.arch, self.gpu, self.moe_skew = arch, gpu, moe_skew
         self.profile = Profile(profile_dir(gpu, arch, path), arch, gpu)
         self.extrapolated = 0
@@ -105,14 +107,20 @@ class ProfiledCostModel:
         self._in_pass = self._in_pass_table()
         self._lane = self._lane_pass_table()
         self._beside = self._beside_table()
-        if prompt_passes == "runtime_graph":
+        self._issue: _PromptPass | None = None
+        if prompt_passes == "auto":
+            prompt_passes = "runtime" if self._prompt_issue_table() is not None else "ops"
+        self.prompt_passes = prompt_passes
+        if prompt_passes in ("runtime_graph", "runtime"):
             self._prompt = self._prompt_pass_table()
-            if self._prompt is None:
-                raise InputError(f"cost_model.prompt_passes: runtime_graph, but the profile of {arch.name} on "
+            if prompt_passes == "runtime" and self._prompt is not None:
+                self._issue = self._prompt_issue_table()
+            if self._prompt is None or (prompt_passes == "runtime" and self._issue is None):
+                raise InputError(f"cost_model.prompt_passes: {prompt_passes}, but the profile of {arch.name} on "
                                  f"{gpu.name} has no runtime prompt passes: run `servesim profile --model "
                                  f"{arch.name} --runtime-passes-only` into it")
         elif prompt_passes != "ops":
-            raise ValueError(f"prompt_passes={prompt_passes!r}: ops or runtime_graph")
+            raise ValueError(f"prompt_passes={prompt_passes!r}: auto, ops, runtime or runtime_graph")
 
     def _in_pass_table(self) -> _InPass | None:
         """The profile's whole decode-only passes (`passes`) over the same passes priced
@@ -218,6 +226,30 @@ class ProfiledCostModel:
             factors.append((seconds - whole + layers) / layers)
         self.extrapolated = counted
         return _PromptPass([q for q, _ in measured], factors)
+
+    def _prompt_issue_table(self) -> _PromptPass | None:
+        """What the runtime's way of issuing a whole-GPU prompt pass (piecewise graphs with the
+        attention launched between them up to its graph size, every kernel launched above it)
+        adds to the same pass in one graph: `runtime_served` less `runtime_graph` at each length
+        (seconds). None without both."""
+        rows = self.profile.tables.get("passes")
+        if rows is None:
+            return None
+        rows = rows.dropna(subset=["median_us"])
+        rows = rows[(rows.num_decodes == 0) & (rows.sms.fillna(self.gpu.num_sms) == self.gpu.num_sms)]
+        got = {m: dict(zip(rows[rows.method.astype(str) == m].prefill_tokens.astype(int),
+                           rows[rows.method.astype(str) == m].median_us, strict=True))
+               for m in ("runtime_served", "runtime_graph")}
+        tokens = sorted(set(got["runtime_served"]) & set(got["runtime_graph"]))
+        if not tokens:
+            return None
+        return _PromptPass(tokens, [(got["runtime_served"][q] - got["runtime_graph"][q]) * 1e-6 for q in tokens])
+
+    @property
+    def issues_prompts(self) -> bool:
+        """Whole-GPU prompt passes are priced with the runtime's issue overhead (the host
+        model's launch gaps then leave their prompt out)."""
+        return self._issue is not None
 
     def _prompt_layers_s(self, batch: BatchShape) -> float:
         """The prompt's layers of a pass on the whole GPU, priced operator by operator."""
@@ -510,6 +542,10 @@ class ProfiledCostModel:
             factor = self._prompt.factor(batch.num_prefill_tokens + batch.num_decodes)
             prompt = slice(1, 1 + self._prompt_parts(batch))
             priced[prompt] = [t * factor for t in priced[prompt]]
+            if self._issue is not None:  # the runtime's issue overhead, over the prompt's layers
+                start, end = batch.prefill_layers or (0, self.arch.num_layers)
+                rows = batch.num_prefill_tokens + batch.num_decodes
+                priced.append(self._issue.factor(rows) * (end - start) / self.arch.num_layers)
         return (self.fixed_s + sum(priced)) * self._pass_factor(batch, sms, corunner)
 
     def _prompt_applies(self, batch: BatchShape, sms: int) -> bool:
