@@ -78,12 +78,16 @@ def write_tables(out_dir: Path, tables: dict[str, pd.DataFrame]) -> list[Path]:
         if tuple(frame.columns) != TABLES[name]:
             raise ValueError(f"table {name}: columns {tuple(frame.columns)} != schema {TABLES[name]}")
         path = out_dir / f"{name}.parquet"
-        frame.to_parquet(path, index=False)
+        partial = path.with_suffix(".parquet.partial")
+        frame.to_parquet(partial, index=False)
+        os.replace(partial, path)  # whole or not at all (`--runtime-passes-only` rewrites a profile)
         written.append(path)
     return written
 
 
 def write_meta(out_dir: Path, meta: dict[str, Any]) -> Path:
     path = out_dir / META_FILE
-    path.write_text(json.dumps(meta, indent=1, sort_keys=True) + "\n")
+    partial = path.with_suffix(".json.partial")
+    partial.write_text(json.dumps(meta, indent=1, sort_keys=True) + "\n")
+    os.replace(partial, path)
     return path

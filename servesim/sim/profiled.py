@@ -104,17 +104,17 @@ class ProfiledCostModel:
         self._lane: _LanePass | None = None
         self._beside: _LanePass | None = None
         self._prompt: _PromptPass | None = None
+        self._issue: _PromptPass | None = None
         self._in_pass = self._in_pass_table()
         self._lane = self._lane_pass_table()
         self._beside = self._beside_table()
-        self._issue: _PromptPass | None = None
+        issue = self._prompt_issue_table()
         if prompt_passes == "auto":
-            prompt_passes = "runtime" if self._prompt_issue_table() is not None else "ops"
+            prompt_passes = "runtime" if issue is not None else "ops"
         self.prompt_passes = prompt_passes
+        self._issue = issue if prompt_passes == "runtime" else None
         if prompt_passes in ("runtime_graph", "runtime"):
             self._prompt = self._prompt_pass_table()
-            if prompt_passes == "runtime" and self._prompt is not None:
-                self._issue = self._prompt_issue_table()
             if self._prompt is None or (prompt_passes == "runtime" and self._issue is None):
                 raise InputError(f"cost_model.prompt_passes: {prompt_passes}, but the profile of {arch.name} on "
                                  f"{gpu.name} has no runtime prompt passes: run `servesim profile --model "
