@@ -619,11 +619,11 @@ def test_whole_gpu_prompt_passes_take_the_runtime_passes_measured(tmp_path) -> N
         assert runtime.step_time(prompt(q)) == pytest.approx(f * base.step_time(prompt(q)), rel=1e-9)
     layer = runtime._prompt.factors  # the prompt's layers' (the ends priced as they are): a bit more
     assert layer[0] > 1.10 and layer[1] == pytest.approx(1.0, abs=1e-12) and layer[2] > 1.06
-    assert runtime._prompt.factor(256) == pytest.approx((layer[0] + layer[1]) / 2, rel=1e-12)  # halfway in log
-    assert runtime._prompt.factor(32) == layer[0] and runtime._prompt.factor(16384) == layer[2]
+    assert runtime._prompt.at(256) == pytest.approx((layer[0] + layer[1]) / 2, rel=1e-12)  # halfway in log
+    assert runtime._prompt.at(32) == layer[0] and runtime._prompt.at(16384) == layer[2]
     # a layered pass: its prompt's 4 layers at the factor of its rows, the rest as priced
     layered = prompt(4000, decodes=8, layers=(4, 8))
-    f = runtime._prompt.factor(4008)
+    f = runtime._prompt.at(4008)
     assert runtime.step_time(layered) - base.step_time(layered) == \
         pytest.approx((f - 1) * base._prompt_layers_s(layered), rel=1e-9)
     assert 0.0 < base._prompt_layers_s(layered) < 0.8 * base.step_time(layered)
@@ -653,10 +653,10 @@ def test_prompt_passes_as_the_runtime_issues_them(tmp_path) -> None:
     for q, f in ((128, 1.10), (512, 1.00), (4096, 1.06)):
         batch = BatchShape((q,), (0,), num_logits=1)
         assert runtime.step_time(batch) == pytest.approx(3.0 * base.step_time(batch), rel=1e-9)
-        assert runtime._issue.factor(q) == pytest.approx((3.0 - f) * base.step_time(batch), rel=1e-9)
+        assert runtime._issue.at(q) == pytest.approx((3.0 - f) * base.step_time(batch), rel=1e-9)
     layered = BatchShape((4000,), (0,), 8, 8000, 1000, 9, (4, 12))
     assert runtime.step_time(layered) - graph.step_time(layered) == \
-        pytest.approx(runtime._issue.factor(4008) * 8 / 32, rel=1e-9)
+        pytest.approx(runtime._issue.at(4008) * 8 / 32, rel=1e-9)
     host = HostOverheadCostModel(runtime, llama, 30e-6, 300e-6, graph_max_tokens=2048, host_gap_s=3e-6)
     plain = HostOverheadCostModel(base, llama, 30e-6, 300e-6, graph_max_tokens=2048, host_gap_s=3e-6)
     prompt, mixed = BatchShape((256,), (0,), num_logits=1), BatchShape((256,), (0,), 16, 16000, 1000, 17)

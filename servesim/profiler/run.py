@@ -34,7 +34,7 @@ from servesim.profiler.measure import Measurer
 from servesim.profiler.operators import OperatorFactory
 from servesim.profiler.options import add_profile_arguments
 from servesim.profiler.partitions import Partitions
-from servesim.profiler.runtime_passes import measure_runtime_prompts, runtime_keys
+from servesim.profiler.runtime_passes import RUNTIME_KEY, measure_runtime_prompts, runtime_keys
 from servesim.profiler.store import Journal, write_meta, write_tables
 from servesim.profiler.timing import Timer, summarize
 from servesim.profiler.validate import (
@@ -46,9 +46,6 @@ from servesim.profiler.validate import (
 )
 from servesim.profiler.warm import kv_tokens, specs_of, warm_compile
 from servesim.runtime.clocks import ClockMonitor, smi_id
-
-RUNTIME_KEY = "passes|runtime|"
-"""Journal keys of the runtime's prompt passes (all measured in one go)."""
 
 
 class ModelProfiler:

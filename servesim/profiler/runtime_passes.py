@@ -44,6 +44,8 @@ DECODES_BEFORE = {"tiny": 1, "quick": 8, "full": 8}
 HOST_GAP_S = 0.0005
 RESTED_S = 0.2
 METHODS = ("runtime_graph", "runtime_graph_rested", "runtime_served")
+RUNTIME_KEY = "passes|runtime|"
+"""Prefix of the rows' journal keys (`runtime_keys`: all measured in one go)."""
 BATCH_ID = 10_000
 """batch_id of the first row (the profiler's other passes count from 0)."""
 
@@ -162,4 +164,4 @@ def measure_runtime_prompts(arch: ModelArch, device: torch.device, mode: str, nu
 
 def runtime_keys(rows: list[dict[str, Any]]) -> list[str]:
     """Journal keys of the rows (`passes|runtime|METHOD|TOKENS`)."""
-    return [f"passes|runtime|{r['method']}|{r['prefill_tokens']}" for r in rows]
+    return [f"{RUNTIME_KEY}{r['method']}|{r['prefill_tokens']}" for r in rows]

@@ -539,13 +539,13 @@ class ProfiledCostModel:
             assert self._prompt is not None
             # The prompt's layers as the runtime's whole prompt passes run them (their rows:
             # the prompt's tokens and the decodes that share its GEMMs).
-            factor = self._prompt.factor(batch.num_prefill_tokens + batch.num_decodes)
+            factor = self._prompt.at(batch.num_prefill_tokens + batch.num_decodes)
             prompt = slice(1, 1 + self._prompt_parts(batch))
             priced[prompt] = [t * factor for t in priced[prompt]]
             if self._issue is not None:  # the runtime's issue overhead, over the prompt's layers
                 start, end = batch.prefill_layers or (0, self.arch.num_layers)
                 rows = batch.num_prefill_tokens + batch.num_decodes
-                priced.append(self._issue.factor(rows) * (end - start) / self.arch.num_layers)
+                priced.append(self._issue.at(rows) * (end - start) / self.arch.num_layers)
         return (self.fixed_s + sum(priced)) * self._pass_factor(batch, sms, corunner)
 
     def _prompt_applies(self, batch: BatchShape, sms: int) -> bool:
@@ -651,14 +651,15 @@ class ProfiledCostModel:
 
 
 class _PromptPass:
-    """Factors of whole prompt passes on the whole GPU over their operators' sum, by prompt
-    tokens: linear in the log of the tokens between the lengths measured, held outside."""
+    """A value per prompt length measured on whole-GPU prompt passes (a factor over their
+    operators' sum, or seconds the runtime's issue adds): linear in the log of the tokens
+    between the lengths measured, held outside."""
 
-    def __init__(self, tokens: list[int], factors: list[float]) -> None:
-        self.tokens, self.factors = tokens, factors
+    def __init__(self, tokens: list[int], values: list[float]) -> None:
+        self.tokens, self.factors = tokens, values
         self.log_q = [math.log(q) for q in tokens]
 
-    def factor(self, tokens: int) -> float:
+    def at(self, tokens: int) -> float:
         return _interp(self.log_q, self.factors, math.log(max(tokens, 1)))
 
 
