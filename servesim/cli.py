@@ -156,6 +156,13 @@ def cmd_profile(args: argparse.Namespace) -> int:
             print(f"{meta['model']} on {meta['gpu']}: {runtime['rows']} runtime prompt passes in "
                   f"{runtime['seconds']:.0f} s -> {Path(args.out) / meta['gpu'] / meta['model']}")
         return 0
+    if args.ops_only:
+        for model in args.model:
+            meta = profiler.retime_ops(model, Path(args.out), mode, args.device, args.ops_only.split(","))
+            done = meta["retimed"][-1]
+            print(f"{meta['model']} on {meta['gpu']}: {done['rows']} points of {','.join(done['ops'])} in "
+                  f"{done['seconds']:.0f} s -> {Path(args.out) / meta['gpu'] / meta['model']}")
+        return 0
     metas = profiler.profile_models(args.model, Path(args.out), mode, args.device, args.validate,
                                     args.warm_workers)
     for model, meta in zip(args.model, metas, strict=False):

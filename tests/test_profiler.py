@@ -263,6 +263,40 @@ def test_runtime_passes_are_added_to_an_existing_profile(tmp_path) -> None:
     assert json.loads((out / "meta.json").read_text())["runtime_passes"]["date"]
 
 
+def test_ops_only_retimes_one_operator_of_an_existing_profile(tmp_path) -> None:
+    """`--ops-only attn_decode`: the grid's decode-attention points are timed again and replace
+    that operator's rows; the other operators' rows and the other tables are kept, and meta.json
+    says what was timed, when, on which card, and which grid axes changed."""
+    with pytest.raises(SystemExit, match="no profile"):
+        profiler_run.retime_ops(TINY, tmp_path, "tiny", "cpu", ["attn_decode"], "abc")
+    out = tmp_path / "cpu" / "tiny-dense"
+    out.mkdir(parents=True)
+    grid = {"mode": "tiny", "decode_batch": [1], "decode_context": list(SPECS["tiny"].decode_context)}
+    (out / "meta.json").write_text(json.dumps({"model": "tiny-dense", "gpu": "cpu", "tables": {"ops": 2},
+                                               "grid": grid}))
+    old = pd.DataFrame([{"op": op, "a": 1.0, "b": 16.0, "c": 1.0, "median_us": 7.0, "p20_us": 7.0, "p80_us": 7.0,
+                         "reps": 3, "method": "graph"} for op in ("attn_decode", "qkv")])[list(TABLES["ops"])]
+    old.to_parquet(out / "ops.parquet", index=False)
+    (out / "passes.parquet").write_bytes(b"kept")
+    with pytest.raises(SystemExit, match="attn_nowhere: not an operator"):
+        profiler_run.retime_ops(TINY, tmp_path, "tiny", "cpu", ["attn_decode", "attn_nowhere"], "abc")
+    meta = profiler_run.retime_ops(TINY, tmp_path, "tiny", "cpu", ["attn_decode"], "abc")
+    ops = pd.read_parquet(out / "ops.parquet")
+    kept = ops[ops.op == "qkv"]
+    assert len(kept) == 1 and kept.median_us.iloc[0] == 7.0  # another operator's row untouched
+    decode = ops[ops.op == "attn_decode"]
+    grid_points = [p for p in ops_points(load_model(TINY), "tiny") if p.op == "attn_decode"]
+    assert len(decode) == len(grid_points) == meta["tables"]["ops"] - 1
+    assert sorted(set(decode.a)) == sorted(SPECS["tiny"].decode_batch) and (decode.method == "cpu").all()
+    assert (decode.median_us != 7.0).all() and (out / "passes.parquet").read_bytes() == b"kept"
+    on_disk = json.loads((out / "meta.json").read_text())
+    assert on_disk["grid"]["decode_batch"] == list(SPECS["tiny"].decode_batch)
+    assert on_disk["grid"]["points"]["attn_decode"] == len(decode)
+    done = on_disk["retimed"][-1]
+    assert done["ops"] == ["attn_decode"] and done["commit"] == "abc" and done["rows"] == len(decode)
+    assert "decode_batch" in done["grid_changed"] and "decode_context" not in done["grid_changed"]
+
+
 def test_moe_points_time_several_fixed_routing_draws() -> None:
     """A MoE point's routing does not depend on what was measured before it, and a few tokens
     are timed over MOE_ROUTINGS different draws (each touches different experts)."""

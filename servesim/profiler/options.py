@@ -16,5 +16,8 @@ def add_profile_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--runtime-passes-only", action="store_true",
                    help="only time the runtime's whole prompt passes in serving's context, into the "
                         "existing profile under --out (its other tables kept)")
+    p.add_argument("--ops-only", metavar="OP[,OP]",
+                   help="only time these operators' whole-GPU points of the current grid, into the "
+                        "existing profile under --out (their earlier rows replaced, the rest kept)")
     p.add_argument("--warm-workers", type=int, default=min(12, os.cpu_count() or 1),
                    help="processes compiling the kernels before timing (0 = none)")

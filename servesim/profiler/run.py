@@ -11,6 +11,7 @@ with the same arguments. `--device cpu` is a dry run under TRITON_INTERPRET=1 (t
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import json
 import math
@@ -243,20 +244,35 @@ def _say(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
+def _existing_profile(model: str, out_root: Path, device: torch.device, what: str) -> tuple[ModelArch, Path, dict[str, Any]]:
+    """(arch, directory, meta.json) of the profile of `model` on this GPU under out_root, which
+    an amendment (`what`) adds to; exits with a one-line reason where there is none."""
+    arch = load_model(model)
+    out_dir = out_root / provenance.device_key(device) / arch.name
+    meta_path = out_dir / "meta.json"
+    if not meta_path.is_file():
+        raise SystemExit(f"servesim profile: {meta_path}: no profile to add {what} to")
+    meta = json.loads(meta_path.read_text())
+    if meta.get("model") != arch.name or meta.get("gpu") != provenance.device_key(device):
+        raise SystemExit(f"servesim profile: {meta_path}: a profile of {meta.get('model')} on {meta.get('gpu')}")
+    return arch, out_dir, meta
+
+
+def _provenance_now(device: torch.device, gpu_index: int | None, commit: str | None) -> dict[str, Any]:
+    return {"commit": commit or provenance.git_commit(),
+            "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+            "gpu_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+            "gpu_serial": provenance.gpu_serial(gpu_index),
+            "nvidia_smi": provenance.nvidia_smi() if device.type == "cuda" else {}}
+
+
 def add_runtime_passes(model: str, out_root: Path, mode: str, device_name: str, commit: str | None = None
                        ) -> dict[str, Any]:
     """Time the runtime's prompt passes (`runtime_passes`) into an existing profile of this GPU
     and model: its `passes` rows of those methods are replaced, the rest of the profile kept;
     meta.json's `runtime_passes` records when, where and with what code they were measured."""
     device = torch.device(device_name)
-    arch = load_model(model)
-    out_dir = out_root / provenance.device_key(device) / arch.name
-    meta_path = out_dir / "meta.json"
-    if not meta_path.is_file():
-        raise SystemExit(f"servesim profile: {meta_path}: no profile to add the runtime's passes to")
-    meta = json.loads(meta_path.read_text())
-    if meta.get("model") != arch.name or meta.get("gpu") != provenance.device_key(device):
-        raise SystemExit(f"servesim profile: {meta_path}: a profile of {meta.get('model')} on {meta.get('gpu')}")
+    arch, out_dir, meta = _existing_profile(model, out_root, device, "the runtime's passes")
     started = time.perf_counter()
     partitions = Partitions(device)
     gpu_index = smi_id(device) if device.type == "cuda" else None
@@ -267,13 +283,50 @@ def add_runtime_passes(model: str, out_root: Path, mode: str, device_name: str, 
     table = pd.concat([kept, pd.DataFrame(rows, columns=list(TABLES["passes"]))], ignore_index=True)
     write_tables(out_dir, {"passes": table})
     meta["tables"]["passes"] = len(table)
-    meta["runtime_passes"] = {"commit": commit or provenance.git_commit(),
-                              "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-                              "gpu_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-                              "gpu_serial": provenance.gpu_serial(gpu_index),
-                              "nvidia_smi": provenance.nvidia_smi() if device.type == "cuda" else {},
+    meta["runtime_passes"] = {**_provenance_now(device, gpu_index, commit),
                               "seconds": round(time.perf_counter() - started, 1), "rows": len(rows),
                               "sm_clock": clock.summary()}
+    write_meta(out_dir, meta)
+    return meta
+
+
+def retime_ops(model: str, out_root: Path, mode: str, device_name: str, ops: Sequence[str],
+               commit: str | None = None) -> dict[str, Any]:
+    """Time the current grid's whole-GPU points of `ops` into an existing profile of this GPU
+    and model: the `ops` table's rows of those operators are replaced (every other row and table
+    kept), so a grid made finer for one operator needs that operator timed, not a whole profile.
+    meta.json's `retimed` lists each such run (operators, grid axes then, code, card, clocks)."""
+    device = torch.device(device_name)
+    arch, out_dir, meta = _existing_profile(model, out_root, device, "operators")
+    points = [p for p in all_points(arch, mode, Partitions(device).num_sms) if p.table == "ops" and p.op in ops]
+    unknown = sorted(set(ops) - {p.op for p in points})
+    if unknown:
+        raise SystemExit(f"servesim profile: --ops-only {','.join(unknown)}: not an operator of {arch.name}'s "
+                         f"{mode} grid")
+    started = time.perf_counter()
+    factory = OperatorFactory(arch, device, max(kv_tokens(s) for s in specs_of(points, {}, {})))
+    quick = mode != "full"
+    timer = Timer(device, target_us=2000.0 if quick else 5000.0, max_reps=20 if quick else 30)
+    measurer = Measurer(factory, timer, Partitions(device), SPECS[mode].split_sms)
+    gpu_index = smi_id(device) if device.type == "cuda" else None
+    rows = []
+    with ClockMonitor(gpu_index) as clock:
+        for p in tqdm(points, mininterval=15, desc=f"{arch.name} {','.join(ops)}", file=sys.stderr):
+            rows.append(measurer.measure(p))
+    factory.free()
+    table = pd.read_parquet(out_dir / "ops.parquet")
+    table = pd.concat([table[~table.op.isin(list(ops))], pd.DataFrame(rows, columns=list(TABLES["ops"]))],
+                      ignore_index=True)
+    write_tables(out_dir, {"ops": table})
+    meta["tables"]["ops"] = len(table)
+    spec = json.loads(json.dumps(dataclasses.asdict(SPECS[mode])))  # tuples as meta.json holds them
+    grid = {k: v for k, v in spec.items() if meta.get("grid", {}).get(k) != v}
+    meta.setdefault("grid", {}).update(grid)
+    meta["grid"].setdefault("points", {}).update({op: int((table.op == op).sum()) for op in ops})
+    meta["retimed"] = [*meta.get("retimed", []),
+                       {"ops": list(ops), "rows": len(rows), "grid_changed": sorted(grid),
+                        **_provenance_now(device, gpu_index, commit),
+                        "seconds": round(time.perf_counter() - started, 1), "sm_clock": clock.summary()}]
     write_meta(out_dir, meta)
     return meta
 
@@ -340,6 +393,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.runtime_passes_only:
         for model in args.model:
             add_runtime_passes(model, Path(args.out), mode, args.device, args.commit)
+        return 0
+    if args.ops_only:
+        for model in args.model:
+            retime_ops(model, Path(args.out), mode, args.device, args.ops_only.split(","), args.commit)
         return 0
     profile_models(args.model, Path(args.out), mode, args.device, args.validate,
                    args.warm_workers, args.commit, warm_only=args.warm_only)
