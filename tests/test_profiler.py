@@ -164,12 +164,14 @@ def test_moe_combine_is_fused_minus_parts() -> None:
     assert tuple(combine.columns) == TABLES["ops"]
 
 
-@pytest.mark.parametrize(("batch", "mean", "skew"), [(1, 100, 4), (4, 100, 1), (4, 100, 8), (64, 512, 4)])
-def test_decode_contexts_keep_mean_and_straggler(batch: int, mean: int, skew: float) -> None:
+@pytest.mark.parametrize(("batch", "mean", "skew"), [(1, 100, 4), (4, 100, 1), (4, 100, 8), (64, 512, 4), (72, 1152, 1.5), (9, 3000, 2)])
+def test_decode_contexts_keep_mean_and_longest_and_spread(batch: int, mean: int, skew: float) -> None:
     lens = decode_contexts(batch, mean, skew)
     assert len(lens) == batch and min(lens) >= 1
     assert max(lens) == (mean if batch == 1 or skew <= 1 else int(min(skew, batch) * mean))
     assert abs(sum(lens) / batch - mean) <= 1 + (1 if skew >= batch else 0)
+    if batch > 2 and 1 < skew < batch:  # short to long, not one straggler beside equal others
+        assert lens == sorted(lens) and len(set(lens)) > batch // 2 and lens[0] < mean / 2
 
 
 def test_held_out_points_are_off_the_grid_and_batches_are_mixed() -> None:
@@ -277,6 +279,7 @@ def test_ops_only_retimes_one_operator_of_an_existing_profile(tmp_path) -> None:
     old = pd.DataFrame([{"op": op, "a": 1.0, "b": 16.0, "c": 1.0, "median_us": 7.0, "p20_us": 7.0, "p80_us": 7.0,
                          "reps": 3, "method": "graph"} for op in ("attn_decode", "qkv")])[list(TABLES["ops"])]
     old.to_parquet(out / "ops.parquet", index=False)
+    old.to_parquet(out / "validation_ops.parquet", index=False)  # held-out shapes, retimed alike
     (out / "passes.parquet").write_bytes(b"kept")
     with pytest.raises(SystemExit, match="attn_nowhere: not an operator"):
         profiler_run.retime_ops(TINY, tmp_path, "tiny", "cpu", ["attn_decode", "attn_nowhere"], "abc")
@@ -289,6 +292,10 @@ def test_ops_only_retimes_one_operator_of_an_existing_profile(tmp_path) -> None:
     assert len(decode) == len(grid_points) == meta["tables"]["ops"] - 1
     assert sorted(set(decode.a)) == sorted(SPECS["tiny"].decode_batch) and (decode.method == "cpu").all()
     assert (decode.median_us != 7.0).all() and (out / "passes.parquet").read_bytes() == b"kept"
+    held = pd.read_parquet(out / "validation_ops.parquet")
+    drawn = [p for p in held_out_points(load_model(TINY), "tiny", profiler_run.HELD_OUT_PER_OP) if p.op == "attn_decode"]
+    assert len(held[held.op == "attn_decode"]) == len(drawn) == meta["retimed"][-1]["held_out_rows"] > 0
+    assert held[held.op == "qkv"].median_us.tolist() == [7.0] and (held[held.op == "attn_decode"].median_us != 7.0).all()
     on_disk = json.loads((out / "meta.json").read_text())
     assert on_disk["grid"]["decode_batch"] == list(SPECS["tiny"].decode_batch)
     assert on_disk["grid"]["points"]["attn_decode"] == len(decode)

@@ -48,12 +48,15 @@ from servesim.profiler.validate import (
 from servesim.profiler.warm import kv_tokens, specs_of, warm_compile
 from servesim.runtime.clocks import ClockMonitor, smi_id
 
+HELD_OUT_PER_OP = 6
+"""Held-out shapes per operator that --validate times (`held_out_points`)."""
+
 
 class ModelProfiler:
     """The whole profile of one model: grid, partitions, contention, then --validate."""
 
     def __init__(self, arch: ModelArch, out_root: Path, mode: str, device: torch.device,
-                 validate: bool = False, per_op: int = 6, iterations: int = 8) -> None:
+                 validate: bool = False, per_op: int = HELD_OUT_PER_OP, iterations: int = 8) -> None:
         self.arch, self.mode, self.device, self.validate = arch, mode, device, validate
         self.per_op, self.iterations = per_op, iterations
         self.partitions = Partitions(device)
@@ -309,22 +312,29 @@ def retime_ops(model: str, out_root: Path, mode: str, device_name: str, ops: Seq
     timer = Timer(device, target_us=2000.0 if quick else 5000.0, max_reps=20 if quick else 30)
     measurer = Measurer(factory, timer, Partitions(device), SPECS[mode].split_sms)
     gpu_index = smi_id(device) if device.type == "cuda" else None
-    rows = []
+    held = (out_dir / "validation_ops.parquet").is_file()
+    if held:  # the held-out shapes of these operators, timed again with them (sweep_order)
+        points = sweep_order(points, [p for p in held_out_points(arch, mode, HELD_OUT_PER_OP) if p.op in ops])
+    rows: dict[str, list[dict[str, Any]]] = {"ops": [], "validation_ops": []}
     with ClockMonitor(gpu_index) as clock:
         for p in tqdm(points, mininterval=15, desc=f"{arch.name} {','.join(ops)}", file=sys.stderr):
-            rows.append(measurer.measure(p))
+            rows[p.table].append(measurer.measure(p))
     factory.free()
-    table = pd.read_parquet(out_dir / "ops.parquet")
-    table = pd.concat([table[~table.op.isin(list(ops))], pd.DataFrame(rows, columns=list(TABLES["ops"]))],
-                      ignore_index=True)
-    write_tables(out_dir, {"ops": table})
-    meta["tables"]["ops"] = len(table)
+    tables = {}
+    for name in ("ops", "validation_ops") if held else ("ops",):
+        old = pd.read_parquet(out_dir / f"{name}.parquet")
+        tables[name] = pd.concat([old[~old.op.isin(list(ops))], pd.DataFrame(rows[name], columns=list(TABLES[name]))],
+                                 ignore_index=True)
+        meta["tables"][name] = len(tables[name])
+    write_tables(out_dir, tables)
+    table = tables["ops"]
     spec = json.loads(json.dumps(dataclasses.asdict(SPECS[mode])))  # tuples as meta.json holds them
     grid = {k: v for k, v in spec.items() if meta.get("grid", {}).get(k) != v}
     meta.setdefault("grid", {}).update(grid)
     meta["grid"].setdefault("points", {}).update({op: int((table.op == op).sum()) for op in ops})
     meta["retimed"] = [*meta.get("retimed", []),
-                       {"ops": list(ops), "rows": len(rows), "grid_changed": sorted(grid),
+                       {"ops": list(ops), "rows": len(rows["ops"]), "held_out_rows": len(rows["validation_ops"]),
+                        "grid_changed": sorted(grid),
                         **_provenance_now(device, gpu_index, commit),
                         "seconds": round(time.perf_counter() - started, 1), "sm_clock": clock.summary()}]
     write_meta(out_dir, meta)
@@ -348,7 +358,7 @@ def moe_combine_rows(ops: pd.DataFrame) -> pd.DataFrame:
 
 def profile_models(models: Sequence[str], out_root: Path, mode: str, device_name: str,
                    validate: bool, warm_workers: int, commit: str | None = None,
-                   per_op: int = 6, iterations: int = 8, warm_only: bool = False) -> list[dict[str, Any]]:
+                   per_op: int = HELD_OUT_PER_OP, iterations: int = 8, warm_only: bool = False) -> list[dict[str, Any]]:
     """Profile each model (compiling all kernels first, in parallel); returns each meta."""
     device = torch.device(device_name)
     if device.type == "cpu" and os.environ.get("TRITON_INTERPRET", "0") in ("", "0"):
