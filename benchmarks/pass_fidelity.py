@@ -29,6 +29,10 @@ none in the last 200 ms (the clock capped for power in 64-77 % of samples at 90 
 prompts of 256-2,048 tokens, of a 512-token chunk with 64 decodes (a Sarathi step) or of decode
 batches of 128, each replayed back to back, then 5 or 30 ms idle (HEATERS).
 
+`--cases sweep` times decode batches of SWEEP_BATCHES sequences of about 1,152 tokens each, all
+equal and spread from short to long: in issue 7's 90 % runs, decode steps of up to 74 sequences
+ran at their price and those of 77-128 0.3-0.6 ms (3-5 %) over it.
+
 `--cases skew` instead times decode batches whose contexts are drawn from the Azure
 conversation trace (a prompt plus part of its output, seeded), in the order drawn, longest first
 and longest last: serving's batches mix contexts (the largest 2-3.5x the mean in issue 7's 90 %
@@ -78,6 +82,12 @@ HEATERS = (("prefill_2048", 0.05), ("prefill_2048", 0.2), ("prefill_2048", 1.0),
 """(heater pass, seconds of it back to back) of `--cases heat`, each then HEAT_GAPS_MS idle."""
 HEAT_GAPS_MS = (5.0, 30.0)
 SKEW_BATCHES = (64, 96, 128)
+SWEEP_BATCHES = tuple(range(56, 129, 4))
+"""`--cases sweep`: decode batches of these sizes, contexts of mean SWEEP_MEAN each, equal and
+spread (`servesim.profiler.operators.decode_contexts` at SWEEP_SKEW, in a seeded order)."""
+SWEEP_MEAN, SWEEP_SKEW = 1152, 1.6
+SWEEP_KERNELS = (64, 72, 76, 80, 88, 96)
+"""Spread batches whose runtime pass is also broken down by kernel (torch.profiler)."""
 ORDERS = ("drawn", "longest_first", "longest_last")
 MAX_CONTEXT = 8192
 TRACE = Path(__file__).resolve().parent.parent / "servesim" / "traces" / "samples" / "AzureLLMInferenceTrace_conv.csv"
@@ -239,6 +249,20 @@ def _skew_rows(seed: int = 0) -> dict[str, dict[str, Any]]:
     return rows
 
 
+def _sweep_rows(seed: int = 0) -> dict[str, dict[str, Any]]:
+    """SWEEP_BATCHES decode batches, equal and spread contexts of mean SWEEP_MEAN."""
+    import random
+
+    from servesim.profiler.operators import decode_contexts
+    rows = {}
+    for n in SWEEP_BATCHES:
+        spread = decode_contexts(n, SWEEP_MEAN, SWEEP_SKEW)
+        random.Random(seed + n).shuffle(spread)
+        rows[f"equal{n}"] = {"kind": "decode", "size": n, "context": SWEEP_MEAN}
+        rows[f"spread{n}"] = {"kind": "decode", "size": n, "contexts": spread, "kernels": n in SWEEP_KERNELS}
+    return rows
+
+
 def _profile_runs(arch: ModelArch, row: dict[str, Any], layer_sets: int,
                   device: torch.device | None = None) -> tuple[Any, Run]:
     """The profiler's pass captured in one graph (keep the Forward alive while it replays)."""
@@ -268,7 +292,7 @@ def main() -> int:
     parser.add_argument("--profile", help="profile directory to price with (default: the shipped one)")
     parser.add_argument("--out")
     parser.add_argument("--measured", help="a JSON this script wrote: price its rows again, no GPU")
-    parser.add_argument("--cases", choices=("uniform", "skew", "after", "heat"), default="uniform")
+    parser.add_argument("--cases", choices=("uniform", "skew", "sweep", "after", "heat"), default="uniform")
     parser.add_argument("--targets", default=",".join(AFTER_TARGETS),
                         help="with --cases after: the passes timed after the prompts, KIND_SIZE each "
                              "(decode_N: N decodes of 1,152 tokens; prefill_N: an N-token prompt)")
@@ -282,8 +306,8 @@ def main() -> int:
         return 2
     arch = load_model(args.model)
     uniform, after, heat = args.cases == "uniform", args.cases == "after", args.cases == "heat"
-    rows = {f"{k}_{s}": {"kind": k, "size": s, "context": c} for k, s, c in CASES} if not args.cases == "skew" \
-        else _skew_rows()
+    rows = _skew_rows() if args.cases == "skew" else _sweep_rows() if args.cases == "sweep" else \
+        {f"{k}_{s}": {"kind": k, "size": s, "context": c} for k, s, c in CASES}
     targets = tuple(args.targets.split(","))
     if after:
         rows = {k: r for k, r in rows.items() if k == "prefill_2048"}
@@ -398,6 +422,8 @@ def _runtime(arch: ModelArch, rows: dict[str, dict[str, Any]], device: torch.dev
     for key, plan in plans.items():
         drain(plan)()  # compiles what the graphs did not
         rows[key]["runtime_us"] = _burst(drain(plan))
+        if rows[key].get("kernels"):
+            rows[key]["kernels"] = _kernel_us(drain(plan))
     for kind, size, _ in SUSTAINED if sustained else ():
         key = f"{kind}_{size}"
         run = whole[key].replay if kind == "prefill" else drain(plans[key])
@@ -414,6 +440,21 @@ def _runtime(arch: ModelArch, rows: dict[str, dict[str, Any]], device: torch.dev
             for gap in HEAT_GAPS_MS:
                 got[f"{heater} {seconds:g}s {gap:g}ms"] = _after(target, run, heats, gap)
     print("runtime done", flush=True)
+
+
+def _kernel_us(run: Run, reps: int = 3) -> dict[str, float]:
+    """GPU time per kernel name over one run (us; the mean of `reps` runs), from the profiler."""
+    from torch.profiler import ProfilerActivity, profile
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(reps):
+            run()
+        torch.cuda.synchronize()
+    out: dict[str, float] = {}
+    for event in prof.key_averages():
+        if event.device_type.name == "CUDA" and event.device_time_total > 0:
+            out[event.key[:60]] = round(event.device_time_total / reps, 1)
+    return dict(sorted(out.items(), key=lambda kv: -kv[1]))
 
 
 def _ranks(contexts: list[int]) -> list[int]:
@@ -447,13 +488,23 @@ def _report(result: dict[str, Any], model: ProfiledCostModel, out: str | None) -
                         f"{clock(fc)} -> {s['last_us'] / r['priced_us']:.3f} {clock(lc)} ")
         if "contexts" in r:
             ctx = r["contexts"]
-            name = f"{r['size']} decodes of trace contexts (mean {sum(ctx) / len(ctx):.0f}, max {max(ctx)}), {r['order']}"
+            name = f"{r['size']} decodes of trace contexts (mean {sum(ctx) / len(ctx):.0f}, max {max(ctx)}), {r.get('order', 'spread, seeded order')}"
         elif r["kind"] == "decode":
             name = f"{r['size']} decodes of {r['context']}"
         else:
             name = f"{r['size']}-token prompt"
         print(f"| {name} | {r['priced_us'] / 1e3:.2f} | {ratio('profile_us')} | {ratio('profile_all_us')} "
               f"| {ratio('runtime_us')} | {ratio('runtime_graph_us')} | {sus.strip()} |")
+    broken = [r for r in result["rows"] if isinstance(r.get("kernels"), dict)]
+    if broken:
+        print("\n| spread batch | runtime pass us | decode attention us | GEMMs us | other kernels us |")
+        print("|---|---:|---:|---:|---:|")
+        for r in broken:
+            k = r["kernels"]
+            attn = sum(v for n, v in k.items() if "decode_attn" in n)
+            gemm = sum(v for n, v in k.items() if "gemm" in n.lower() or "matmul" in n.lower())
+            print(f"| {r['size']} | {statistics.median(r['runtime_us']):.0f} | {attn:.0f} | {gemm:.0f} "
+                  f"| {sum(k.values()) - attn - gemm:.0f} |")
     after = [r for r in result["rows"] if "after" in r]
     if after:
         cases = list(after[0]["after"])
