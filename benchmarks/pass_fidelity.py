@@ -258,8 +258,9 @@ def _sweep_rows(seed: int = 0) -> dict[str, dict[str, Any]]:
     for n in SWEEP_BATCHES:
         spread = decode_contexts(n, SWEEP_MEAN, SWEEP_SKEW)
         random.Random(seed + n).shuffle(spread)
-        rows[f"equal{n}"] = {"kind": "decode", "size": n, "context": SWEEP_MEAN}
-        rows[f"spread{n}"] = {"kind": "decode", "size": n, "contexts": spread, "kernels": n in SWEEP_KERNELS}
+        rows[f"equal{n}"] = {"kind": "decode", "size": n, "context": SWEEP_MEAN, "release": True}
+        rows[f"spread{n}"] = {"kind": "decode", "size": n, "contexts": spread, "kernels": n in SWEEP_KERNELS,
+                              "release": True}
     return rows
 
 
@@ -394,6 +395,11 @@ def _runtime(arch: ModelArch, rows: dict[str, dict[str, Any]], device: torch.dev
             blocks.sync(prompt)
             step = Step(prefills=[(prompt, row["size"])])
         plans[key] = build_plan(step, blocks, 16, arch.num_layers, arch.vocab_size, device)
+        if row.get("release"):  # the plan holds its tables; later batches may reuse the blocks
+            for r in step.decodes:
+                r.kv_blocks = 0
+                blocks.sync(r)
+            batches.pop(tuple(sorted(_contexts(row))), None)
 
     def drain(plan: Any) -> Run:
         def run() -> None:
