@@ -1,16 +1,16 @@
 """Decode attention over batches of the same size and total context but different spreads of
-context, on the GPU: why the profile times decode attention on contexts spread from short to
-long (`servesim.profiler.operators.decode_contexts`) rather than on one straggler beside equal
-others, as it did, and what is left out still: a serving batch's order, and the rows of one
-token that the runtime's decode graphs pad a batch with up to a captured size.
+context, on the GPU: what the profile's shapes (`servesim.profiler.operators.decode_contexts`:
+all equal, or one straggler beside equal others) leave out of a serving batch, whose contexts
+spread from short to long, in any order, padded by the runtime's decode graphs with rows of
+one token up to a captured size.
 
 Per batch size it times servesim's decode attention kernel (one layer, L2 flushed, CUDA-graph
 replays: the profiler's Timer) on these contexts, each with the same mean:
 
 - `equal`: every sequence at the mean (the profile's skew 1);
-- `straggler`: one at SKEW x the mean, the others equal (the profile's skew axis before);
-- `spread`: the profile's shapes now: the longest SKEW x the mean, the others rising from short
-  to long as u^(SKEW-1) (mean kept);
+- `straggler`: one at SKEW x the mean, the others equal (the profile's skew axis);
+- `spread`: the longest SKEW x the mean, the others rising from short to long as u^(SKEW-1)
+  (`spread_contexts`; mean kept);
 - `spread_shuffled`: the same contexts in a seeded random order;
 - `spread_padded`: `spread_shuffled` plus the runtime's padding rows (one token each) up to the
   next of `servesim.runtime.model.GRAPH_SIZES`.
@@ -43,20 +43,27 @@ from servesim.runtime.model import GRAPH_SIZES  # noqa: E402
 SHAPES = ("equal", "straggler", "spread", "spread_shuffled", "spread_padded")
 
 
-def straggler(n: int, mean: int, skew: float) -> list[int]:
-    """The profile's shapes before: one at min(skew, n) x the mean, the others equal."""
-    if n == 1 or skew <= 1:
-        return [mean] * n
-    longest = int(min(skew, n) * mean)
-    return [longest] + [max(1, (mean * n - longest) // (n - 1))] * (n - 1)
+def spread_contexts(batch: int, mean: int, skew: float) -> list[int]:
+    """Contexts of `batch` decodes with the given mean: the longest min(skew, batch) x the mean,
+    the others rising from short to long as u^(skew - 1) (u evenly spaced; all equal at skew 1),
+    scaled to keep the mean, shortest first (>= 1 token each)."""
+    if batch == 1 or skew <= 1:
+        return [mean] * batch
+    longest = int(min(skew, batch) * mean)
+    raw = [((i + 1) / batch) ** (skew - 1.0) for i in range(batch - 1)]
+    rest = max(0, mean * batch - longest)
+    lens = [max(1, int(r * rest / sum(raw))) for r in raw]
+    for i in range(min(len(lens), max(0, rest - sum(lens)))):  # whole tokens: the rounding, one each
+        lens[-1 - i] += 1
+    return [*lens, longest]
 
 
 def contexts(shape: str, n: int, mean: int, skew: float, seed: int) -> list[int]:
     if shape == "equal":
         return [mean] * n
     if shape == "straggler":
-        return straggler(n, mean, skew)
-    lens = decode_contexts(n, mean, skew)
+        return decode_contexts(n, mean, skew)
+    lens = spread_contexts(n, mean, skew)
     if shape == "spread":
         return lens
     random.Random(seed + n).shuffle(lens)

@@ -253,10 +253,10 @@ def _sweep_rows(seed: int = 0) -> dict[str, dict[str, Any]]:
     """SWEEP_BATCHES decode batches, equal and spread contexts of mean SWEEP_MEAN."""
     import random
 
-    from servesim.profiler.operators import decode_contexts
+    from decode_attention_shapes import spread_contexts
     rows = {}
     for n in SWEEP_BATCHES:
-        spread = decode_contexts(n, SWEEP_MEAN, SWEEP_SKEW)
+        spread = spread_contexts(n, SWEEP_MEAN, SWEEP_SKEW)
         random.Random(seed + n).shuffle(spread)
         rows[f"equal{n}"] = {"kind": "decode", "size": n, "context": SWEEP_MEAN, "release": True}
         rows[f"spread{n}"] = {"kind": "decode", "size": n, "contexts": spread, "kernels": n in SWEEP_KERNELS,

@@ -261,25 +261,13 @@ def sample_tokens(logits: torch.Tensor, temperature: float = 0.8) -> torch.Tenso
 
 
 def decode_contexts(batch: int, mean: int, skew: float) -> list[int]:
-    """Contexts of `batch` decodes with the given mean, spread as a serving batch's are: the
-    longest min(skew, batch) x the mean, the others rising from short to long as u^(skew - 1)
-    (u evenly spaced; all equal at skew 1), scaled to keep the mean (>= 1 token each).
-
-    Not one straggler and the rest equal: equal contexts make every program of a decode launch
-    as long as the others, so its time steps where the programs overflow a wave of the SMs
-    (Llama on the H200: 64 -> 68 sequences at 1,152 tokens, 75 -> 106 us), and a serving batch
-    of the same size and total context, spread from short to long, shows no such step (89.7 ->
-    95.3 us; benchmarks/decode_attention_shapes.py)."""
+    """Contexts of `batch` decodes with the given mean: one straggler of min(skew, batch) x
+    the mean, the others equal (>= 1 token)."""
     if batch == 1 or skew <= 1:
         return [mean] * batch
     longest = int(min(skew, batch) * mean)
-    raw = [((i + 1) / batch) ** (skew - 1.0) for i in range(batch - 1)]
-    rest = max(0, mean * batch - longest)
-    scale = rest / sum(raw)
-    lens = [max(1, int(r * scale)) for r in raw]
-    for i in range(min(len(lens), max(0, rest - sum(lens)))):  # whole tokens: the rounding, one each
-        lens[-1 - i] += 1
-    return [*lens, longest]
+    rest = max(1, (mean * batch - longest) // (batch - 1))
+    return [longest] + [rest] * (batch - 1)
 
 
 def _bind(fn: Callable[..., object], *args: object) -> Call:

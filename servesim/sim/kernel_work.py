@@ -49,9 +49,8 @@ def decode_num_splits(num_seqs: int, num_kv_heads: int, max_context_len: int, nu
 
 def decode_terms(arch: ModelArch, num_sms: int, x: tuple[float, ...]) -> list[float]:
     """[1, max, min of (longest program, work per program slot) in key tiles, 1 if a merge
-    kernel runs] for `batch` decodes of `mean` context, the longest `skew` x the mean (the
-    profiler's shapes: profiler/operators.py decode_contexts; the estimate reads only the total
-    and the longest)."""
+    kernel runs] for `batch` decodes of `mean` context, the longest `skew` x the mean and the
+    others equal (the profiler's shapes: profiler/operators.py decode_contexts)."""
     batch, mean, skew = max(1, round(x[0])), max(x[1], 1.0), x[2]
     longest = float(int(min(max(skew, 1.0), batch) * mean + 1e-6))  # whole tokens, as the profiler's
     units = ((1.0, 0.0, 0.0, 0.0), (0.0, 1.0, 0.0, 0.0), (0.0, 0.0, 1.0, 0.0), (0.0, 0.0, 0.0, 1.0))
