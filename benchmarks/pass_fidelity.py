@@ -33,6 +33,10 @@ batches of 128, each replayed back to back, then 5 or 30 ms idle (HEATERS).
 equal and spread from short to long: in issue 7's 90 % runs, decode steps of up to 74 sequences
 ran at their price and those of 77-128 0.3-0.6 ms (3-5 %) over it.
 
+`--cases hot` replays HOT decode batches back to back for HOT_S seconds each, timing every
+second of it with the clock and power over it: whether decode passes alone, held long enough,
+reach the power cap and slow (serving's large batches ran 2-3 % over what they take alone).
+
 `--cases skew` instead times decode batches whose contexts are drawn from the Azure
 conversation trace (a prompt plus part of its output, seeded), in the order drawn, longest first
 and longest last: serving's batches mix contexts (the largest 2-3.5x the mean in issue 7's 90 %
@@ -87,6 +91,9 @@ SWEEP_BATCHES = tuple(range(56, 129, 4))
 spread (`servesim.profiler.operators.decode_contexts` at SWEEP_SKEW, in a seeded order)."""
 SWEEP_MEAN, SWEEP_SKEW = 1152, 1.6
 SWEEP_KERNELS = (64, 72, 76, 80, 88, 96)
+HOT = (("spread", 96), ("spread", 112), ("equal", 96))
+"""`--cases hot`: decode batches (sweep rows) replayed back to back for HOT_S seconds each."""
+HOT_S = 20.0
 """Spread batches whose runtime pass is also broken down by kernel (torch.profiler)."""
 ORDERS = ("drawn", "longest_first", "longest_last")
 MAX_CONTEXT = 8192
@@ -293,7 +300,7 @@ def main() -> int:
     parser.add_argument("--profile", help="profile directory to price with (default: the shipped one)")
     parser.add_argument("--out")
     parser.add_argument("--measured", help="a JSON this script wrote: price its rows again, no GPU")
-    parser.add_argument("--cases", choices=("uniform", "skew", "sweep", "after", "heat"), default="uniform")
+    parser.add_argument("--cases", choices=("uniform", "skew", "sweep", "hot", "after", "heat"), default="uniform")
     parser.add_argument("--targets", default=",".join(AFTER_TARGETS),
                         help="with --cases after: the passes timed after the prompts, KIND_SIZE each "
                              "(decode_N: N decodes of 1,152 tokens; prefill_N: an N-token prompt)")
@@ -309,6 +316,8 @@ def main() -> int:
     uniform, after, heat = args.cases == "uniform", args.cases == "after", args.cases == "heat"
     rows = _skew_rows() if args.cases == "skew" else _sweep_rows() if args.cases == "sweep" else \
         {f"{k}_{s}": {"kind": k, "size": s, "context": c} for k, s, c in CASES}
+    if args.cases == "hot":
+        rows = {f"{shape}{n}": {**_sweep_rows()[f"{shape}{n}"], "kernels": False, "hot": True} for shape, n in HOT}
     targets = tuple(args.targets.split(","))
     if after:
         rows = {k: r for k, r in rows.items() if k == "prefill_2048"}
@@ -322,7 +331,7 @@ def main() -> int:
         rows["prefill_512"] = {"kind": "prefill", "size": 512, "context": 0}
         rows["mixed_512"] = {"kind": "mixed", "size": 512, "decodes": 64, "context": 1152}
     profiles = ((4, "profile"), (arch.num_layers, "profile_all")) if uniform else () if after or heat \
-        else ((4, "profile"),)
+        or args.cases == "hot" else ((4, "profile"),)
     with Sampler() as clocks:
         for layer_sets, name in profiles:
             for key, row in rows.items():
@@ -338,6 +347,8 @@ def main() -> int:
             print(f"{name} done", flush=True)
         _runtime(arch, rows, sustained=uniform, after=targets if after else (), heat=heat)
     for row in rows.values():
+        for window in row.get("hot") or ():
+            window["clock"] = clocks.over(*window["clock"])
         for key in ("sustained", "profile_sustained"):
             got = row.get(key)
             if got and "first_clock" in got:
@@ -430,6 +441,8 @@ def _runtime(arch: ModelArch, rows: dict[str, dict[str, Any]], device: torch.dev
         rows[key]["runtime_us"] = _burst(drain(plan))
         if rows[key].get("kernels"):
             rows[key]["kernels"] = _kernel_us(drain(plan))
+        if rows[key].get("hot"):
+            rows[key]["hot"] = _hot(drain(plan))
     for kind, size, _ in SUSTAINED if sustained else ():
         key = f"{kind}_{size}"
         run = whole[key].replay if kind == "prefill" else drain(plans[key])
@@ -446,6 +459,32 @@ def _runtime(arch: ModelArch, rows: dict[str, dict[str, Any]], device: torch.dev
             for gap in HEAT_GAPS_MS:
                 got[f"{heater} {seconds:g}s {gap:g}ms"] = _after(target, run, heats, gap)
     print("runtime done", flush=True)
+
+
+def _hot(run: Run) -> list[dict[str, Any]]:
+    """Back-to-back replays for HOT_S seconds after an idle second: per second, the median
+    replay (us) and when that second began and ended (for the clock samples)."""
+    torch.cuda.synchronize()
+    time.sleep(IDLE_S)
+    windows: list[dict[str, Any]] = []
+    t0 = time.perf_counter()
+    while time.perf_counter() - t0 < HOT_S:
+        began = datetime.datetime.now()
+        events = [torch.cuda.Event(enable_timing=True)]
+        events[0].record()
+        t1 = time.perf_counter()
+        while time.perf_counter() - t1 < 1.0:
+            run()
+            event = torch.cuda.Event(enable_timing=True)
+            event.record()
+            events.append(event)
+            if len(events) > 8:
+                events[-8].synchronize()
+        torch.cuda.synchronize()
+        times = [events[i].elapsed_time(events[i + 1]) * 1e3 for i in range(len(events) - 1)]
+        windows.append({"second": len(windows), "replays": len(times), "median_us": statistics.median(times),
+                        "clock": (began, datetime.datetime.now())})
+    return windows
 
 
 def _kernel_us(run: Run, reps: int = 3) -> dict[str, float]:
@@ -511,6 +550,17 @@ def _report(result: dict[str, Any], model: ProfiledCostModel, out: str | None) -
             gemm = sum(v for n, v in k.items() if "gemm" in n.lower() or "matmul" in n.lower())
             print(f"| {r['size']} | {statistics.median(r['runtime_us']):.0f} | {attn:.0f} | {gemm:.0f} "
                   f"| {sum(k.values()) - attn - gemm:.0f} |")
+    hot = [r for r in result["rows"] if isinstance(r.get("hot"), list)]
+    if hot:
+        print("\n| decode batch held | second: replay / the first second's (MHz, W) |")
+        print("|---|---|")
+        for r in hot:
+            first = r["hot"][0]["median_us"]
+            cells = [f"{w['second']}: {w['median_us'] / first:.3f}"
+                     + (f" ({w['clock']['sm_mhz']:.0f}, {w['clock']['power_w']:.0f})" if w.get("clock") else "")
+                     for w in r["hot"][:: max(1, len(r["hot"]) // 6)]]
+            name = f"{r['size']} {'spread' if 'contexts' in r else 'equal'}"
+            print(f"| {name}, {first:.0f} us | " + "; ".join(cells) + " |")
     after = [r for r in result["rows"] if "after" in r]
     if after:
         cases = list(after[0]["after"])
