@@ -13,6 +13,8 @@ import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
+from servesim import cli  # noqa: E402
+from servesim.errors import InputError  # noqa: E402
 from servesim.models.arch import load_model  # noqa: E402
 from servesim.models.profile_schema import (  # noqa: E402
     CONTENTION_TARGETS,
@@ -247,7 +249,7 @@ def test_runtime_passes_are_added_to_an_existing_profile(tmp_path) -> None:
     """`--runtime-passes-only`: the runtime's prompt passes replace the profile's earlier ones;
     every other row and table is kept, and meta.json says when and where they were timed."""
     out = tmp_path / "cpu" / "tiny-dense"
-    with pytest.raises(SystemExit, match="no profile"):
+    with pytest.raises(InputError, match="no profile"):
         profiler_run.add_runtime_passes(TINY, tmp_path, "tiny", "cpu", "abc")
     out.mkdir(parents=True)
     (out / "meta.json").write_text(json.dumps({"model": "tiny-dense", "gpu": "cpu", "tables": {"passes": 2}}))
@@ -263,11 +265,11 @@ def test_runtime_passes_are_added_to_an_existing_profile(tmp_path) -> None:
     assert json.loads((out / "meta.json").read_text())["runtime_passes"]["date"]
 
 
-def test_ops_only_retimes_one_operator_of_an_existing_profile(tmp_path) -> None:
+def test_ops_only_retimes_one_operator_of_an_existing_profile(tmp_path, capsys) -> None:
     """`--ops-only attn_decode`: the grid's decode-attention points are timed again and replace
     that operator's rows; the other operators' rows and the other tables are kept, and meta.json
     says what was timed, when, on which card, and which grid axes changed."""
-    with pytest.raises(SystemExit, match="no profile"):
+    with pytest.raises(InputError, match="no profile"):
         profiler_run.retime_ops(TINY, tmp_path, "tiny", "cpu", ["attn_decode"], "abc")
     out = tmp_path / "cpu" / "tiny-dense"
     out.mkdir(parents=True)
@@ -279,8 +281,14 @@ def test_ops_only_retimes_one_operator_of_an_existing_profile(tmp_path) -> None:
     old.to_parquet(out / "ops.parquet", index=False)
     old.to_parquet(out / "validation_ops.parquet", index=False)  # held-out shapes, retimed alike
     (out / "passes.parquet").write_bytes(b"kept")
-    with pytest.raises(SystemExit, match="attn_nowhere: not an operator"):
+    with pytest.raises(InputError, match="attn_nowhere: not an operator"):
         profiler_run.retime_ops(TINY, tmp_path, "tiny", "cpu", ["attn_decode", "attn_nowhere"], "abc")
+    # From the command line: one line naming the operator, exit 2, nothing rewritten.
+    assert cli.main(["profile", "--model", TINY, "--device", "cpu", "--out", str(tmp_path),
+                     "--ops-only", "attn_nowhere"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "attn_nowhere: not an operator" in err[0]
+    assert pd.read_parquet(out / "ops.parquet").median_us.tolist() == [7.0, 7.0]
     meta = profiler_run.retime_ops(TINY, tmp_path, "tiny", "cpu", ["attn_decode"], "abc")
     ops = pd.read_parquet(out / "ops.parquet")
     kept = ops[ops.op == "qkv"]

@@ -13,10 +13,11 @@ def add_profile_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quick", action="store_true", help="coarser grid, fewer SM partitions")
     p.add_argument("--validate", action="store_true", help="also time held-out shapes and whole iterations")
     p.add_argument("--device", default="cuda", help="cuda, or cpu with TRITON_INTERPRET=1 (tiny grid)")
-    p.add_argument("--runtime-passes-only", action="store_true",
+    only = p.add_mutually_exclusive_group()
+    only.add_argument("--runtime-passes-only", action="store_true",
                    help="only time the runtime's whole prompt passes in serving's context, into the "
                         "existing profile under --out (its other tables kept)")
-    p.add_argument("--ops-only", metavar="OP[,OP]",
+    only.add_argument("--ops-only", metavar="OP[,OP]",
                    help="only time these operators' whole-GPU points of the current grid, into the "
                         "existing profile under --out (their earlier rows replaced, the rest kept)")
     p.add_argument("--warm-workers", type=int, default=min(12, os.cpu_count() or 1),

@@ -26,6 +26,7 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
+from servesim.errors import InputError
 from servesim.models.arch import ModelArch, load_model
 from servesim.models.profile_schema import SCHEMA_VERSION, TABLES
 from servesim.profiler import provenance
@@ -254,10 +255,11 @@ def _existing_profile(model: str, out_root: Path, device: torch.device, what: st
     out_dir = out_root / provenance.device_key(device) / arch.name
     meta_path = out_dir / "meta.json"
     if not meta_path.is_file():
-        raise SystemExit(f"servesim profile: {meta_path}: no profile to add {what} to")
+        raise InputError(f"{meta_path}: no profile to add {what} to")
     meta = json.loads(meta_path.read_text())
     if meta.get("model") != arch.name or meta.get("gpu") != provenance.device_key(device):
-        raise SystemExit(f"servesim profile: {meta_path}: a profile of {meta.get('model')} on {meta.get('gpu')}")
+        raise InputError(f"{meta_path}: a profile of {meta.get('model')} on {meta.get('gpu')}, not of "
+                         f"{arch.name} on {provenance.device_key(device)}")
     return arch, out_dir, meta
 
 
@@ -301,16 +303,16 @@ def retime_ops(model: str, out_root: Path, mode: str, device_name: str, ops: Seq
     meta.json's `retimed` lists each such run (operators, grid axes then, code, card, clocks)."""
     device = torch.device(device_name)
     arch, out_dir, meta = _existing_profile(model, out_root, device, "operators")
-    points = [p for p in all_points(arch, mode, Partitions(device).num_sms) if p.table == "ops" and p.op in ops]
+    partitions = Partitions(device)
+    points = [p for p in all_points(arch, mode, partitions.num_sms) if p.table == "ops" and p.op in ops]
     unknown = sorted(set(ops) - {p.op for p in points})
     if unknown:
-        raise SystemExit(f"servesim profile: --ops-only {','.join(unknown)}: not an operator of {arch.name}'s "
-                         f"{mode} grid")
+        raise InputError(f"--ops-only {','.join(unknown)}: not an operator of {arch.name}'s {mode} grid")
     started = time.perf_counter()
     factory = OperatorFactory(arch, device, max(kv_tokens(s) for s in specs_of(points, {}, {})))
     quick = mode != "full"
     timer = Timer(device, target_us=2000.0 if quick else 5000.0, max_reps=20 if quick else 30)
-    measurer = Measurer(factory, timer, Partitions(device), SPECS[mode].split_sms)
+    measurer = Measurer(factory, timer, partitions, SPECS[mode].split_sms)
     gpu_index = smi_id(device) if device.type == "cuda" else None
     held = (out_dir / "validation_ops.parquet").is_file()
     if held:  # the held-out shapes of these operators, timed again with them (sweep_order)
@@ -400,14 +402,18 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     mode = "tiny" if args.device == "cpu" else ("quick" if args.quick else "full")
-    if args.runtime_passes_only:
-        for model in args.model:
-            add_runtime_passes(model, Path(args.out), mode, args.device, args.commit)
-        return 0
-    if args.ops_only:
-        for model in args.model:
-            retime_ops(model, Path(args.out), mode, args.device, args.ops_only.split(","), args.commit)
-        return 0
+    try:
+        if args.runtime_passes_only:
+            for model in args.model:
+                add_runtime_passes(model, Path(args.out), mode, args.device, args.commit)
+            return 0
+        if args.ops_only:
+            for model in args.model:
+                retime_ops(model, Path(args.out), mode, args.device, args.ops_only.split(","), args.commit)
+            return 0
+    except InputError as e:
+        print(f"servesim profile: error: {e}", file=sys.stderr)
+        return 2
     profile_models(args.model, Path(args.out), mode, args.device, args.validate,
                    args.warm_workers, args.commit, warm_only=args.warm_only)
     return 0
