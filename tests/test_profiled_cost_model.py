@@ -388,7 +388,7 @@ def _with_lane_passes(tmp_path: Path, scale: dict[tuple[int, int, int], float],
     decode_lane = (passes.num_decodes > 0) & passes.sms.isin(DECODE_BESIDE_SMS["quick"])  # beside and alone
     passes = passes[~lane & ~decode_lane & (passes.corunner_prompt.fillna(0) == 0)]  # the shipped ones out
     passes.to_parquet(dst / "passes.parquet", index=False)
-    base = ProfiledCostModel(load_model("llama-3.1-8b"), H200, dst)
+    base = ProfiledCostModel(load_model("llama-3.1-8b"), H200, dst, prompt_passes="ops")  # the lanes' own price
     assert base._lane is None and base._beside is None
     rows = []
     for (sms, q, n), k in scale.items():
@@ -427,8 +427,8 @@ def test_prompt_passes_on_partitions_take_their_measured_time_alone_and_beside_d
     llama = load_model("llama-3.1-8b")
     scale = {(sms, q, n): f for sms, f0 in ((48, 1.10), (96, 0.90)) for q in (256, 1024)
              for n, f in ((0, f0), (8, f0 + 0.15), (32, f0 - 0.05))}
-    lanes = ProfiledCostModel(llama, H200, _with_lane_passes(tmp_path, scale))
-    base = ProfiledCostModel(llama, H200, _without_lane_passes(tmp_path))
+    lanes = ProfiledCostModel(llama, H200, _with_lane_passes(tmp_path, scale), prompt_passes="ops")
+    base = ProfiledCostModel(llama, H200, _without_lane_passes(tmp_path), prompt_passes="ops")
     assert base._lane is None and lanes._lane is not None
 
     def decode(n: int) -> BatchShape:
@@ -484,8 +484,8 @@ def test_decode_passes_beside_a_prompt_take_their_measured_time(tmp_path) -> Non
     llama = load_model("llama-3.1-8b")
     beside = {(sms, n, q): 1.0 + 0.1 * i for i, (sms, n, q) in  # (>= 1: the floor at alone stays out)
               enumerate((s, n, q) for s in (68, 84) for n in (8, 32) for q in (256, 1024))}
-    lanes = ProfiledCostModel(llama, H200, _with_lane_passes(tmp_path, {}, beside))
-    base = ProfiledCostModel(llama, H200, _without_lane_passes(tmp_path))
+    lanes = ProfiledCostModel(llama, H200, _with_lane_passes(tmp_path, {}, beside), prompt_passes="ops")
+    base = ProfiledCostModel(llama, H200, _without_lane_passes(tmp_path), prompt_passes="ops")
     assert lanes._beside is not None and lanes._lane is None and lanes._in_pass is not None
 
     def decode(n: int) -> BatchShape:
@@ -513,7 +513,7 @@ def test_decode_passes_beside_a_prompt_carry_their_measured_slowdown_onto_the_pr
     alone = {(68, 8): 0.85, (68, 32): 1.2, (84, 8): 1.0, (84, 32): 0.9}
     slowdown = {(sms, n, q): 1.05 + 0.04 * i for i, (sms, n, q) in
                 enumerate((s, n, q) for s in (68, 84) for n in (8, 32) for q in (256, 1024))}
-    base = ProfiledCostModel(llama, H200, _without_lane_passes(tmp_path))
+    base = ProfiledCostModel(llama, H200, _without_lane_passes(tmp_path), prompt_passes="ops")
 
     def decode(n: int) -> BatchShape:
         return BatchShape(num_decodes=n, decode_context=n * 2048, max_decode_context=2048, num_logits=n)
@@ -526,7 +526,7 @@ def test_decode_passes_beside_a_prompt_carry_their_measured_slowdown_onto_the_pr
     for (sms, n, q), k in slowdown.items():
         measured[(sms, n, q)] = alone[(sms, n)] * k * base.step_time(decode(n), sms) \
             / base.step_time(decode(n), sms, prompt(q, sms))
-    lanes = ProfiledCostModel(llama, H200, _with_lane_passes(tmp_path / "lanes", {}, measured))
+    lanes = ProfiledCostModel(llama, H200, _with_lane_passes(tmp_path / "lanes", {}, measured), prompt_passes="ops")
     assert lanes._beside is not None and lanes._in_pass is not None
     assert sorted(lanes._in_pass.factors) == sorted(base._in_pass.factors)  # alone rows are not its grid
     for (sms, n, q), k in slowdown.items():
@@ -641,7 +641,8 @@ def test_prompt_passes_as_the_runtime_issues_them(tmp_path) -> None:
     what the runtime's pass as it issues it measured (the pass in one graph, scaled from the
     operators, plus what issuing it piecewise added: `runtime_served` less `runtime_graph`), a
     layered pass that overhead's share of its prompt's layers; the host model then counts the
-    launch gaps of the decode attention only, and all of them on a partition."""
+    launch gaps of the decode attention only. A prompt on a partition is issued the same way:
+    its lane's price plus the same overhead."""
     from servesim.sim.host_overhead import HostOverheadCostModel
 
     llama = load_model("llama-3.1-8b")
@@ -662,4 +663,8 @@ def test_prompt_passes_as_the_runtime_issues_them(tmp_path) -> None:
     prompt, mixed = BatchShape((256,), (0,), num_logits=1), BatchShape((256,), (0,), 16, 16000, 1000, 17)
     assert host.gaps_s(prompt) == 0.0 and plain.gaps_s(prompt) == pytest.approx(plain.graphed_launches(prompt) * 3e-6)
     assert host.gaps_s(mixed) == pytest.approx((1 + (host.decode_splits(mixed) > 1)) * 32 * 3e-6)
-    assert host.gaps_s(prompt, 64) == plain.gaps_s(prompt, 64) > 0.0  # a partition's pass keeps them
+    assert host.gaps_s(prompt, 64) == 0.0 < plain.gaps_s(prompt, 64)  # on a partition alike
+    # A prompt on a partition: its lane's price (a pass captured whole) plus the same overhead.
+    for q in (128, 512, 4096):
+        batch = BatchShape((q,), (0,), num_logits=1)
+        assert runtime.step_time(batch, 64) - base.step_time(batch, 64) == pytest.approx(runtime._issue.at(q), rel=1e-9)

@@ -193,11 +193,11 @@ class HostOverheadCostModel:
 
     def gaps_s(self, batch: BatchShape, sms: int | None = None) -> float:
         """The GPU's idle time at the host's launches inside a graphed pass. Where the inner
-        model prices a whole-GPU prompt pass as the runtime issues it (`issues_prompts`), only
-        the decode attention's launches count."""
+        model prices a prompt pass as the runtime issues it (`issues_prompts`), only the decode
+        attention's launches count."""
         if not self.host_gap_s or not 0 < batch.num_tokens <= self.graph_max_tokens or self.full_graph(batch):
             return 0.0
-        if batch.prefill_tokens and (sms is None or sms >= self.num_sms) and getattr(self.inner, "issues_prompts", False):
+        if batch.prefill_tokens and getattr(self.inner, "issues_prompts", False):
             decode = (1 + (self.decode_splits(batch) > 1)) if batch.num_decodes else 0
             return decode * self.arch.num_layers * self.host_gap_s
         return self.graphed_launches(batch) * self.host_gap_s

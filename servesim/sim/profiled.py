@@ -112,9 +112,9 @@ class ProfiledCostModel:
         if prompt_passes == "auto":
             prompt_passes = "runtime" if issue is not None else "ops"
         self.prompt_passes = prompt_passes
-        self._issue = issue if prompt_passes == "runtime" else None
         if prompt_passes in ("runtime_graph", "runtime"):
-            self._prompt = self._prompt_pass_table()
+            self._prompt = self._prompt_pass_table()  # over the operators' sum: before the overhead is set
+            self._issue = issue if prompt_passes == "runtime" else None
             if self._prompt is None or (prompt_passes == "runtime" and self._issue is None):
                 raise InputError(f"cost_model.prompt_passes: {prompt_passes}, but the profile of {arch.name} on "
                                  f"{gpu.name} has no runtime prompt passes: run `servesim profile --model "
@@ -247,8 +247,8 @@ class ProfiledCostModel:
 
     @property
     def issues_prompts(self) -> bool:
-        """Whole-GPU prompt passes are priced with the runtime's issue overhead (the host
-        model's launch gaps then leave their prompt out)."""
+        """Prompt passes, on the whole GPU or a partition, are priced with the runtime's issue
+        overhead (the host model's launch gaps then leave their prompt out)."""
         return self._issue is not None
 
     def _prompt_layers_s(self, batch: BatchShape) -> float:
@@ -535,18 +535,22 @@ class ProfiledCostModel:
         parts = self._parts(batch, sms)
         self.extrapolated += sum(times * g.extrapolated for times, g in parts) + fallback
         priced = [times * g.seconds(slowdown) for times, g in parts]
+        rows = batch.num_prefill_tokens + batch.num_decodes
         if self._prompt_applies(batch, sms):
             assert self._prompt is not None
             # The prompt's layers as the runtime's whole prompt passes run them (their rows:
             # the prompt's tokens and the decodes that share its GEMMs).
-            factor = self._prompt.at(batch.num_prefill_tokens + batch.num_decodes)
+            factor = self._prompt.at(rows)
             prompt = slice(1, 1 + self._prompt_parts(batch))
             priced[prompt] = [t * factor for t in priced[prompt]]
-            if self._issue is not None:  # the runtime's issue overhead, over the prompt's layers
-                start, end = batch.prefill_layers or (0, self.arch.num_layers)
-                rows = batch.num_prefill_tokens + batch.num_decodes
-                priced.append(self._issue.at(rows) * (end - start) / self.arch.num_layers)
-        return (self.fixed_s + sum(priced)) * self._pass_factor(batch, sms, corunner)
+        total = (self.fixed_s + sum(priced)) * self._pass_factor(batch, sms, corunner)
+        if self._issue is not None and batch.prefill_tokens:
+            # What the runtime's way of issuing a prompt pass adds, over the prompt's layers: on
+            # a partition too, whose lane table holds passes captured whole, as the whole GPU's
+            # one-graph passes are.
+            start, end = batch.prefill_layers or (0, self.arch.num_layers)
+            total += self._issue.at(rows) * (end - start) / self.arch.num_layers
+        return total
 
     def _prompt_applies(self, batch: BatchShape, sms: int) -> bool:
         """A pass with a prompt on the whole GPU, with a table of the runtime's prompt passes."""
