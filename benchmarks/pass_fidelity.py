@@ -60,6 +60,7 @@ import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -108,23 +109,31 @@ Run = Callable[[], None]
 
 
 class Sampler:
-    """nvidia-smi sampling the clock and power every SAMPLE_MS in its own process."""
+    """nvidia-smi sampling the clock and power every SAMPLE_MS in its own process, into a file:
+    a pipe read only at the end fills after about 1,000 samples (20 s), and nvidia-smi then
+    stops (the sweep and hot runs of the eighteenth session kept 1,057 each)."""
 
     def __enter__(self) -> Sampler:
         exe, unbuffer = shutil.which("nvidia-smi"), shutil.which("stdbuf")
         line_buffered = [unbuffer, "-oL"] if unbuffer else []  # else the last samples die in its buffer
+        self.out = tempfile.TemporaryFile(mode="w+")
         self.proc = None if exe is None else subprocess.Popen(
             [*line_buffered, exe, f"--query-gpu={SMI_FIELDS}", "--format=csv,noheader,nounits", f"-lms={SAMPLE_MS}",
              "-i", "0"],
-            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+            stdout=self.out, stderr=subprocess.DEVNULL, text=True)
         self.samples: list[tuple[datetime.datetime, float, float, int]] = []
         return self
 
     def __exit__(self, *_: Any) -> None:
         if self.proc is None:
+            self.out.close()
             return
         self.proc.terminate()
-        for line in self.proc.communicate(timeout=10)[0].splitlines():
+        self.proc.wait(timeout=10)
+        self.out.seek(0)
+        lines = self.out.read().splitlines()
+        self.out.close()
+        for line in lines:
             cells = [c.strip() for c in line.split(",")]
             try:
                 stamp = datetime.datetime.strptime(cells[0], "%Y/%m/%d %H:%M:%S.%f")
@@ -167,25 +176,31 @@ def replays_us(run: Run, reps: int, pause_us: float = 0.0) -> list[float]:
     return [a.elapsed_time(b) * 1e3 for a, b in pairs]
 
 
-def _sustained(run: Run) -> dict[str, Any]:
-    """Back-to-back replays for SUSTAIN_S seconds after an idle second: per replay, the time
-    between consecutive events; medians of the first 0.3 s and of the last second."""
-    torch.cuda.synchronize()
-    time.sleep(IDLE_S)
+def _back_to_back(run: Run, seconds: float) -> list[float]:
+    """Replays of `run` back to back for `seconds` of wall time, the host a few ahead of the
+    GPU, never far: each replay's time (us, between consecutive events)."""
     events = [torch.cuda.Event(enable_timing=True)]
-    began = datetime.datetime.now()
     events[0].record()
     t0 = time.perf_counter()
-    while time.perf_counter() - t0 < SUSTAIN_S:
+    while time.perf_counter() - t0 < seconds:
         run()
         event = torch.cuda.Event(enable_timing=True)
         event.record()
         events.append(event)
         if len(events) > 8:
-            events[-8].synchronize()  # the host stays a few replays ahead, never far
+            events[-8].synchronize()
     torch.cuda.synchronize()
+    return [events[i].elapsed_time(events[i + 1]) * 1e3 for i in range(len(events) - 1)]
+
+
+def _sustained(run: Run) -> dict[str, Any]:
+    """Back-to-back replays for SUSTAIN_S seconds after an idle second: medians of the first
+    0.3 s and of the last second."""
+    torch.cuda.synchronize()
+    time.sleep(IDLE_S)
+    began = datetime.datetime.now()
+    times = _back_to_back(run, SUSTAIN_S)
     ended = datetime.datetime.now()
-    times = [events[i].elapsed_time(events[i + 1]) * 1e3 for i in range(len(events) - 1)]
     at, first, last = 0.0, [], []
     total = sum(times)
     for t in times:
@@ -470,18 +485,7 @@ def _hot(run: Run) -> list[dict[str, Any]]:
     t0 = time.perf_counter()
     while time.perf_counter() - t0 < HOT_S:
         began = datetime.datetime.now()
-        events = [torch.cuda.Event(enable_timing=True)]
-        events[0].record()
-        t1 = time.perf_counter()
-        while time.perf_counter() - t1 < 1.0:
-            run()
-            event = torch.cuda.Event(enable_timing=True)
-            event.record()
-            events.append(event)
-            if len(events) > 8:
-                events[-8].synchronize()
-        torch.cuda.synchronize()
-        times = [events[i].elapsed_time(events[i + 1]) * 1e3 for i in range(len(events) - 1)]
+        times = _back_to_back(run, 1.0)
         windows.append({"second": len(windows), "replays": len(times), "median_us": statistics.median(times),
                         "clock": (began, datetime.datetime.now())})
     return windows
