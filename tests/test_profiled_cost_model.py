@@ -663,7 +663,12 @@ def test_prompt_passes_as_the_runtime_issues_them(tmp_path) -> None:
     prompt, mixed = BatchShape((256,), (0,), num_logits=1), BatchShape((256,), (0,), 16, 16000, 1000, 17)
     assert host.gaps_s(prompt) == 0.0 and plain.gaps_s(prompt) == pytest.approx(plain.graphed_launches(prompt) * 3e-6)
     assert host.gaps_s(mixed) == pytest.approx((1 + (host.decode_splits(mixed) > 1)) * 32 * 3e-6)
-    assert host.gaps_s(prompt, 64) == 0.0 < plain.gaps_s(prompt, 64)  # on a partition alike
+    # On a partition alike: its step holds no gaps for the prompt (the plain model's would).
+    assert host.step_time(prompt, 64) == pytest.approx(
+        host.step_host_s(prompt) + max(host.gpu_s(prompt, 64), host.launches(prompt) * host.host_launch_s), rel=1e-12)
+    assert plain.step_time(prompt, 64) == pytest.approx(host.step_host_s(prompt) + max(
+        plain.gpu_s(prompt, 64) + plain.gaps_s(prompt), plain.launches(prompt) * plain.host_launch_s), rel=1e-12)
+    assert plain.gaps_s(prompt) > 0.0
     # A prompt on a partition: its lane's price (a pass captured whole) plus the same overhead.
     for q in (128, 512, 4096):
         batch = BatchShape((q,), (0,), num_logits=1)

@@ -133,7 +133,7 @@ class HostOverheadCostModel:
             return gpu_s
         if self.full_graph(batch):
             return self.step_host_s(batch) + self.host_graph_issue_s + gpu_s
-        return self.step_host_s(batch) + max(gpu_s + self.gaps_s(batch, sms), self.launches(batch) * self.host_launch_s)
+        return self.step_host_s(batch) + max(gpu_s + self.gaps_s(batch), self.launches(batch) * self.host_launch_s)
 
     def gpu_s(self, batch: BatchShape, sms: int | None = None, corunner: Corunner | None = None) -> float:
         """The inner model's time for the pass plus its graphs' padding (`padding_s`); its excess
@@ -191,7 +191,7 @@ class HostOverheadCostModel:
             duty = self._duty[corunner] = min(1.0, busy / self.step_time(corunner.batch, corunner.sms))
         return duty
 
-    def gaps_s(self, batch: BatchShape, sms: int | None = None) -> float:
+    def gaps_s(self, batch: BatchShape) -> float:
         """The GPU's idle time at the host's launches inside a graphed pass. Where the inner
         model prices a prompt pass as the runtime issues it (`issues_prompts`), only the decode
         attention's launches count."""

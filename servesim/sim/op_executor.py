@@ -156,7 +156,7 @@ class OperatorExecutor(Executor):
         else:
             counts = [len(g) for g in groups]
         scale = cost.launches(shape) / max(sum(counts), 1)  # the same total as step_time's
-        gap = cost.gaps_s(shape, self.sms) / max(sum(counts), 1)
+        gap = cost.gaps_s(shape) / max(sum(counts), 1)
         return paced_blocks([b + gap * n for b, n in zip(blocks, counts, strict=True)],
                             [n * scale * cost.host_launch_s for n in counts], check)
 

@@ -205,20 +205,25 @@ class ProfiledCostModel:
         return self._lane_levels(rows, "num_decodes", "corunner_prompt", priced, alone_measured=alone,
                                  relative=alone)
 
-    def _prompt_pass_table(self) -> _PromptPass | None:
-        """The runtime's whole prompt passes on the whole GPU, timed in serving's context
-        (`passes` rows of method `runtime_graph`: servesim.profiler.runtime_passes), over the
-        same passes priced operator by operator. None for a profile without them."""
+    def _runtime_prompts(self, method: str) -> dict[int, float]:
+        """Prompt length -> seconds of the profile's runtime prompt passes of `method` on the
+        whole GPU (`passes` rows written by servesim.profiler.runtime_passes); {} without them."""
         rows = self.profile.tables.get("passes")
         if rows is None:
-            return None
+            return {}
         rows = rows.dropna(subset=["median_us"])
-        rows = rows[(rows.method.astype(str) == "runtime_graph") & (rows.num_decodes == 0)
+        rows = rows[(rows.method.astype(str) == method) & (rows.num_decodes == 0)
                     & (rows.sms.fillna(self.gpu.num_sms) == self.gpu.num_sms)]
-        if rows.empty:
+        return {int(q): float(us) * 1e-6 for q, us in zip(rows.prefill_tokens, rows.median_us, strict=True)}
+
+    def _prompt_pass_table(self) -> _PromptPass | None:
+        """The runtime's whole prompt passes on the whole GPU, timed in serving's context in one
+        graph (`runtime_graph`), over the same passes priced operator by operator. None for a
+        profile without them."""
+        measured = sorted(self._runtime_prompts("runtime_graph").items())
+        if not measured:
             return None
         counted = self.extrapolated
-        measured = sorted((int(q), float(us) * 1e-6) for q, us in zip(rows.prefill_tokens, rows.median_us, strict=True))
         factors = []
         for q, seconds in measured:  # the factor of the prompt's layers (the ends as priced)
             layers = self._prompt_layers_s(BatchShape((q,), (0,), num_logits=1))
@@ -228,22 +233,15 @@ class ProfiledCostModel:
         return _PromptPass([q for q, _ in measured], factors)
 
     def _prompt_issue_table(self) -> _PromptPass | None:
-        """What the runtime's way of issuing a whole-GPU prompt pass (piecewise graphs with the
-        attention launched between them up to its graph size, every kernel launched above it)
-        adds to the same pass in one graph: `runtime_served` less `runtime_graph` at each length
-        (seconds). None without both."""
-        rows = self.profile.tables.get("passes")
-        if rows is None:
-            return None
-        rows = rows.dropna(subset=["median_us"])
-        rows = rows[(rows.num_decodes == 0) & (rows.sms.fillna(self.gpu.num_sms) == self.gpu.num_sms)]
-        got = {m: dict(zip(rows[rows.method.astype(str) == m].prefill_tokens.astype(int),
-                           rows[rows.method.astype(str) == m].median_us, strict=True))
-               for m in ("runtime_served", "runtime_graph")}
-        tokens = sorted(set(got["runtime_served"]) & set(got["runtime_graph"]))
+        """What the runtime's way of issuing a prompt pass (piecewise graphs with the attention
+        launched between them up to its graph size, every kernel launched above it) adds to the
+        same pass in one graph: `runtime_served` less `runtime_graph` at each length (seconds).
+        None without both."""
+        served, graph = self._runtime_prompts("runtime_served"), self._runtime_prompts("runtime_graph")
+        tokens = sorted(set(served) & set(graph))
         if not tokens:
             return None
-        return _PromptPass(tokens, [(got["runtime_served"][q] - got["runtime_graph"][q]) * 1e-6 for q in tokens])
+        return _PromptPass(tokens, [served[q] - graph[q] for q in tokens])
 
     @property
     def issues_prompts(self) -> bool:
