@@ -53,14 +53,10 @@ the JSON; --measured FILE prints a written JSON again, priced with this checkout
 from __future__ import annotations
 
 import argparse
-import datetime
 import gc
 import json
-import shutil
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -70,6 +66,7 @@ import torch
 
 from servesim.models.arch import ModelArch, load_model
 from servesim.models.shapes import BatchShape
+from servesim.runtime.clocks import ClockMonitor, ClockSample, clock_samples, smi_id
 from servesim.sim.hardware import get_gpu
 from servesim.sim.profiled import ProfiledCostModel
 
@@ -104,51 +101,18 @@ IDLE_S = 1.0
 SUSTAIN_S = 3.0
 POOL_BLOCKS = 32768
 SAMPLE_MS = 20
-SMI_FIELDS = "timestamp,clocks.sm,power.draw,clocks_event_reasons.active,temperature.gpu"
 Run = Callable[[], None]
 
 
-class Sampler:
-    """nvidia-smi sampling the clock and power every SAMPLE_MS in its own process, into a file:
-    a pipe read only at the end fills after about 1,000 samples (20 s), and nvidia-smi then
-    stops (the sweep and hot runs of the eighteenth session kept 1,057 each)."""
-
-    def __enter__(self) -> Sampler:
-        exe, unbuffer = shutil.which("nvidia-smi"), shutil.which("stdbuf")
-        line_buffered = [unbuffer, "-oL"] if unbuffer else []  # else the last samples die in its buffer
-        self.out = tempfile.TemporaryFile(mode="w+")
-        self.proc = None if exe is None else subprocess.Popen(
-            [*line_buffered, exe, f"--query-gpu={SMI_FIELDS}", "--format=csv,noheader,nounits", f"-lms={SAMPLE_MS}",
-             "-i", "0"],
-            stdout=self.out, stderr=subprocess.DEVNULL, text=True)
-        self.samples: list[tuple[datetime.datetime, float, float, int]] = []
-        return self
-
-    def __exit__(self, *_: Any) -> None:
-        if self.proc is None:
-            self.out.close()
-            return
-        self.proc.terminate()
-        self.proc.wait(timeout=10)
-        self.out.seek(0)
-        lines = self.out.read().splitlines()
-        self.out.close()
-        for line in lines:
-            cells = [c.strip() for c in line.split(",")]
-            try:
-                stamp = datetime.datetime.strptime(cells[0], "%Y/%m/%d %H:%M:%S.%f")
-                self.samples.append((stamp, float(cells[1]), float(cells[2]), int(cells[3], 16)))
-            except (ValueError, IndexError):
-                continue
-
-    def over(self, start: datetime.datetime, end: datetime.datetime) -> dict[str, float]:
-        """Median clock and power, and the share of samples slowed for power, in [start, end)."""
-        got = [s for s in self.samples if start <= s[0] < end]
-        if not got:
-            return {}
-        return {"samples": len(got), "sm_mhz": statistics.median(s[1] for s in got),
-                "min_mhz": min(s[1] for s in got), "power_w": statistics.median(s[2] for s in got),
-                "power_capped": sum(1 for s in got if s[3] & 0x4) / len(got)}
+def _over(samples: list[ClockSample], start: float, end: float) -> dict[str, float]:
+    """Median clock and power, and the share of samples slowed for power, in [start, end)
+    (epoch seconds)."""
+    got = [s for s in samples if start <= s.t_s < end]
+    if not got:
+        return {}
+    return {"samples": len(got), "sm_mhz": statistics.median(s.sm_mhz for s in got),
+            "min_mhz": min(s.sm_mhz for s in got), "power_w": statistics.median(s.power_w for s in got),
+            "power_capped": sum(1 for s in got if s.reasons & 0x4) / len(got)}
 
 
 def _burst(run: Run) -> list[float]:
@@ -198,9 +162,9 @@ def _sustained(run: Run) -> dict[str, Any]:
     0.3 s and of the last second."""
     torch.cuda.synchronize()
     time.sleep(IDLE_S)
-    began = datetime.datetime.now()
+    began = time.time()
     times = _back_to_back(run, SUSTAIN_S)
-    ended = datetime.datetime.now()
+    ended = time.time()
     at, first, last = 0.0, [], []
     total = sum(times)
     for t in times:
@@ -211,8 +175,8 @@ def _sustained(run: Run) -> dict[str, Any]:
         at += t
     out: dict[str, Any] = {"replays": len(times), "first_us": statistics.median(first),
                            "last_us": statistics.median(last)}
-    out["first_clock"] = (began, began + datetime.timedelta(seconds=0.3))
-    out["last_clock"] = (ended - datetime.timedelta(seconds=1), ended)
+    out["first_clock"] = (began, began + 0.3)
+    out["last_clock"] = (ended - 1.0, ended)
     return out
 
 
@@ -347,7 +311,7 @@ def main() -> int:
         rows["mixed_512"] = {"kind": "mixed", "size": 512, "decodes": 64, "context": 1152}
     profiles = ((4, "profile"), (arch.num_layers, "profile_all")) if uniform else () if after or heat \
         or args.cases == "hot" else ((4, "profile"),)
-    with Sampler() as clocks:
+    with ClockMonitor(smi_id(torch.device("cuda")), period_ms=SAMPLE_MS) as monitor:
         for layer_sets, name in profiles:
             for key, row in rows.items():
                 if row.get("order", "drawn") != "drawn":
@@ -361,17 +325,18 @@ def main() -> int:
                 torch.cuda.empty_cache()
             print(f"{name} done", flush=True)
         _runtime(arch, rows, sustained=uniform, after=targets if after else (), heat=heat)
+    clocks = clock_samples(monitor.lines)
     for row in rows.values():
         for window in row.get("hot") or ():
-            window["clock"] = clocks.over(*window["clock"])
+            window["clock"] = _over(clocks, *window["clock"])
         for key in ("sustained", "profile_sustained"):
             got = row.get(key)
             if got and "first_clock" in got:
-                got["first_clock"] = clocks.over(*got["first_clock"])
-                got["last_clock"] = clocks.over(*got["last_clock"])
+                got["first_clock"] = _over(clocks, *got["first_clock"])
+                got["last_clock"] = _over(clocks, *got["last_clock"])
     result = {"model": args.model, "gpu": torch.cuda.get_device_name(), "torch": torch.__version__,
               "reps": REPS, "idle_s": IDLE_S, "sustain_s": SUSTAIN_S, "pool_blocks": POOL_BLOCKS,
-              "clock_samples": len(clocks.samples), "rows": list(rows.values())}
+              "clock_samples": len(clocks), "rows": list(rows.values())}
     return _report(result, ProfiledCostModel(arch, get_gpu("h200"), args.profile), args.out)
 
 
@@ -484,10 +449,10 @@ def _hot(run: Run) -> list[dict[str, Any]]:
     windows: list[dict[str, Any]] = []
     t0 = time.perf_counter()
     while time.perf_counter() - t0 < HOT_S:
-        began = datetime.datetime.now()
+        began = time.time()
         times = _back_to_back(run, 1.0)
         windows.append({"second": len(windows), "replays": len(times), "median_us": statistics.median(times),
-                        "clock": (began, datetime.datetime.now())})
+                        "clock": (began, time.time())})
     return windows
 
 

@@ -45,7 +45,7 @@ from servesim.runtime.calibrate import (
     reference_loops,
     scaled,
 )
-from servesim.runtime.clocks import HOST_SLOW_RATIO, ClockMonitor, HostMonitor, smi_id
+from servesim.runtime.clocks import HOST_SLOW_RATIO, ClockMonitor, ClockSample, HostMonitor, smi_id
 from servesim.runtime.engine import Runtime, StepRecord
 from servesim.runtime.model import GRAPH_SIZES, RuntimeModel
 from servesim.runtime.partitioned import Lanes, PartitionedRuntime, PartitionLanes
@@ -193,7 +193,8 @@ def validate(config: Config, base_dir: Path, device_name: str = "cuda",
                          limits, arch=arch, power=power, predictor=predictor)
     tables = [request_table(r.requests, config.slo.classes, config.slo.default) for r in (measured, predicted)]
     summaries = [summarize(r, t) for r, t in zip((measured, predicted), tables, strict=True)]
-    steps = step_table(runtime.steps, cost_model, _power_state(power, arch))
+    steps = with_clocks(step_table(runtime.steps, cost_model, _power_state(power, arch)),
+                        clocks.trace(runtime.t0_epoch))
     pauses = np.array([s for _, s in runtime.gc_pauses])
     host = steps.busy_s - steps.gpu_s if len(steps) else pd.Series(dtype=float)
     health = {"gc_collections": len(pauses), "gc_max_ms": 1e3 * float(pauses.max(initial=0.0)),
@@ -318,6 +319,22 @@ def repredict(config: Config, base_dir: Path, report: dict[str, Any], steps: pd.
 def _power_state(model: PowerModel | None, arch: ModelArch) -> PowerState | None:
     """A fresh clock state for pricing a measured step table (None: priced rested)."""
     return PowerState(model, arch) if model is not None else None
+
+
+def with_clocks(steps: pd.DataFrame, samples: list[ClockSample]) -> pd.DataFrame:
+    """`steps` with the GPU's SM clock, board power and power capping (nvidia-smi's sample
+    nearest each step's middle, `samples` timed from the run's start); unchanged without
+    samples (a run off the GPU)."""
+    if not samples or steps.empty:
+        return steps
+    times = np.array([s.t_s for s in samples])
+    middle = (steps.start_s + steps.busy_s / 2).to_numpy()
+    after = np.searchsorted(times, middle)
+    lo, hi = np.clip(after - 1, 0, len(times) - 1), np.clip(after, 0, len(times) - 1)
+    nearest = np.where(np.abs(times[lo] - middle) <= np.abs(times[hi] - middle), lo, hi)
+    picked = [samples[i] for i in nearest]
+    return steps.assign(sm_mhz=[s.sm_mhz for s in picked], power_w=[s.power_w for s in picked],
+                        power_capped=[bool(s.reasons & 0x4) for s in picked])
 
 
 def step_table(records: list[StepRecord], cost_model: CostModel, power: PowerState | None = None) -> pd.DataFrame:

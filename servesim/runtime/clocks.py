@@ -5,14 +5,16 @@ profile's meta.json records it per phase (operators, held-out shapes, passes, pa
 
 from __future__ import annotations
 
+import datetime
 import shutil
 import subprocess
 import sys
-from typing import Any, Self
+import tempfile
+from typing import Any, NamedTuple, Self
 
 import numpy as np
 
-FIELDS = "clocks.sm,clocks.max.sm,clocks_event_reasons.active"
+FIELDS = "timestamp,clocks.sm,clocks.max.sm,clocks_event_reasons.active,power.draw"
 # Event reasons that slow the clock down for a reason other than an idle GPU or the
 # application's own clock setting (nvidia-smi's bit values).
 SLOWING_REASONS = 0x4 | 0x8 | 0x20 | 0x40 | 0x80  # power cap, HW slowdown, SW thermal, HW thermal, HW power brake
@@ -20,23 +22,32 @@ SLOWING_REASONS = 0x4 | 0x8 | 0x20 | 0x40 | 0x80  # power cap, HW slowdown, SW t
 
 class _Sampler:
     """A sampling process (`command`) started on entering the block and stopped on leaving it;
-    `lines` are what it printed. No command (None): samples nothing."""
+    `lines` are what it printed. It prints into a file: a pipe read only at the end fills at
+    64 KiB (about 1,000 nvidia-smi samples) and the sampler then stops. No command (None):
+    samples nothing."""
 
     def __init__(self, command: list[str] | None) -> None:
         self.command = command
         self._proc: subprocess.Popen[str] | None = None
+        self._out: Any = None
         self.lines: list[str] = []
 
     def __enter__(self) -> Self:
         if self.command is not None:
-            self._proc = subprocess.Popen(self.command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+            unbuffer = shutil.which("stdbuf")  # line-buffered: else the last samples die in its buffer
+            self._out = tempfile.TemporaryFile(mode="w+")
+            self._proc = subprocess.Popen([*([unbuffer, "-oL"] if unbuffer else []), *self.command],
+                                          stdout=self._out, stderr=subprocess.DEVNULL, text=True)
         return self
 
     def __exit__(self, *_: Any) -> None:
         if self._proc is None:
             return
         self._proc.terminate()
-        self.lines = self._proc.communicate(timeout=5)[0].splitlines()
+        self._proc.wait(timeout=10)
+        self._out.seek(0)
+        self.lines = self._out.read().splitlines()
+        self._out.close()
 
 
 def smi_id(device: Any) -> int | str:
@@ -51,9 +62,10 @@ def smi_id(device: Any) -> int | str:
 
 
 class ClockMonitor(_Sampler):
-    """`with ClockMonitor(index) as clocks:` ... `clocks.summary()` after the block."""
+    """`with ClockMonitor(index) as clocks:` ... `clocks.summary()` after the block, and
+    `clocks.trace(t0)` for the samples themselves."""
 
-    def __init__(self, index: int | str | None, period_ms: int = 200) -> None:
+    def __init__(self, index: int | str | None, period_ms: int = 100) -> None:
         """`index`: the GPU's nvidia-smi id (`smi_id`); None samples nothing (a run off the GPU)."""
         exe = shutil.which("nvidia-smi")
         super().__init__(None if exe is None or index is None else
@@ -64,33 +76,60 @@ class ClockMonitor(_Sampler):
     def summary(self) -> dict[str, Any]:
         return clock_summary(self.lines)
 
+    def trace(self, t0_epoch: float) -> list[ClockSample]:
+        """The samples, their times in seconds after the epoch time `t0_epoch`."""
+        return [s._replace(t_s=s.t_s - t0_epoch) for s in clock_samples(self.lines)]
 
-def clock_summary(lines: list[str]) -> dict[str, Any]:
-    """Median and minimum SM clock, and the share of samples the driver slowed for power or
-    heat, from nvidia-smi's CSV lines (empty when it printed none)."""
-    clocks, reasons, max_clock = [], [], 0.0
+
+class ClockSample(NamedTuple):
+    t_s: float
+    """When (epoch seconds, or seconds after a start in a trace)."""
+    sm_mhz: float
+    max_mhz: float
+    reasons: int
+    """nvidia-smi's clock event reasons (bits)."""
+    power_w: float
+    """Board power (NaN where nvidia-smi gave none)."""
+
+
+def clock_samples(lines: list[str]) -> list[ClockSample]:
+    """nvidia-smi's CSV lines (FIELDS), unreadable ones skipped; its timestamps are local time."""
+    samples = []
     for line in lines:
         cells = [c.strip() for c in line.split(",")]
-        if len(cells) != 3:
+        if len(cells) != 5:
             continue
         try:
-            clock, top = float(cells[0]), float(cells[1])
+            stamp = datetime.datetime.strptime(cells[0], "%Y/%m/%d %H:%M:%S.%f").timestamp()
+            clock, top = float(cells[1]), float(cells[2])
         except ValueError:
             continue
-        clocks.append(clock)
-        max_clock = max(max_clock, top)
         try:
-            reasons.append(int(cells[2], 16))
+            reasons = int(cells[3], 16)
         except ValueError:
-            reasons.append(0)
-    if not clocks:
+            reasons = 0
+        try:
+            power = float(cells[4])
+        except ValueError:
+            power = float("nan")
+        samples.append(ClockSample(stamp, clock, top, reasons, power))
+    return samples
+
+
+def clock_summary(lines: list[str]) -> dict[str, Any]:
+    """Median and minimum SM clock, median power, and the share of samples the driver slowed
+    for power or heat, from nvidia-smi's CSV lines (empty when it printed none)."""
+    samples = clock_samples(lines)
+    if not samples:
         return {}
-    values = np.asarray(clocks)
-    slowed = [r & SLOWING_REASONS for r in reasons]
+    values = np.asarray([s.sm_mhz for s in samples])
+    slowed = [s.reasons & SLOWING_REASONS for s in samples]
+    power = [s.power_w for s in samples if s.power_w == s.power_w]
     return {"sm_clock_samples": len(values), "sm_clock_median_mhz": float(np.median(values)),
-            "sm_clock_min_mhz": float(values.min()), "sm_clock_max_mhz": max_clock,
+            "sm_clock_min_mhz": float(values.min()), "sm_clock_max_mhz": max(s.max_mhz for s in samples),
             "clock_slowed_share": float(np.mean([s != 0 for s in slowed])),
-            "clock_slowed_reasons": f"{int(np.bitwise_or.reduce(slowed)) if slowed else 0:#x}"}
+            "clock_slowed_reasons": f"{int(np.bitwise_or.reduce(slowed)):#x}",
+            **({"power_median_w": float(np.median(power))} if power else {})}
 
 
 # The host's speed, sampled in its own process: a fixed piece of pure-Python work timed every

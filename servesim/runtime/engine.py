@@ -88,6 +88,8 @@ class Runtime:
         self.pending: list[Request] = []
         self.next_arrival = 0  # index into pending
         self.t0 = 0.0
+        self.t0_epoch = 0.0
+        """The wall-clock (epoch) time of t0, to place the clock samples among the steps."""
         self.gc_pauses: list[tuple[int, float]] = []
         self._gc_started = 0.0
         self.steps: list[StepRecord] = []
@@ -96,6 +98,9 @@ class Runtime:
 
     def now(self) -> float:
         return time.perf_counter() - self.t0
+
+    def _start_clock(self) -> None:
+        self.t0, self.t0_epoch = time.perf_counter(), time.time()
 
     def sync(self) -> float:
         if self.model.device.type == "cuda":
@@ -137,7 +142,7 @@ class Runtime:
     def _serve(self, requests: Sequence[Request]) -> SimResult:
         state = self.state
         pending = self.pending = list(requests)
-        self.t0 = time.perf_counter()
+        self._start_clock()
         while state.num_done < len(pending):
             now = self.now()
             self._admit_arrivals(now)

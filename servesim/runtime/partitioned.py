@@ -19,7 +19,6 @@ controller the set of every 8-SM split it may visit (`Nexus.shares`).
 from __future__ import annotations
 
 import contextlib
-import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -164,7 +163,7 @@ class PartitionedRuntime(Runtime):
     def _serve(self, requests: Sequence[Request]) -> SimResult:
         state, tick = self.state, self.nexus.params.tick_s
         pending = self.pending = list(requests)
-        self.t0 = time.perf_counter()
+        self._start_clock()
         next_tick = tick
         while state.num_done < len(pending):
             now = self.now()
