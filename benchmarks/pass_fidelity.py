@@ -42,11 +42,19 @@ conversation trace (a prompt plus part of its output, seeded), in the order draw
 and longest last: serving's batches mix contexts (the largest 2-3.5x the mean in issue 7's 90 %
 runs), where the profile times one straggler launched first and the others equal.
 
+`--cases served --steps DIR` replays decode-only steps a validation run served (DIR holds its
+steps.csv.gz and measured_requests.csv): each step's contexts, rebuilt from when its requests
+got their first token and finished (they match the step table's count, sum and longest
+exactly), in the order they were admitted; SERVED_PER_BIN steps from each bin of SERVED_BINS
+sequences. Each row keeps the GPU span serving measured for that step (`served_gpu_us`) beside
+the replay's.
+
 The prediction is ProfiledCostModel.step_time of the same shape (the operators' sum, and for a
 decode batch the profile's in-pass factor). Prints a table and one JSON object; --out writes
 the JSON; --measured FILE prints a written JSON again, priced with this checkout's model.
 
     PYTHONPATH=. python benchmarks/pass_fidelity.py --out FILE
+    PYTHONPATH=. python benchmarks/pass_fidelity.py --cases served --steps RUN_DIR --out FILE
     PYTHONPATH=. python benchmarks/pass_fidelity.py --measured FILE [--profile DIR]
 """
 
@@ -94,6 +102,9 @@ HOT = (("spread", 96), ("spread", 112), ("equal", 96))
 HOT_S = 20.0
 """Spread batches whose runtime pass is also broken down by kernel (torch.profiler)."""
 ORDERS = ("drawn", "longest_first", "longest_last")
+SERVED_BINS = ((56, 64), (65, 72), (73, 76), (77, 80), (81, 88), (89, 96), (97, 112))
+SERVED_PER_BIN = 4
+"""`--cases served`: decode-only steps replayed per bin of batch sizes (inclusive)."""
 MAX_CONTEXT = 8192
 TRACE = Path(__file__).resolve().parent.parent / "servesim" / "traces" / "samples" / "AzureLLMInferenceTrace_conv.csv"
 REPS = 5
@@ -235,6 +246,52 @@ def _skew_rows(seed: int = 0) -> dict[str, dict[str, Any]]:
     return rows
 
 
+def served_contexts(folder: Path) -> dict[int, list[int]]:
+    """Each decode-only step's contexts (step index -> tokens per sequence, in admission order),
+    rebuilt from a validation run's request table: a request decodes in the steps that start
+    after its first token and before it finished, and has generated one token more for every
+    step with decodes that ended since. Raises ValueError where a rebuilt step's count, total
+    or longest context differs from the step table's (a preempted request, say)."""
+    import numpy as np
+    import pandas as pd
+    steps = pd.read_csv(folder / "steps.csv.gz")
+    served = pd.read_csv(folder / "measured_requests.csv")
+    served = served[served.status == "completed"].sort_values(["first_scheduled_s", "request_id"])
+    ends = (steps.start_s + steps.busy_s)[steps.num_decodes > 0].to_numpy()
+    first, finish = served.first_token_s.to_numpy(), served.finish_s.to_numpy()
+    prompts = served.num_prompt_tokens.to_numpy()
+    got = {}
+    for k in np.flatnonzero((steps.num_prefills == 0).to_numpy()):
+        row = steps.iloc[k]
+        live = (first <= row.start_s) & (finish > row.start_s)
+        generated = 1 + np.searchsorted(ends, row.start_s, "right") - np.searchsorted(ends, first[live], "right")
+        contexts = (prompts[live] + generated).tolist()
+        if (len(contexts), sum(contexts), max(contexts, default=0)) != \
+                (row.num_decodes, row.decode_context, row.max_decode_context):
+            raise ValueError(f"{folder}: step {k}'s contexts cannot be rebuilt from its requests")
+        got[int(k)] = contexts
+    return got
+
+
+def served_rows(folder: Path, seed: int = 0) -> dict[str, dict[str, Any]]:
+    """SERVED_PER_BIN decode-only steps of each bin of SERVED_BINS, drawn with `seed`, as rows
+    with their contexts and the GPU span serving measured for them."""
+    import random
+
+    import pandas as pd
+    steps = pd.read_csv(folder / "steps.csv.gz")
+    contexts = served_contexts(folder)
+    rng, rows = random.Random(seed), {}
+    for lo, hi in SERVED_BINS:
+        held = [k for k, c in contexts.items() if lo <= len(c) <= hi and max(c) <= MAX_CONTEXT]
+        for i, k in enumerate(sorted(rng.sample(held, min(SERVED_PER_BIN, len(held))))):
+            rows[f"served{k}"] = {"kind": "decode", "size": len(contexts[k]), "contexts": contexts[k],
+                                  "order": "served", "step": k, "release": True, "kernels": i == 0,
+                                  "served_gpu_us": 1e6 * float(steps.gpu_s[k]),
+                                  "served_issue_us": 1e6 * float(steps.issue_s[k])}
+    return rows
+
+
 def _sweep_rows(seed: int = 0) -> dict[str, dict[str, Any]]:
     """SWEEP_BATCHES decode batches, equal and spread contexts of mean SWEEP_MEAN."""
     import random
@@ -279,7 +336,9 @@ def main() -> int:
     parser.add_argument("--profile", help="profile directory to price with (default: the shipped one)")
     parser.add_argument("--out")
     parser.add_argument("--measured", help="a JSON this script wrote: price its rows again, no GPU")
-    parser.add_argument("--cases", choices=("uniform", "skew", "sweep", "hot", "after", "heat"), default="uniform")
+    parser.add_argument("--cases", choices=("uniform", "skew", "sweep", "hot", "after", "heat", "served"),
+                        default="uniform")
+    parser.add_argument("--steps", help="with --cases served: a validation run's folder")
     parser.add_argument("--targets", default=",".join(AFTER_TARGETS),
                         help="with --cases after: the passes timed after the prompts, KIND_SIZE each "
                              "(decode_N: N decodes of 1,152 tokens; prefill_N: an N-token prompt)")
@@ -295,6 +354,10 @@ def main() -> int:
     uniform, after, heat = args.cases == "uniform", args.cases == "after", args.cases == "heat"
     rows = _skew_rows() if args.cases == "skew" else _sweep_rows() if args.cases == "sweep" else \
         {f"{k}_{s}": {"kind": k, "size": s, "context": c} for k, s, c in CASES}
+    if args.cases == "served":
+        if not args.steps:
+            parser.error("--cases served needs --steps DIR")
+        rows = served_rows(Path(args.steps))
     if args.cases == "hot":
         rows = {f"{shape}{n}": {**_sweep_rows()[f"{shape}{n}"], "kernels": False, "hot": True} for shape, n in HOT}
     targets = tuple(args.targets.split(","))
@@ -310,7 +373,7 @@ def main() -> int:
         rows["prefill_512"] = {"kind": "prefill", "size": 512, "context": 0}
         rows["mixed_512"] = {"kind": "mixed", "size": 512, "decodes": 64, "context": 1152}
     profiles = ((4, "profile"), (arch.num_layers, "profile_all")) if uniform else () if after or heat \
-        or args.cases == "hot" else ((4, "profile"),)
+        or args.cases in ("hot", "served") else ((4, "profile"),)
     with ClockMonitor(smi_id(torch.device("cuda")), period_ms=SAMPLE_MS) as monitor:
         for layer_sets, name in profiles:
             for key, row in rows.items():
@@ -519,6 +582,14 @@ def _report(result: dict[str, Any], model: ProfiledCostModel, out: str | None) -
             gemm = sum(v for n, v in k.items() if "gemm" in n.lower() or "matmul" in n.lower())
             print(f"| {r['size']} | {statistics.median(r['runtime_us']):.0f} | {attn:.0f} | {gemm:.0f} "
                   f"| {sum(k.values()) - attn - gemm:.0f} |")
+    served = [r for r in result["rows"] if "served_gpu_us" in r and "runtime_us" in r]
+    if served:
+        print("\n| served step | sequences | served GPU span / price | replay / price | replay / served |")
+        print("|---|---:|---:|---:|---:|")
+        for r in served:
+            replay = statistics.median(r["runtime_us"][1:])
+            print(f"| {r['step']} | {r['size']} | {r['served_gpu_us'] / r['priced_us']:.3f} "
+                  f"| {replay / r['priced_us']:.3f} | {replay / r['served_gpu_us']:.3f} |")
     hot = [r for r in result["rows"] if isinstance(r.get("hot"), list)]
     if hot:
         print("\n| decode batch held | second: replay / the first second's (MHz, W) |")
