@@ -93,6 +93,16 @@ def _pow2(lo: int, hi: int) -> tuple[int, ...]:
     return tuple(2**i for i in range(int(math.log2(lo)), int(math.log2(hi)) + 1))
 
 
+def _decode_batches(hi: int) -> tuple[int, ...]:
+    """Decode attention's batch axis: powers of two, and from 64 up the point halfway between
+    each two. Above 33 sequences (8 KV heads, 132 SMs) a launch has one split and its programs,
+    8 per sequence and 528 at a time, run in waves: the first ends at 66 sequences, the second
+    at 132. Between 64 and 128 a straight line priced the served decode batches of 84-102
+    sequences' attention 7-12 % under their replayed time (benchmarks/results/
+    h200-served-replay.json), those of 64-78 within 3 %."""
+    return tuple(sorted({*_pow2(1, hi), *(3 * 2**i for i in range(5, int(math.log2(hi))) if 3 * 2**i < hi)}))
+
+
 def _complements(shares: range, num_sms: int = SM_COUNT_H200) -> tuple[int, ...]:
     """The other side of each split of the GPU into `shares` and the rest. Green contexts split
     SMs in steps of 8, so the side that gets the rest of the H200's 132 is 4 past a multiple of
@@ -109,7 +119,7 @@ SPECS: dict[str, GridSpec] = {
                                               24576),
         prefill_q=(1, 4) + _pow2(16, 32768), prefill_prefix=(0, 512, 2048, 8192, 32768),
         packed_q=(16, 64, 256, 1024), packed_seqs=(1, 2, 4, 8, 16),
-        decode_batch=_pow2(1, 512), decode_context=(32, 128, 512, 1024, 2048, 4096, 8192, 16384),
+        decode_batch=_decode_batches(512), decode_context=(32, 128, 512, 1024, 2048, 4096, 8192, 16384),
         decode_skew=(1, 2, 4, 8), sample_rows=_pow2(1, 4096),
         sm_counts=tuple(sorted({*range(8, 132, 8), *_complements(range(24, 65, 8))})),
         split_sms=(16, 32, 48, 64, 80, 96),
@@ -125,7 +135,7 @@ SPECS: dict[str, GridSpec] = {
         prefill_q=(1, 16, 64, 256, 512, 768, 1024, 2048, 4096, 8192, 16384),
         prefill_prefix=(0, 512, 2048, 8192, 32768),
         packed_q=(16, 128, 1024), packed_seqs=(1, 4, 16),
-        decode_batch=(1, 2, 4, 8, 16, 32, 64, 128, 256), decode_context=(64, 512, 2048, 8192, 16384),
+        decode_batch=_decode_batches(256), decode_context=(64, 512, 2048, 8192, 16384),
         decode_skew=(1, 2, 4, 8), sample_rows=_pow2(1, 4096),
         sm_counts=tuple(sorted({8, 16, 24, 32, 40, 48, 56, 64, 96, 120, 128, *_complements(range(24, 65, 8))})),
         split_sms=(16, 32, 64, 96),
