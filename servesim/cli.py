@@ -149,6 +149,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
 def cmd_profile(args: argparse.Namespace) -> int:
     profiler = _gpu_module("servesim.profiler.run", "profile")
     mode = "tiny" if args.device == "cpu" else ("quick" if args.quick else "full")
+    if args.missing and not args.ops_only:
+        raise InputError("--missing goes with --ops-only OP[,OP]")
     if args.runtime_passes_only:
         for model in args.model:
             meta = profiler.add_runtime_passes(model, Path(args.out), mode, args.device)
@@ -158,7 +160,8 @@ def cmd_profile(args: argparse.Namespace) -> int:
         return 0
     if args.ops_only:
         for model in args.model:
-            meta = profiler.retime_ops(model, Path(args.out), mode, args.device, args.ops_only.split(","))
+            meta = profiler.retime_ops(model, Path(args.out), mode, args.device, args.ops_only.split(","),
+                                       missing=args.missing)
             done = meta["retimed"][-1]
             print(f"{meta['model']} on {meta['gpu']}: {done['rows']} points of {','.join(done['ops'])} in "
                   f"{done['seconds']:.0f} s -> {Path(args.out) / meta['gpu'] / meta['model']}")

@@ -308,6 +308,22 @@ def test_ops_only_retimes_one_operator_of_an_existing_profile(tmp_path, capsys) 
     done = on_disk["retimed"][-1]
     assert done["ops"] == ["attn_decode"] and done["commit"] == "abc" and done["rows"] == len(decode)
     assert "decode_batch" in done["grid_changed"] and "decode_context" not in done["grid_changed"]
+    assert done["missing_only"] is False
+    # --missing: a grid made finer (here: the batch-4 points lost) gets only what it lacks timed.
+    ops.loc[ops.op == "attn_decode", "median_us"] = 7.0
+    ops[(ops.op != "attn_decode") | (ops.a != 4)].to_parquet(out / "ops.parquet", index=False)
+    held_before = pd.read_parquet(out / "validation_ops.parquet")
+    assert cli.main(["profile", "--model", TINY, "--device", "cpu", "--out", str(tmp_path), "--missing"]) == 2
+    assert "--missing goes with --ops-only" in capsys.readouterr().err
+    assert cli.main(["profile", "--model", TINY, "--device", "cpu", "--out", str(tmp_path),
+                     "--ops-only", "attn_decode", "--missing"]) == 0
+    again = pd.read_parquet(out / "ops.parquet")
+    decode = again[again.op == "attn_decode"]
+    assert len(decode) == len(grid_points)
+    assert (decode[decode.a != 4].median_us == 7.0).all() and (decode[decode.a == 4].median_us != 7.0).all()
+    assert pd.read_parquet(out / "validation_ops.parquet").equals(held_before)  # held-out shapes not timed again
+    done = json.loads((out / "meta.json").read_text())["retimed"][-1]
+    assert done["missing_only"] is True and done["rows"] == len(decode[decode.a == 4]) and done["held_out_rows"] == 0
 
 
 def test_moe_points_time_several_fixed_routing_draws() -> None:

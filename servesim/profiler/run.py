@@ -296,11 +296,13 @@ def add_runtime_passes(model: str, out_root: Path, mode: str, device_name: str, 
 
 
 def retime_ops(model: str, out_root: Path, mode: str, device_name: str, ops: Sequence[str],
-               commit: str | None = None) -> dict[str, Any]:
+               commit: str | None = None, missing: bool = False) -> dict[str, Any]:
     """Time the current grid's whole-GPU points of `ops` into an existing profile of this GPU
     and model: the `ops` table's rows of those operators are replaced (every other row and table
     kept), so a grid made finer for one operator needs that operator timed, not a whole profile.
-    meta.json's `retimed` lists each such run (operators, grid axes then, code, card, clocks)."""
+    `missing`: only the points the table lacks are timed and added, every row it has kept (and
+    the held-out shapes not timed again). meta.json's `retimed` lists each such run (operators,
+    grid axes then, code, card, clocks)."""
     device = torch.device(device_name)
     arch, out_dir, meta = _existing_profile(model, out_root, device, "operators")
     partitions = Partitions(device)
@@ -308,13 +310,17 @@ def retime_ops(model: str, out_root: Path, mode: str, device_name: str, ops: Seq
     unknown = sorted(set(ops) - {p.op for p in points})
     if unknown:
         raise InputError(f"--ops-only {','.join(unknown)}: not an operator of {arch.name}'s {mode} grid")
+    if missing:
+        old = pd.read_parquet(out_dir / "ops.parquet")
+        have = set(zip(old.op, old.a.astype(float), old.b.astype(float), old.c.astype(float), strict=True))
+        points = [p for p in points if (p.op, float(p.a), float(p.b), float(p.c)) not in have]
     started = time.perf_counter()
     factory = OperatorFactory(arch, device, max(kv_tokens(s) for s in specs_of(points, {}, {})))
     quick = mode != "full"
     timer = Timer(device, target_us=2000.0 if quick else 5000.0, max_reps=20 if quick else 30)
     measurer = Measurer(factory, timer, partitions, SPECS[mode].split_sms)
     gpu_index = smi_id(device) if device.type == "cuda" else None
-    held = (out_dir / "validation_ops.parquet").is_file()
+    held = (out_dir / "validation_ops.parquet").is_file() and not missing
     if held:  # the held-out shapes of these operators, timed again with them (sweep_order)
         points = sweep_order(points, [p for p in held_out_points(arch, mode, HELD_OUT_PER_OP) if p.op in ops])
     rows: dict[str, list[dict[str, Any]]] = {"ops": [], "validation_ops": []}
@@ -325,8 +331,8 @@ def retime_ops(model: str, out_root: Path, mode: str, device_name: str, ops: Seq
     tables = {}
     for name in ("ops", "validation_ops") if held else ("ops",):
         old = pd.read_parquet(out_dir / f"{name}.parquet")
-        tables[name] = pd.concat([old[~old.op.isin(list(ops))], pd.DataFrame(rows[name], columns=list(TABLES[name]))],
-                                 ignore_index=True)
+        kept = old if missing else old[~old.op.isin(list(ops))]
+        tables[name] = pd.concat([kept, pd.DataFrame(rows[name], columns=list(TABLES[name]))], ignore_index=True)
         meta["tables"][name] = len(tables[name])
     write_tables(out_dir, tables)
     table = tables["ops"]
@@ -335,7 +341,8 @@ def retime_ops(model: str, out_root: Path, mode: str, device_name: str, ops: Seq
     meta.setdefault("grid", {}).update(grid)
     meta["grid"].setdefault("points", {}).update({op: int((table.op == op).sum()) for op in ops})
     meta["retimed"] = [*meta.get("retimed", []),
-                       {"ops": list(ops), "rows": len(rows["ops"]), "held_out_rows": len(rows["validation_ops"]),
+                       {"ops": list(ops), "missing_only": missing, "rows": len(rows["ops"]),
+                        "held_out_rows": len(rows["validation_ops"]),
                         "grid_changed": sorted(grid),
                         **_provenance_now(device, gpu_index, commit),
                         "seconds": round(time.perf_counter() - started, 1), "sm_clock": clock.summary()}]
@@ -403,13 +410,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     mode = "tiny" if args.device == "cpu" else ("quick" if args.quick else "full")
     try:
+        if args.missing and not args.ops_only:
+            raise InputError("--missing goes with --ops-only OP[,OP]")
         if args.runtime_passes_only:
             for model in args.model:
                 add_runtime_passes(model, Path(args.out), mode, args.device, args.commit)
             return 0
         if args.ops_only:
             for model in args.model:
-                retime_ops(model, Path(args.out), mode, args.device, args.ops_only.split(","), args.commit)
+                retime_ops(model, Path(args.out), mode, args.device, args.ops_only.split(","), args.commit,
+                           args.missing)
             return 0
     except InputError as e:
         print(f"servesim profile: error: {e}", file=sys.stderr)
