@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import time
 import traceback
 from pathlib import Path
@@ -69,10 +68,10 @@ def _write(out: Path, report: dict[str, Any], result: Any) -> None:
 
 
 def _measure(runs: dict[str, Config], base: Path, out: Path, args: argparse.Namespace) -> None:
+    from servesim.profiler.provenance import git_commit
     from servesim.validate import validate
 
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                            text=True).stdout.strip()
+    commit = git_commit()[:7]  # SERVESIM_COMMIT where set: a copy of the tree may carry a stale .git
     models: dict[tuple[Any, ...], Any] = {}
     for name, config in runs.items():
         started = time.perf_counter()
