@@ -13,6 +13,7 @@ import gc
 import math
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -194,7 +195,7 @@ def validate(config: Config, base_dir: Path, device_name: str = "cuda",
     tables = [request_table(r.requests, config.slo.classes, config.slo.default) for r in (measured, predicted)]
     summaries = [summarize(r, t) for r, t in zip((measured, predicted), tables, strict=True)]
     steps = with_clocks(step_table(runtime.steps, cost_model, _power_state(power, arch)),
-                        clocks.trace(runtime.t0_epoch))
+                        clocks.trace(runtime.t0_epoch), host_speed.trace(runtime.t0_epoch))
     pauses = np.array([s for _, s in runtime.gc_pauses])
     host = steps.busy_s - steps.gpu_s if len(steps) else pd.Series(dtype=float)
     health = {"gc_collections": len(pauses), "gc_max_ms": 1e3 * float(pauses.max(initial=0.0)),
@@ -321,20 +322,30 @@ def _power_state(model: PowerModel | None, arch: ModelArch) -> PowerState | None
     return PowerState(model, arch) if model is not None else None
 
 
-def with_clocks(steps: pd.DataFrame, samples: list[ClockSample]) -> pd.DataFrame:
+def with_clocks(steps: pd.DataFrame, samples: list[ClockSample],
+                host: Sequence[tuple[float, float]] = ()) -> pd.DataFrame:
     """`steps` with the GPU's SM clock, board power and power capping (nvidia-smi's sample
-    nearest each step's middle, `samples` timed from the run's start); unchanged without
-    samples (a run off the GPU)."""
-    if not samples or steps.empty:
+    nearest each step's middle, `samples` timed from the run's start) and, with `host`
+    ((seconds from the start, us) of the host probe), the probe's time nearest it: what a step
+    ran beside. Columns without samples (a run off the GPU) are left out."""
+    if steps.empty:
         return steps
-    times = np.array([s.t_s for s in samples])
     middle = (steps.start_s + steps.busy_s / 2).to_numpy()
-    after = np.searchsorted(times, middle)
-    lo, hi = np.clip(after - 1, 0, len(times) - 1), np.clip(after, 0, len(times) - 1)
-    nearest = np.where(np.abs(times[lo] - middle) <= np.abs(times[hi] - middle), lo, hi)
-    picked = [samples[i] for i in nearest]
-    return steps.assign(sm_mhz=[s.sm_mhz for s in picked], power_w=[s.power_w for s in picked],
-                        power_capped=[bool(s.reasons & 0x4) for s in picked])
+    if samples:
+        picked = [samples[i] for i in _nearest([s.t_s for s in samples], middle)]
+        steps = steps.assign(sm_mhz=[s.sm_mhz for s in picked], power_w=[s.power_w for s in picked],
+                             power_capped=[bool(s.reasons & 0x4) for s in picked])
+    if host:
+        steps = steps.assign(host_probe_us=[host[i][1] for i in _nearest([t for t, _ in host], middle)])
+    return steps
+
+
+def _nearest(times: Sequence[float], at: np.ndarray) -> np.ndarray:
+    """For each of `at`, the index of the nearest of the sorted `times` (a tie: the earlier)."""
+    t = np.asarray(times)
+    after = np.searchsorted(t, at)
+    lo, hi = np.clip(after - 1, 0, len(t) - 1), np.clip(after, 0, len(t) - 1)
+    return np.where(np.abs(t[lo] - at) <= np.abs(t[hi] - at), lo, hi)
 
 
 def step_table(records: list[StepRecord], cost_model: CostModel, power: PowerState | None = None) -> pd.DataFrame:

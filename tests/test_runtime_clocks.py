@@ -39,6 +39,10 @@ def test_clock_trace_is_timed_from_the_run_start_and_lands_on_the_steps():
     assert timed.power_w.tolist() == [500.0, 501.0, 501.0, 503.0, 503.0]
     assert timed.power_capped.tolist() == [False, True, True, True, True]
     assert with_clocks(steps, []).equals(steps)
+    # The host probe's samples (seconds from the start, us) land the same way, without clocks too.
+    probed = with_clocks(steps, [], [(0.0, 1300.0), (1.2, 2600.0), (2.95, 1400.0)])
+    assert probed.host_probe_us.tolist() == [1300.0, 1300.0, 2600.0, 1400.0, 1400.0]
+    assert "sm_mhz" not in probed
 
 
 def test_no_samples_off_the_gpu():
@@ -48,7 +52,8 @@ def test_no_samples_off_the_gpu():
 
 
 def test_host_summary_counts_slow_samples_against_the_fast_decile():
-    lines = [str(200_000)] * 16 + [str(400_000)] * 4 + ["garbage"]
+    lines = [f"{1.7e9 + i:.6f} 200000" for i in range(16)] + [f"{1.8e9 + i:.6f} 400000" for i in range(4)] \
+        + ["garbage", "400000"]  # unreadable, or without its time: skipped
     s = host_summary(lines)
     assert s["host_probe_samples"] == 20
     assert s["host_probe_fast_us"] == 200.0 and s["host_probe_median_us"] == 200.0
@@ -63,3 +68,5 @@ def test_host_monitor_samples_this_machine():
     s = host.summary()
     assert s["host_probe_samples"] >= 10
     assert 0 < s["host_probe_fast_us"] <= s["host_probe_median_us"]
+    trace = host.trace(time.time())
+    assert len(trace) == s["host_probe_samples"] and all(-5 < t <= 0 and us > 0 for t, us in trace)

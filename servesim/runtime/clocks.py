@@ -144,7 +144,7 @@ while True:
     s = 0
     for i in range(20000):
         s += i
-    print(time.perf_counter_ns() - t, flush=True)
+    print(f"{time.time():.6f} {time.perf_counter_ns() - t}", flush=True)
     time.sleep(period)
 """
 HOST_SLOW_RATIO = 1.25
@@ -152,7 +152,8 @@ HOST_SLOW_RATIO = 1.25
 
 
 class HostMonitor(_Sampler):
-    """`with HostMonitor() as host:` ... `host.summary()` after the block."""
+    """`with HostMonitor() as host:` ... `host.summary()` after the block, and `host.trace(t0)`
+    for the samples themselves."""
 
     def __init__(self, period_ms: int = 100) -> None:
         super().__init__([sys.executable, "-c", _HOST_PROBE, str(period_ms / 1e3)])
@@ -161,16 +162,29 @@ class HostMonitor(_Sampler):
     def summary(self) -> dict[str, Any]:
         return host_summary(self.lines)
 
+    def trace(self, t0_epoch: float) -> list[tuple[float, float]]:
+        """(seconds after the epoch time `t0_epoch`, the probe's time in us) of every sample."""
+        return [(t - t0_epoch, us) for t, us in host_samples(self.lines)]
+
+
+def host_samples(lines: list[str]) -> list[tuple[float, float]]:
+    """(epoch seconds, us) of each line the probe printed ("EPOCH NS"); others skipped."""
+    samples = []
+    for line in lines:
+        cells = line.split()
+        if len(cells) != 2:
+            continue
+        try:
+            samples.append((float(cells[0]), int(cells[1]) / 1e3))
+        except ValueError:
+            continue
+    return samples
+
 
 def host_summary(lines: list[str]) -> dict[str, Any]:
     """Median time of the probe's work, its fast decile, and the share of samples slower than
     HOST_SLOW_RATIO x the fast decile (empty without samples)."""
-    values = []
-    for line in lines:
-        try:
-            values.append(int(line) / 1e3)
-        except ValueError:
-            continue
+    values = [us for _, us in host_samples(lines)]
     if len(values) < 10:
         return {}
     us = np.asarray(values)
