@@ -357,7 +357,11 @@ def main() -> int:
     if args.cases == "served":
         if not args.steps:
             parser.error("--cases served needs --steps DIR")
-        rows = served_rows(Path(args.steps))
+        try:
+            rows = served_rows(Path(args.steps))
+        except (OSError, ValueError, KeyError) as e:  # no such run, or one whose steps cannot be rebuilt
+            print(f"pass_fidelity.py: --steps {args.steps}: {e}", file=sys.stderr)
+            return 2
     if args.cases == "hot":
         rows = {f"{shape}{n}": {**_sweep_rows()[f"{shape}{n}"], "kernels": False, "hot": True} for shape, n in HOT}
     targets = tuple(args.targets.split(","))

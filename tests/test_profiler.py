@@ -324,6 +324,11 @@ def test_ops_only_retimes_one_operator_of_an_existing_profile(tmp_path, capsys) 
     assert pd.read_parquet(out / "validation_ops.parquet").equals(held_before)  # held-out shapes not timed again
     done = json.loads((out / "meta.json").read_text())["retimed"][-1]
     assert done["missing_only"] is True and done["rows"] == len(decode[decode.a == 4]) and done["held_out_rows"] == 0
+    # Nothing missing any more: nothing timed, nothing written.
+    before = (out / "meta.json").read_text(), (out / "ops.parquet").read_bytes()
+    assert profiler_run.retime_ops(TINY, tmp_path, "tiny", "cpu", ["attn_decode"], "abc",
+                                   missing=True)["retimed"][-1]["rows"] == 0
+    assert ((out / "meta.json").read_text(), (out / "ops.parquet").read_bytes()) == before
 
 
 def test_moe_points_time_several_fixed_routing_draws() -> None:

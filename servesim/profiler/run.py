@@ -302,7 +302,8 @@ def retime_ops(model: str, out_root: Path, mode: str, device_name: str, ops: Seq
     kept), so a grid made finer for one operator needs that operator timed, not a whole profile.
     `missing`: only the points the table lacks are timed and added, every row it has kept (and
     the held-out shapes not timed again). meta.json's `retimed` lists each such run (operators,
-    grid axes then, code, card, clocks)."""
+    grid axes then, code, card, clocks). Returns the meta with this run last in `retimed`
+    (written to meta.json unless `missing` found nothing to time)."""
     device = torch.device(device_name)
     arch, out_dir, meta = _existing_profile(model, out_root, device, "operators")
     partitions = Partitions(device)
@@ -314,6 +315,9 @@ def retime_ops(model: str, out_root: Path, mode: str, device_name: str, ops: Seq
         old = pd.read_parquet(out_dir / "ops.parquet")
         have = set(zip(old.op, old.a.astype(float), old.b.astype(float), old.c.astype(float), strict=True))
         points = [p for p in points if (p.op, float(p.a), float(p.b), float(p.c)) not in have]
+        if not points:  # the profile already holds the whole grid: nothing timed, nothing written
+            return {**meta, "retimed": [*meta.get("retimed", []),
+                                        {"ops": list(ops), "missing_only": True, "rows": 0, "seconds": 0.0}]}
     started = time.perf_counter()
     factory = OperatorFactory(arch, device, max(kv_tokens(s) for s in specs_of(points, {}, {})))
     quick = mode != "full"
