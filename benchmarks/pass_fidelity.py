@@ -74,7 +74,7 @@ import torch
 
 from servesim.models.arch import ModelArch, load_model
 from servesim.models.shapes import BatchShape
-from servesim.runtime.clocks import ClockMonitor, ClockSample, clock_samples, smi_id
+from servesim.runtime.clocks import POWER_CAP, ClockMonitor, ClockSample, clock_samples, smi_id
 from servesim.sim.hardware import get_gpu
 from servesim.sim.profiled import ProfiledCostModel
 
@@ -123,7 +123,7 @@ def _over(samples: list[ClockSample], start: float, end: float) -> dict[str, flo
         return {}
     return {"samples": len(got), "sm_mhz": statistics.median(s.sm_mhz for s in got),
             "min_mhz": min(s.sm_mhz for s in got), "power_w": statistics.median(s.power_w for s in got),
-            "power_capped": sum(1 for s in got if s.reasons & 0x4) / len(got)}
+            "power_capped": sum(1 for s in got if s.reasons & POWER_CAP) / len(got)}
 
 
 def _burst(run: Run) -> list[float]:
@@ -246,15 +246,17 @@ def _skew_rows(seed: int = 0) -> dict[str, dict[str, Any]]:
     return rows
 
 
-def served_contexts(folder: Path) -> dict[int, list[int]]:
+def served_contexts(folder: Path, steps: Any = None) -> dict[int, list[int]]:
     """Each decode-only step's contexts (step index -> tokens per sequence, in admission order),
     rebuilt from a validation run's request table: a request decodes in the steps that start
     after its first token and before it finished, and has generated one token more for every
     step with decodes that ended since. Raises ValueError where a rebuilt step's count, total
-    or longest context differs from the step table's (a preempted request, say)."""
+    or longest context differs from the step table's (a preempted request, say). `steps`: the
+    run's step table where already read."""
     import numpy as np
     import pandas as pd
-    steps = pd.read_csv(folder / "steps.csv.gz")
+    if steps is None:
+        steps = pd.read_csv(folder / "steps.csv.gz")
     served = pd.read_csv(folder / "measured_requests.csv")
     served = served[served.status == "completed"].sort_values(["first_scheduled_s", "request_id"])
     ends = (steps.start_s + steps.busy_s)[steps.num_decodes > 0].to_numpy()
@@ -280,7 +282,7 @@ def served_rows(folder: Path, seed: int = 0) -> dict[str, dict[str, Any]]:
 
     import pandas as pd
     steps = pd.read_csv(folder / "steps.csv.gz")
-    contexts = served_contexts(folder)
+    contexts = served_contexts(folder, steps)
     rng, rows = random.Random(seed), {}
     for lo, hi in SERVED_BINS:
         held = [k for k, c in contexts.items() if lo <= len(c) <= hi and max(c) <= MAX_CONTEXT]

@@ -46,7 +46,14 @@ from servesim.runtime.calibrate import (
     reference_loops,
     scaled,
 )
-from servesim.runtime.clocks import HOST_SLOW_RATIO, ClockMonitor, ClockSample, HostMonitor, smi_id
+from servesim.runtime.clocks import (
+    HOST_SLOW_RATIO,
+    POWER_CAP,
+    ClockMonitor,
+    ClockSample,
+    HostMonitor,
+    smi_id,
+)
 from servesim.runtime.engine import Runtime, StepRecord
 from servesim.runtime.model import GRAPH_SIZES, RuntimeModel
 from servesim.runtime.partitioned import Lanes, PartitionedRuntime, PartitionLanes
@@ -334,7 +341,7 @@ def with_clocks(steps: pd.DataFrame, samples: list[ClockSample],
     if samples:
         picked = [samples[i] for i in _nearest([s.t_s for s in samples], middle)]
         steps = steps.assign(sm_mhz=[s.sm_mhz for s in picked], power_w=[s.power_w for s in picked],
-                             power_capped=[bool(s.reasons & 0x4) for s in picked])
+                             power_capped=[bool(s.reasons & POWER_CAP) for s in picked])
     if host:
         steps = steps.assign(host_probe_us=[host[i][1] for i in _nearest([t for t, _ in host], middle)])
     return steps

@@ -17,7 +17,8 @@ import numpy as np
 FIELDS = "timestamp,clocks.sm,clocks.max.sm,clocks_event_reasons.active,power.draw"
 # Event reasons that slow the clock down for a reason other than an idle GPU or the
 # application's own clock setting (nvidia-smi's bit values).
-SLOWING_REASONS = 0x4 | 0x8 | 0x20 | 0x40 | 0x80  # power cap, HW slowdown, SW thermal, HW thermal, HW power brake
+POWER_CAP = 0x4
+SLOWING_REASONS = POWER_CAP | 0x8 | 0x20 | 0x40 | 0x80  # power cap, HW slowdown, SW thermal, HW thermal, HW power brake
 
 
 class _Sampler:
