@@ -8,6 +8,7 @@ is the host cost per launch that `cost_model.host_launch_us` feeds to the simula
 preparation plus scheduling is `host_step_us`. Prints one JSON object; --out also writes it.
 
     PYTHONPATH=. python benchmarks/runtime_overhead.py --model llama-3.1-8b --out FILE
+    python benchmarks/runtime_overhead.py --merge A.json B.json C.json --out FILE   (no GPU)
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import json
 import statistics
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -268,7 +270,12 @@ def main() -> None:
                         help="only the per-block check cost of operator-level passes (graphed)")
     parser.add_argument("--no-partitioned", action="store_true",
                         help="skip the partitioned runtime's launch cost (Nexus; needs green contexts)")
+    parser.add_argument("--merge", nargs="+", metavar="RESULT",
+                        help="no GPU: merge these results into one host reference (`merged`) and stop")
     args = parser.parse_args()
+    if args.merge:
+        _emit(merged({Path(f).name: json.loads(Path(f).read_text()) for f in args.merge}), args.out)
+        return
     arch = load_model(args.model)
     limits = EngineLimits(16, 16384, 160, 32768, arch.num_layers, 132)
     model = RuntimeModel(arch, limits.total_blocks, 16, torch.device("cuda"))
@@ -348,6 +355,39 @@ def main() -> None:
         partitioned["host_step_us"] = round(1e3 * (around["before_ms"] + around["after_ms"]) - per_seq * around["batch"], 1)
         partitioned["host_graph_issue_us"] = round(1e3 * around["issue_ms"], 1)
     _emit(out, args.out)
+
+
+MERGED_CONSTANTS = ("host_launch_us", "host_check_us", "host_check_per_seq_us", "host_gap_us")
+"""The 'graphed' constants a merged file takes the median of (host_step_us and host_per_seq_us
+are fitted again over the merged loops)."""
+
+
+def merged(results: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """One host reference from several runtime_overhead.py results (name -> result) of one model
+    and runtime: per full-decode-graph loop and field, the median over the results that timed it;
+    the 'graphed' constants' medians; host_step_us and host_per_seq_us fitted over the merged
+    loops and host_graph_issue_us from them, as `main` does for one result. A single result's
+    loops carry the stretch of host speed each loop ran in, and one factor cannot scale a line's
+    slope apart from its intercept: the three results of the twelfth to fourteenth sessions put
+    the line at 424 + 3.68, 294 + 4.18 and 282 + 4.30 us per sequence, the first with its small
+    loops on a slow stretch (its 1- and 8-sequence loops 1.4-1.5x the others', its 128-sequence
+    loop 1.07x). The partitioned runtime's constants are not merged."""
+    if len(results) < 2:
+        raise SystemExit("--merge needs two or more results")
+    models = {r.get("model") for r in results.values()}
+    if len(models) != 1:
+        raise SystemExit(f"--merge: results of different models {sorted(map(str, models))}")
+    names = {n for r in results.values() for n in r["full_decode"]["loops"]}
+    loops = {}
+    for name in sorted(names, key=lambda n: float(n.removeprefix("decode_b"))):
+        timed = [r["full_decode"]["loops"][name] for r in results.values() if name in r["full_decode"]["loops"]]
+        loops[name] = {k: statistics.median(float(t[k]) for t in timed) for k in timed[0]}
+    graphed = {k: round(statistics.median(float(r["graphed"][k]) for r in results.values()), 3)
+               for k in MERGED_CONSTANTS if all(k in r["graphed"] for r in results.values())}
+    fit = per_seq_fit(loops)
+    return {"model": models.pop(), "gpu": next(iter(results.values()))["gpu"], "merged_from": sorted(results),
+            "full_decode": {"host_graph_issue_us": graph_issue_us(loops), **fit, "loops": loops},
+            "graphed": {**graphed, **fit, "per_seq_fit": "full-graph loops, merged"}}
 
 
 def _emit(out: dict[str, object], path: str | None) -> None:

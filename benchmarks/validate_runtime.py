@@ -8,6 +8,9 @@ the runtime's step table (with the cost model's prediction per step) to --out.
     python benchmarks/validate_runtime.py --matrix examples/validate_matrix.yaml --measured DIR --out DIR2
     ... --host benchmarks/results/h200-runtime-overhead.json   (host constants of that file)
 
+With --measured, --host prices each run's host timings (before and after it served) against that
+file's loops instead of the file the run was calibrated against.
+
 --matrix runs every policy of a matrix file at every load (a fraction of that policy's
 capacity) in one process, sharing the model, its compiled kernels and graphs; each run goes to
 DIR/<policy>-load<percent>/. --measured predicts again, on a CPU, for measurements already
@@ -88,7 +91,8 @@ def _measure(runs: dict[str, Config], base: Path, out: Path, args: argparse.Name
         _summary(out)
 
 
-def _predict_again(runs: dict[str, Config], base: Path, measured: Path, out: Path) -> None:
+def _predict_again(runs: dict[str, Config], base: Path, measured: Path, out: Path,
+                   host: Path | None = None) -> None:
     from servesim.plots import plot_validation_cdf
     from servesim.validate import repredict
 
@@ -104,7 +108,7 @@ def _predict_again(runs: dict[str, Config], base: Path, measured: Path, out: Pat
         steps = pd.read_csv(steps_file, dtype={"chunks": str, "prefixes": str, "layers": str})
         measured_itl = np.load(folder / "itl.npz")["measured"]
         measured_requests = pd.read_csv(folder / "measured_requests.csv")
-        again = repredict(config, base, report, steps, measured_itl, measured_requests)
+        again = repredict(config, base, report, steps, measured_itl, measured_requests, host)
         target = out / name if len(runs) > 1 else out
         target.mkdir(parents=True, exist_ok=True)
         again.steps.to_csv(target / "steps.csv.gz", index=False, compression=GZIP)
@@ -268,7 +272,7 @@ def main() -> None:
         runs = {name: c for name, c in runs.items() if c.policy.name in args.policies.split(",")}
     base = source.resolve().parent
     if args.measured:
-        _predict_again(runs, base, Path(args.measured), Path(args.out))
+        _predict_again(runs, base, Path(args.measured), Path(args.out), Path(args.host) if args.host else None)
     else:
         _measure(runs, base, Path(args.out), args)
 

@@ -44,7 +44,9 @@ from servesim.runtime.calibrate import (
     priced_constants,
     priced_factor,
     reference_loops,
+    rereferenced,
     scaled,
+    served_constants,
 )
 from servesim.runtime.clocks import (
     HOST_SLOW_RATIO,
@@ -281,16 +283,22 @@ class Repredicted:
 
 
 def repredict(config: Config, base_dir: Path, report: dict[str, Any], steps: pd.DataFrame,
-              measured_itl_s: np.ndarray, measured: pd.DataFrame | None = None) -> Repredicted:
+              measured_itl_s: np.ndarray, measured: pd.DataFrame | None = None,
+              host_reference: Path | None = None) -> Repredicted:
     """Predict again, on any machine, for a measurement already taken (a report and its step
     table; with the measured request table, the per-request errors too): the simulator with
     `config`'s cost model; the measured side is kept as it is. A measurement whose host was
     timed while it served (`host_calibration`) is priced with the host constants of its priced
-    factor, and its policy predicts with those it served with."""
+    factor, and its policy predicts with those it served with. With `host_reference` (a
+    runtime_overhead.py result whose constants `config` holds), that timing is priced against
+    its loops instead (`rereferenced`)."""
     config = runtime_config(config)
     arch, gpu = load_model(config.model), get_gpu(config.hardware.gpu)
     calibration = report.get("host_calibration", {})
-    served = calibration.get("constants")
+    if host_reference is not None and "loops" in calibration:
+        calibration = rereferenced(calibration, config.cost_model, host_reference)
+        report = {**report, "host_calibration": calibration}
+    served = served_constants(calibration)
     predictor = None
     if served:
         priced = priced_constants(calibration)  # (without loops after serving: those it served with)
@@ -360,8 +368,10 @@ def step_table(records: list[StepRecord], cost_model: CostModel, power: PowerSta
     prediction for that same shape (on its SM partition, next to what the other partition
     ran): busy = start to end (scheduling, inputs, GPU), gpu = inputs ready to end, after = end
     to the next step's start on the same partition (bookkeeping, or idling for arrivals); the
-    host part of busy splits into schedule (the policy's decision) and plan (KV blocks, inputs);
-    issue = inputs ready to the pass's last launch (the host issuing it, overlapping the GPU)."""
+    host part of busy splits into schedule (the policy's decision) and plan, which splits into
+    kv (the step's KV blocks allocated) and inputs (its inputs built and copied to the device;
+    kv and inputs are NaN on SM partitions); issue = inputs ready to the pass's last launch (the
+    host issuing it, overlapping the GPU)."""
     rows: list[dict[str, Any]] = []
     last: dict[int, int] = {}  # partition -> its latest row
     for i, rec in enumerate(records):
@@ -372,7 +382,8 @@ def step_table(records: list[StepRecord], cost_model: CostModel, power: PowerSta
         rows.append({
             "start_s": rec.start, "busy_s": rec.end - rec.start, "gpu_s": rec.end - rec.ready,
             "after_s": float("nan"), "schedule_s": rec.scheduled - rec.start,
-            "plan_s": rec.ready - rec.scheduled, "issue_s": rec.issued - rec.ready,
+            "plan_s": rec.ready - rec.scheduled, "kv_s": rec.allocated - rec.scheduled,
+            "inputs_s": rec.built - rec.allocated, "issue_s": rec.issued - rec.ready,
             "prefill_tokens": shape.num_prefill_tokens,
             "num_prefills": len(shape.prefill_tokens), "prefix_tokens": sum(shape.prefill_prefix),
             "num_decodes": shape.num_decodes, "chunks": " ".join(map(str, shape.prefill_tokens)),
@@ -681,11 +692,14 @@ def report_markdown(report: dict[str, Any]) -> str:
                      f"{100 * h['host_slowed_share']:.0f} % of samples" if "host_probe_median_us" in h else "")]
     calibration = report.get("host_calibration")
     if calibration:
+        served = calibration.get("served")
         lines += ["", f"host speed against {calibration['reference']}: x{calibration['factor']:.3f} before "
-                  "serving (the constants the runtime served with)"
+                  + ("serving (the constants the runtime served with)" if served is None else "serving")
                   + (f", x{calibration['after']['factor']:.3f} after (drift {calibration['drift']:.3f})"
                      if "drift" in calibration else "")
-                  + (f"; priced at x{priced_factor(calibration):.3f}" if "drift" in calibration else "")]
+                  + (f"; priced at x{priced_factor(calibration):.3f}" if "drift" in calibration else "")
+                  + (f"; the runtime served with {served['reference']}'s constants x{served['factor']:.3f}"
+                     if served is not None else "")]
     shares = report.get("prompt_token_shares")
     if shares:
         sms = sorted({*shares["measured"], *shares["predicted"]}, key=int)

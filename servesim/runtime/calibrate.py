@@ -118,6 +118,30 @@ def priced_constants(calibration: dict[str, Any]) -> dict[str, Any]:
     return {f: round(v * ratio, 2) for f, v in calibration["constants"].items()}
 
 
+def rereferenced(calibration: dict[str, Any], cost_model: CostModelConfig, reference: Path) -> dict[str, Any]:
+    """A run's host calibration (its loops timed before and after serving) priced against
+    another reference file: the factors against that file's loops, the constants `cost_model`'s
+    (that file's) times the factor, the priced factor and constants again. What the run served
+    with stays under `served` (its policy's predictor), through any number of re-references."""
+    loops = reference_loops(reference)
+    factor = round(speed_factor(calibration["loops"], loops), 4)
+    served = calibration.get("served") or {k: calibration[k] for k in ("reference", "factor", "constants")}
+    out = {**calibration, "reference": reference.name, "factor": factor,
+           "constants": {f: getattr(scaled(cost_model, factor), f) for f in HOST_FIELDS}, "served": served}
+    after = calibration.get("after", {})
+    if "loops" in after:
+        out["after"] = {**after, "factor": round(speed_factor(after["loops"], loops), 4)}
+        out["drift"] = round(out["after"]["factor"] / factor, 4)
+    out["priced_factor"] = priced_factor(out)
+    out["priced_constants"] = priced_constants(out)
+    return out
+
+
+def served_constants(calibration: dict[str, Any]) -> dict[str, Any] | None:
+    """The host constants a run's policy served with (None without a calibration)."""
+    return (calibration.get("served") or calibration).get("constants")
+
+
 def scaled(cost_model: CostModelConfig, factor: float) -> CostModelConfig:
     """`cost_model` with every host constant times `factor` (to 0.01 us)."""
     return dataclasses.replace(cost_model, **{f: round(getattr(cost_model, f) * factor, 2) for f in HOST_FIELDS})

@@ -63,6 +63,10 @@ class StepRecord:
     scheduled: float = float("nan")
     issued: float = float("nan")
     """When the host had launched the pass's last piece (it then waits for the GPU)."""
+    allocated: float = float("nan")
+    built: float = float("nan")
+    """Between `scheduled` and `ready`: when the step's KV was allocated (the shared bookkeeping
+    and the physical block tables) and when its inputs were built and on the device."""
 
 
 def _jit_hooks() -> Any:
@@ -197,11 +201,13 @@ class Runtime:
     def _execute(self, step: Step, start: float, scheduled: float) -> None:
         state = self.state
         shape = self._begin(step, start)
+        allocated = built = self.now()
         key = tuple((r.request_id, n) for r, n in step.prefills)
         run = self.suspended.pop(key, None) if key else None
         if run is None:
             plan = build_plan(step, self.blocks, self.limits.block_size, self.limits.num_layers,
                               self.model.arch.vocab_size, self.model.device)
+            built = self.now()
             run = self.model.forward(plan)
             for req, n in step.prefills:  # the run's identity, as the simulator's executor sets it
                 req.prefill_run, req.chunk_tokens, req.prefill_progress_s = self.next_run_id, n, 0.0
@@ -211,7 +217,8 @@ class Runtime:
         done = self._drive(run, step, key)
         issued = self.now()
         end = self.sync()
-        self.steps.append(StepRecord(start, ready, end, shape, scheduled=scheduled, issued=issued))
+        self.steps.append(StepRecord(start, ready, end, shape, scheduled=scheduled, issued=issued,
+                                     allocated=allocated, built=built))
         for req, _ in step.prefills:
             req.prefill_progress_s += end - start
         if done:

@@ -210,3 +210,62 @@ def test_the_simulated_policy_predicts_with_the_constants_the_runtime_served_wit
     done = simulate([Request(i, 0.01 * i, 40, 3) for i in range(4)], policy, truth, limits, predictor=belief)
     assert policy.predict is belief and asked
     assert all(r.state is State.FINISHED and len(r.token_times_s) == 3 for r in done.requests)
+
+
+def _timed_loop(batch: int, host_us: float, launch_us: float = 15.0) -> dict[str, float]:
+    return {"batch": float(batch), "steps": 60.0, "before_ms": host_us / 1e3, "after_ms": 0.0,
+            "host_step_us": host_us, "launch_us": launch_us}
+
+
+def _overhead(host: dict[int, float], launch_us: float = 15.0) -> dict[str, Any]:
+    return {"model": "llama-3.1-8b", "gpu": "NVIDIA H200",
+            "graphed": {"host_launch_us": 2 * launch_us, "host_check_us": 10.0, "host_gap_us": 2.0,
+                        "host_check_per_seq_us": 0.05},
+            "full_decode": {"loops": {f"decode_b{b}": _timed_loop(b, us, launch_us) for b, us in host.items()}}}
+
+
+def test_merged_references_take_each_loops_median_and_fit_the_line_again() -> None:
+    """One file's small loops on a slow stretch flatten its line; the merged file's loops are the
+    median over the files, so that stretch drops out."""
+    vr = _validate_runtime()
+    sys.path.insert(0, str(Path(vr.__file__).parent))
+    try:
+        import runtime_overhead
+    finally:
+        sys.path.remove(str(Path(vr.__file__).parent))
+    line = {b: 300.0 + 4.0 * b for b in (1, 8, 32, 64, 128)}
+    slow_small = {b: us * (1.5 if b <= 8 else 1.0) for b, us in line.items()}
+    merged = runtime_overhead.merged({"a": _overhead(line), "b": _overhead(line, 17.0),
+                                      "c": _overhead(slow_small, 21.0)})
+    assert merged["merged_from"] == ["a", "b", "c"]
+    assert merged["graphed"]["host_step_us"] == 300.0 and merged["graphed"]["host_per_seq_us"] == 4.0
+    assert merged["full_decode"]["loops"]["decode_b1"]["launch_us"] == 17.0
+    assert merged["graphed"]["host_launch_us"] == 34.0
+    assert runtime_overhead.per_seq_fit(_overhead(slow_small)["full_decode"]["loops"])["host_per_seq_us"] < 3.9
+    with pytest.raises(SystemExit, match="different models"):
+        runtime_overhead.merged({"a": _overhead(line), "b": {**_overhead(line), "model": "qwen3-30b-a3b"}})
+
+
+def test_a_run_priced_against_another_reference_keeps_what_it_served_with(tmp_path: Path) -> None:
+    """`rereferenced`: the factors against the new file's loops, its constants times the faster
+    factor; the served constants (the policy's predictor) are kept through a second re-reference."""
+    old_ref, new_ref = tmp_path / "old.json", tmp_path / "new.json"
+    old_ref.write_text(json.dumps(_overhead({1: 420.0, 8: 450.0, 32: 540.0})))
+    new_ref.write_text(json.dumps(_overhead({1: 290.0, 8: 330.0, 32: 440.0})))
+    now = {f"decode_b{b}": _timed_loop(b, us, 13.0) for b, us in ((1, 250.0), (8, 290.0), (32, 355.0))}
+    after = {f"decode_b{b}": _timed_loop(b, us * 1.2, 13.0) for b, us in ((1, 250.0), (8, 290.0), (32, 355.0))}
+    served = {"host_step_us": 263.5, "host_per_seq_us": 2.28}
+    calibration = {"reference": "old.json", "factor": round(cal.speed_factor(now, cal.reference_loops(old_ref)), 4),
+                   "loops": now, "constants": served, "after": {"factor": 0.7, "loops": after}}
+    config = CostModelConfig(host_step_us=296.5, host_per_seq_us=4.18, host_launch_us=30.0)
+    again = cal.rereferenced(calibration, config, new_ref)
+    factor = cal.speed_factor(now, cal.reference_loops(new_ref))
+    assert again["reference"] == "new.json" and again["factor"] == round(factor, 4)
+    assert again["factor"] > calibration["factor"]  # the old file's loops were slower
+    assert again["after"]["factor"] == round(cal.speed_factor(after, cal.reference_loops(new_ref)), 4)
+    assert again["priced_factor"] == again["factor"]  # the loops after ran slower
+    assert again["priced_constants"]["host_per_seq_us"] == round(round(4.18 * again["factor"], 2), 2)
+    assert cal.served_constants(again) == served
+    twice = cal.rereferenced(again, config, old_ref)
+    assert cal.served_constants(twice) == served and twice["served"]["reference"] == "old.json"
+    assert twice["factor"] == calibration["factor"]

@@ -47,6 +47,9 @@ def test_validate_reports_every_metric(tmp_path: Path) -> None:
     # The step table: one row per pass the runtime ran, priced again from its shape alone.
     steps = out.steps
     assert len(steps) >= 4 and (steps.busy_s >= steps.gpu_s).all() and (steps.gpu_s > 0).all()
+    # the plan's parts: KV allocation, then the inputs, both inside the plan
+    assert (steps.kv_s >= 0).all() and (steps.inputs_s > 0).all()
+    assert (steps.kv_s + steps.inputs_s <= steps.plan_s + 1e-9).all()
     assert steps.prefill_tokens.sum() == 9 + 5 + 17
     assert set(report["steps"]) == {"decode_only", "with_prefill"}
     steps.to_csv(tmp_path / "steps.csv", index=False)
