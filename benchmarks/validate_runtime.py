@@ -98,7 +98,7 @@ def _measure(runs: dict[str, Config], base: Path, out: Path, args: argparse.Name
 
 
 def _predict_again(runs: dict[str, Config], base: Path, measured: Path, out: Path,
-                   host: Path | None = None) -> None:
+                   host: Path | None = None, sensitivity: float = 0.0) -> None:
     from servesim.plots import plot_validation_cdf
     from servesim.validate import repredict
 
@@ -114,7 +114,7 @@ def _predict_again(runs: dict[str, Config], base: Path, measured: Path, out: Pat
         steps = pd.read_csv(steps_file, dtype={"chunks": str, "prefixes": str, "layers": str})
         measured_itl = np.load(folder / "itl.npz")["measured"]
         measured_requests = pd.read_csv(folder / "measured_requests.csv")
-        again = repredict(config, base, report, steps, measured_itl, measured_requests, host)
+        again = repredict(config, base, report, steps, measured_itl, measured_requests, host, sensitivity)
         target = out / name if len(runs) > 1 else out
         target.mkdir(parents=True, exist_ok=True)
         again.steps.to_csv(target / "steps.csv.gz", index=False, compression=GZIP, float_format=STEP_FLOATS)
@@ -256,12 +256,17 @@ def main() -> None:
     parser.add_argument("--host", help="predict with the host constants of this runtime_overhead.py "
                         "result (its 'graphed' entry; host_step_us and host_per_seq_us fitted over its "
                         "full-decode-graph loops), measured on the same machine")
+    parser.add_argument("--sensitivity", type=float, default=0.0, metavar="D",
+                        help="with --measured: each metric's error also with every price (GPU and host) "
+                        "times 1-D and 1+D (report.json's metrics' 'sensitivity', a column of report.md)")
     parser.add_argument("--calibrate-host", action="store_true",
                         help="with --host: time the host against that file's loops in each run's process "
                         "just before it serves, and scale the host constants by the ratio")
     args = parser.parse_args()
     if args.calibrate_host and not args.host:
         parser.error("--calibrate-host needs --host")
+    if args.sensitivity and not args.measured:
+        parser.error("--sensitivity needs --measured")
     partitioned: list[str] = []
     if args.host:
         common, partitioned = host_overrides(json.loads(Path(args.host).read_text()))
@@ -278,7 +283,8 @@ def main() -> None:
         runs = {name: c for name, c in runs.items() if c.policy.name in args.policies.split(",")}
     base = source.resolve().parent
     if args.measured:
-        _predict_again(runs, base, Path(args.measured), Path(args.out), Path(args.host) if args.host else None)
+        _predict_again(runs, base, Path(args.measured), Path(args.out), Path(args.host) if args.host else None,
+                       args.sensitivity)
     else:
         _measure(runs, base, Path(args.out), args)
 

@@ -75,6 +75,9 @@ class CostModelConfig(DictConfig):
         "CUDA graph, plus what the runtime's way of issuing them (piecewise graphs, launches) added "
         "to them (servesim.profiler.runtime_passes); runtime_graph = the first part only; auto = "
         "runtime where the profile has those passes, else ops")
+    gpu_scale: float = _help(
+        1.0, "every GPU time the profile gives times this (profile cost model only): a card slower "
+        "(above 1) or faster than the one profiled, or how sensitive a prediction is to the prices")
     power_cap: Literal["auto", "on", "off"] = _help(
         "auto", "the SM clock's slowdown after compute-dense passes (servesim.sim.power): a pass "
         "that follows a prompt's pass runs slower than the profile, which times a rested GPU; "
@@ -86,6 +89,8 @@ class CostModelConfig(DictConfig):
                   "host_graph_issue_us", "host_check_per_seq_us"):
             if getattr(self, f) < 0:
                 raise InputError(f"{f}: must be >= 0")
+        if not self.gpu_scale > 0:
+            raise InputError("gpu_scale: must be > 0")
 
 
 @dataclass(frozen=True)

@@ -65,6 +65,8 @@ def resolved_kind(config: Config, arch: ModelArch, gpu: GpuSpec) -> str:
 
 def build_cost_model(config: Config, arch: ModelArch, gpu: GpuSpec) -> CostModel:
     cm, kind = config.cost_model, resolved_kind(config, arch, gpu)
+    if cm.gpu_scale != 1.0 and kind != "profile":
+        raise InputError(f"cost_model.gpu_scale: scales a profile's times; the {kind} cost model has none")
     if kind == "constant":
         model = make_cost_model(
             "constant", arch, gpu, fixed_s=cm.fixed_s, per_prefill_token_s=cm.per_prefill_token_s,
@@ -72,7 +74,7 @@ def build_cost_model(config: Config, arch: ModelArch, gpu: GpuSpec) -> CostModel
             per_chunk_s=cm.per_chunk_s,
         )
     elif kind == "profile":
-        model = ProfiledCostModel(arch, gpu, cm.profile, prompt_passes=cm.prompt_passes)
+        model = ProfiledCostModel(arch, gpu, cm.profile, prompt_passes=cm.prompt_passes, gpu_scale=cm.gpu_scale)
     else:
         model = make_cost_model(kind, arch, gpu)
     engine = config.engine

@@ -284,14 +284,16 @@ class Repredicted:
 
 def repredict(config: Config, base_dir: Path, report: dict[str, Any], steps: pd.DataFrame,
               measured_itl_s: np.ndarray, measured: pd.DataFrame | None = None,
-              host_reference: Path | None = None) -> Repredicted:
+              host_reference: Path | None = None, sensitivity: float = 0.0) -> Repredicted:
     """Predict again, on any machine, for a measurement already taken (a report and its step
     table; with the measured request table, the per-request errors too): the simulator with
     `config`'s cost model; the measured side is kept as it is. A measurement whose host was
     timed while it served (`host_calibration`) is priced with the host constants of its priced
     factor, and its policy predicts with those it served with. With `host_reference` (a
     runtime_overhead.py result whose constants `config` holds), that timing is priced against
-    its loops instead (`rereferenced`)."""
+    its loops instead (`rereferenced`). With `sensitivity` d > 0, the report's `sensitivity`
+    holds each metric's error predicted with every price (the profile's GPU times and the host
+    constants) times 1 - d and 1 + d (`price_sensitivity`)."""
     config = runtime_config(config)
     arch, gpu = load_model(config.model), get_gpu(config.hardware.gpu)
     calibration = report.get("host_calibration", {})
@@ -323,13 +325,45 @@ def repredict(config: Config, base_dir: Path, report: dict[str, Any], steps: pd.
     if measured is not None:
         rows = with_intervals(rows, error_intervals(measured, table, measured_itl_s, predicted_itl_s,
                                                     seed=config.seed))
-    new = {**report, "cost_model": resolved_kind(config, arch, gpu), "metrics": rows,
+    if sensitivity > 0:
+        rows = price_sensitivity(rows, config, limits, workload, predictor, sensitivity)
+    report = {k: v for k, v in report.items() if k != "price_sensitivity"}
+    prices = "GPU and host" if resolved_kind(config, arch, gpu) == "profile" else "host"
+    new = {**report, **({"price_sensitivity": {"delta": sensitivity, "prices": prices}} if sensitivity > 0 else {}),
+           "cost_model": resolved_kind(config, arch, gpu), "metrics": rows,
            "completed_predicted": summary["completed"], "steps": step_errors(steps),
            **_prompt_shares(steps, predicted),
            **({"paired": paired_errors(measured, table)} if measured is not None else {}),
            "predicted_again": {"cost_model": dataclasses.asdict(config.cost_model),
                                "measured_itls": int(len(measured_itl_s))}}
     return Repredicted(new, steps, table, predicted_itl_s)
+
+
+def price_sensitivity(rows: dict[str, dict[str, Any]], config: Config, limits: EngineLimits,
+                      workload: pd.DataFrame, predictor: Any, delta: float) -> dict[str, dict[str, Any]]:
+    """`rows` with each metric's relative error when the same requests are predicted with every
+    price times 1 - `delta` and 1 + `delta` (`sensitivity`: [lower, higher]): the GPU's through
+    `cost_model.gpu_scale` (the profile cost model; other kinds keep their GPU prices), the
+    host's through its constants; the policy's own predictor is kept. A cell whose error swings by many points for a 1 % change in every price sits where
+    the predicted distribution steps (a prompt pass's length at a p99, say), and its miss says
+    little about the pricing."""
+    if not 0 < delta < 1:
+        raise InputError(f"sensitivity: {delta} is not between 0 and 1")
+    arch, gpu = load_model(config.model), get_gpu(config.hardware.gpu)
+    profiled = resolved_kind(config, arch, gpu) == "profile"
+    errors: list[dict[str, float]] = []
+    for scale in (1 - delta, 1 + delta):
+        cost = scaled(config.cost_model, scale)
+        if profiled:  # (other cost models have no table of GPU times to scale)
+            cost = dataclasses.replace(cost, gpu_scale=config.cost_model.gpu_scale * scale)
+        scaled_config = dataclasses.replace(config, cost_model=cost)
+        run = simulate(build_requests(workload, scaled_config), make_policy(scaled_config, limits),
+                       build_cost_model(scaled_config, arch, gpu), limits, arch=arch,
+                       power=power_model(scaled_config, arch, gpu), predictor=predictor)
+        summary = summarize(run, request_table(run.requests, config.slo.classes, config.slo.default))
+        errors.append({k: v["rel_error"] for k, v in
+                       _metric_rows({k: row["measured"] for k, row in rows.items()}, summary).items()})
+    return {k: {**row, "sensitivity": [errors[0][k], errors[1][k]]} for k, row in rows.items()}
 
 
 def _power_state(model: PowerModel | None, arch: ModelArch) -> PowerState | None:
@@ -660,16 +694,20 @@ def with_intervals(rows: dict[str, dict[str, float]], intervals: dict[str, list[
 
 
 def report_markdown(report: dict[str, Any]) -> str:
+    swung = report.get("price_sensitivity", {})
+    delta, prices = swung.get("delta", 0.0), swung.get("prices", "")
     lines = [f"# Validation: {report['policy']} on {report['model']} ({report['device']})", "",
              f"cost model: {report['cost_model']}; {report['requests']} requests; KV blocks "
              f"{report['kv_blocks']}", "",
-             "| metric | measured | predicted | error | 95 % interval of the error (requests drawn again) |",
-             "|---|---:|---:|---:|---:|"]
+             "| metric | measured | predicted | error | 95 % interval of the error (requests drawn again) |"
+             + (f" error with the {prices} prices x{1 - delta:g} / x{1 + delta:g} |" if delta else ""),
+             "|---|---:|---:|---:|---:|" + ("---:|" if delta else "")]
     for key, row in report["metrics"].items():
-        ci = row.get("ci95")
+        ci, swing = row.get("ci95"), row.get("sensitivity")
         interval = f"{100 * ci[0]:+.1f}% .. {100 * ci[1]:+.1f}%" if ci else ""
         lines.append(f"| {key} | {row['measured']:.4g} | {row['predicted']:.4g} | "
-                     f"{100 * row['rel_error']:+.1f}% | {interval} |")
+                     f"{100 * row['rel_error']:+.1f}% | {interval} |"
+                     + ((f" {100 * swing[0]:+.1f}% / {100 * swing[1]:+.1f}% |" if swing else " |") if delta else ""))
     if report.get("paired"):
         lines += ["", "Per request (the same requests, completed on both sides: predicted / measured - 1):", "",
                   "| metric | requests | median error | mean error | p90 abs error | median difference ms |",

@@ -673,3 +673,27 @@ def test_prompt_passes_as_the_runtime_issues_them(tmp_path) -> None:
     for q in (128, 512, 4096):
         batch = BatchShape((q,), (0,), num_logits=1)
         assert runtime.step_time(batch, 64) - base.step_time(batch, 64) == pytest.approx(runtime._issue.at(q), rel=1e-9)
+
+
+def test_gpu_scale_multiplies_every_price_of_the_profile(llama: ProfiledCostModel) -> None:
+    """`cost_model.gpu_scale`: a card 2 % slower than the profiled one, on the whole GPU, on a
+    partition and beside a co-runner alike; a cost model without a profile refuses it."""
+    from servesim.runner import build_cost_model
+
+    slower = ProfiledCostModel(load_model("llama-3.1-8b"), H200, gpu_scale=1.02)
+    shapes = [BatchShape((), (), 80, 80 * 1100, 3000, 80), BatchShape((512,), (0,), 40, 36000, 2000, 41),
+              BatchShape((2048,), (0,), 0, 0, 0, 1), BatchShape((300,), (1024,), 3, 3000, 1200, 4)]
+    for shape in shapes:
+        for sms in (None, 64):
+            assert slower.step_time(shape, sms) == pytest.approx(1.02 * llama.step_time(shape, sms), rel=1e-9)
+    beside = Corunner(shapes[1], 84)
+    assert slower.step_time(shapes[0], 48, beside) == pytest.approx(1.02 * llama.step_time(shapes[0], 48, beside),
+                                                                    rel=1e-9)
+    config = from_mapping({"model": "llama-3.1-8b", "cost_model": {"kind": "profile", "gpu_scale": 0.97}}, "t")
+    built = build_cost_model(config, load_model("llama-3.1-8b"), H200)
+    assert built.step_time(shapes[0]) == pytest.approx(0.97 * llama.step_time(shapes[0]), rel=1e-9)
+    with pytest.raises(InputError, match="gpu_scale: scales a profile's times; the roofline"):
+        build_cost_model(from_mapping({"model": "llama-3.1-8b", "cost_model": {"kind": "roofline", "gpu_scale": 1.1}},
+                                      "t"), load_model("llama-3.1-8b"), H200)
+    with pytest.raises(InputError, match="gpu_scale: must be > 0"):
+        from_mapping({"model": "llama-3.1-8b", "cost_model": {"gpu_scale": 0}}, "t")

@@ -232,6 +232,10 @@ def check_meta(meta: dict[str, Any], where: str, arch: ModelArch, gpu: GpuSpec) 
         raise InputError(f"{where}: profile of model {meta.get('model')!r}, but the run uses {arch.name!r}")
 
 
+TIME_COLUMNS = ("median_us", "p20_us", "p80_us", "alone_us", "corun_us")
+"""The columns of the profile tables that hold times (`Profile`'s gpu_scale multiplies them)."""
+
+
 def load_tables(path: Path | Traversable) -> dict[str, pd.DataFrame]:
     out = {}
     for name in TABLES:
@@ -308,11 +312,16 @@ def lerp(xs: list[float], ys: list[float], x: float) -> float:
 class Profile:
     """Every table of one profile directory, checked against the run's model and GPU."""
 
-    def __init__(self, path: Path | Traversable, arch: ModelArch, gpu: GpuSpec) -> None:
+    def __init__(self, path: Path | Traversable, arch: ModelArch, gpu: GpuSpec, gpu_scale: float = 1.0) -> None:
+        """`gpu_scale`: every time of every table times this (ratios such as a co-runner's
+        slowdown unchanged)."""
         self.path = path
         self.meta = read_meta(path)
         check_meta(self.meta, str(path.joinpath(META_FILE)), arch, gpu)
         self.tables = load_tables(path)
+        if gpu_scale != 1.0:
+            self.tables = {name: table.assign(**{c: table[c] * gpu_scale for c in TIME_COLUMNS if c in table})
+                           for name, table in self.tables.items()}
         if "ops" not in self.tables:
             raise InputError(f"{path}: ops.parquet is missing")
         ops = self.tables["ops"].dropna(subset=["median_us"])

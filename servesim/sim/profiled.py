@@ -87,14 +87,15 @@ class ProfiledCostModel:
     """The CostModel protocol over a profile of `arch` on `gpu` (refused for any other)."""
 
     def __init__(self, arch: ModelArch, gpu: GpuSpec, path: str | Path | None = None,
-                 moe_skew: float = 0.0, prompt_passes: str = "auto") -> None:
+                 moe_skew: float = 0.0, prompt_passes: str = "auto", gpu_scale: float = 1.0) -> None:
         """`prompt_passes`: "ops" prices a whole-GPU prompt pass as its operators' sum;
         "runtime_graph" scales its prompt layers to the profile's runtime prompt passes timed in
         one graph (`_prompt_pass_table`); "runtime" adds what the runtime's way of issuing them
         adds (`_prompt_issue_table`); "auto": "runtime" where the profile has them, else "ops".
-        A profile without them is refused for "runtime" and "runtime_graph"."""
+        A profile without them is refused for "runtime" and "runtime_graph". `gpu_scale`:
+        every time the profile holds times this (`cost_model.gpu_scale`)."""
         self.arch, self.gpu, self.moe_skew = arch, gpu, moe_skew
-        self.profile = Profile(profile_dir(gpu, arch, path), arch, gpu)
+        self.profile = Profile(profile_dir(gpu, arch, path), arch, gpu, gpu_scale)
         self.extrapolated = 0
         self.fixed_s = self.profile.ops["iteration_fixed"].scalar
         self._groups: dict[tuple[int, ...], _Priced] = {}

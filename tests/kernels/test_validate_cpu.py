@@ -132,3 +132,31 @@ def test_validations_sharing_models_keep_one_model_at_a_time(tmp_path: Path) -> 
         out = validate(config, tmp_path, "cpu", max_kv_blocks=blocks, warmup=False, models=models)
         assert out.report["completed_measured"] == 2 and len(models) == 1
         assert next(iter(models.values())).model.k_cache[0].shape[0] == blocks + 1  # + a pad block
+
+
+def test_price_sensitivity_predicts_the_same_requests_at_scaled_prices(tmp_path: Path) -> None:
+    """`repredict(..., sensitivity=d)`: each metric's error with the host's prices (the tiny
+    model's roofline has no GPU table to scale) times 1 - d and 1 + d, the same as predicting
+    with those constants by hand."""
+    import dataclasses
+
+    from servesim.runtime.calibrate import scaled
+
+    pd.DataFrame({"arrival_s": [0.0, 0.05, 0.1], "num_prompt_tokens": [9, 5, 17],
+                  "num_output_tokens": [3, 2, 2]}).to_csv(tmp_path / "t.csv", index=False)
+    config = from_mapping({"model": str(TINY), "workload": {"trace": "t.csv"},
+                           "cost_model": {"host_step_us": 4000.0, "host_per_seq_us": 50.0},
+                           "policy": {"name": "sarathi", "token_budget": 8}}, "test")
+    out = validate(config, tmp_path, "cpu", max_kv_blocks=64, warmup=False)
+    again = repredict(config, tmp_path, out.report, out.steps, out.measured_itl_s, out.measured, sensitivity=0.5)
+    assert again.report["price_sensitivity"] == {"delta": 0.5, "prices": "host"}
+    rows = again.report["metrics"]
+    for factor, side in ((0.5, 0), (1.5, 1)):
+        by_hand = dataclasses.replace(config, cost_model=scaled(config.cost_model, factor))
+        alone = repredict(by_hand, tmp_path, out.report, out.steps, out.measured_itl_s, out.measured).report
+        assert all(rows[k]["sensitivity"][side] == alone["metrics"][k]["rel_error"] for k in rows)
+    ttft = rows["median_ttft_ms"]
+    assert ttft["sensitivity"][0] < ttft["rel_error"] < ttft["sensitivity"][1]  # 4 ms a step moves it
+    assert "host prices x0.5 / x1.5 |" in report_markdown(again.report)
+    plain = repredict(config, tmp_path, again.report, out.steps, out.measured_itl_s, out.measured)
+    assert "price_sensitivity" not in plain.report and "sensitivity" not in plain.report["metrics"]["median_ttft_ms"]
