@@ -168,7 +168,11 @@ def _summary(out: Path) -> None:
                 reach = "" if not ci else (f" (interval {100 * ci[0]:+.1f}% .. {100 * ci[1]:+.1f}%: "
                                            + ("reaches" if ci[0] <= bound and ci[1] >= -bound else "does not reach")
                                            + f" the {100 * bound:g} % target)")
-                missed.append(f"- {report_file.parent.name} {key}: {100 * row['rel_error']:+.1f}%{reach}")
+                swing = row.get("sensitivity")
+                delta = r.get("price_sensitivity", {}).get("delta", 0.0)
+                swung = "" if not swing else (f"; with every price x{1 - delta:g} / x{1 + delta:g}: "
+                                              f"{100 * swing[0]:+.1f}% / {100 * swing[1]:+.1f}%")
+                missed.append(f"- {report_file.parent.name} {key}: {100 * row['rel_error']:+.1f}%{reach}{swung}")
     lines += missed or ["- none"]
     (out / "summary.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
