@@ -269,3 +269,16 @@ def test_a_run_priced_against_another_reference_keeps_what_it_served_with(tmp_pa
     twice = cal.rereferenced(again, config, old_ref)
     assert cal.served_constants(twice) == served and twice["served"]["reference"] == "old.json"
     assert twice["factor"] == calibration["factor"]
+
+
+def test_the_validate_config_design_names_is_the_matrix_sarathi_60_run() -> None:
+    """`servesim validate examples/validate.yaml` (DESIGN.md's command) runs the matrix's
+    sarathi-load60 configuration, with the merged host reference's constants."""
+    from servesim.config import load_config
+
+    root = Path(__file__).resolve().parents[2]
+    matrix = _validate_runtime()._matrix(root / "examples" / "validate_matrix.yaml", [])
+    import dataclasses
+
+    mine = load_config(str(root / "examples" / "validate.yaml"), [])
+    assert dataclasses.replace(mine, source=matrix["sarathi-load60"].source) == matrix["sarathi-load60"]
