@@ -132,7 +132,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
     config = load_config(args.config, args.set or [])
     out = Path(args.out)
     result = validation.validate(config, Path(args.config).resolve().parent, args.device,
-                                 args.max_kv_blocks, host_reference=args.host_reference)
+                                 args.max_kv_blocks, host_reference=args.host_reference,
+                                 sensitivity=args.sensitivity)
     write_json(out / "report.json", result.report)
     write_text(out / "report.md", validation.report_markdown(result.report))
     write_parquet(out / "requests_measured.parquet", result.measured)
@@ -214,6 +215,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "time the host against it just before and just after serving; the runtime serves "
                         "with the constants scaled by the ratio before, the prediction is priced at the "
                         "faster of the two")
+    p.add_argument("--sensitivity", type=float, default=0.0, metavar="D",
+                   help="also predict with every price (the profile's GPU times, the host constants) "
+                        "times 1-D and 1+D: each metric's error at both (report.md's last column)")
     p.set_defaults(func=cmd_validate)
     p = sub.add_parser("profile", help="on a GPU: time every operator of a model into a profile")
     add_profile_arguments(p)

@@ -114,15 +114,18 @@ def runtime_config(config: Config) -> Config:
 
 def validate(config: Config, base_dir: Path, device_name: str = "cuda",
              max_kv_blocks: int | None = None, warmup: bool = True,
-             models: dict[tuple[Any, ...], Any] | None = None, host_reference: Path | None = None
-             ) -> Validation:
+             models: dict[tuple[Any, ...], Any] | None = None, host_reference: Path | None = None,
+             sensitivity: float = 0.0) -> Validation:
     """Measure on the runtime, predict with the simulator, compare. `models` (a dict the
     caller keeps) lets several validations of one model share its weights, compiled kernels
     and graphs. `host_reference`: the runtime_overhead.py result the config's host constants
     come from; the host's speed is timed against it just before serving
     (`servesim.runtime.calibrate`) and every host constant scaled by the ratio, for the
-    runtime's predictor (Nexus's controller) and the simulator alike."""
+    runtime's predictor (Nexus's controller) and the simulator alike. `sensitivity` d > 0: each
+    metric's error also with every price times 1 - d and 1 + d (`price_sensitivity`)."""
     config = runtime_config(config)
+    if sensitivity and not 0 < sensitivity < 1:
+        raise InputError(f"sensitivity: {sensitivity} is not between 0 and 1")
     if host_reference is not None:
         reference_loops(host_reference)  # a bad file fails before the model is built
     device = _device(device_name)
@@ -217,6 +220,9 @@ def validate(config: Config, base_dir: Path, device_name: str = "cuda",
     gaps = _itl(measured.requests), _itl(predicted.requests)
     report["metrics"] = with_intervals(report["metrics"], error_intervals(tables[0], tables[1], *gaps,
                                                                            seed=config.seed))
+    if sensitivity > 0:
+        report["metrics"], report["price_sensitivity"] = price_sensitivity(
+            report["metrics"], config, limits, workload, predictor, sensitivity)
     report = {**report, "paired": paired_errors(tables[0], tables[1]),
               **({"host_calibration": calibration} if calibration is not None else {}),
               "runtime_setup": setup,
@@ -325,11 +331,10 @@ def repredict(config: Config, base_dir: Path, report: dict[str, Any], steps: pd.
     if measured is not None:
         rows = with_intervals(rows, error_intervals(measured, table, measured_itl_s, predicted_itl_s,
                                                     seed=config.seed))
-    if sensitivity > 0:
-        rows = price_sensitivity(rows, config, limits, workload, predictor, sensitivity)
     report = {k: v for k, v in report.items() if k != "price_sensitivity"}
-    prices = "GPU and host" if resolved_kind(config, arch, gpu) == "profile" else "host"
-    new = {**report, **({"price_sensitivity": {"delta": sensitivity, "prices": prices}} if sensitivity > 0 else {}),
+    if sensitivity > 0:
+        rows, report["price_sensitivity"] = price_sensitivity(rows, config, limits, workload, predictor, sensitivity)
+    new = {**report,
            "cost_model": resolved_kind(config, arch, gpu), "metrics": rows,
            "completed_predicted": summary["completed"], "steps": step_errors(steps),
            **_prompt_shares(steps, predicted),
@@ -340,13 +345,15 @@ def repredict(config: Config, base_dir: Path, report: dict[str, Any], steps: pd.
 
 
 def price_sensitivity(rows: dict[str, dict[str, Any]], config: Config, limits: EngineLimits,
-                      workload: pd.DataFrame, predictor: Any, delta: float) -> dict[str, dict[str, Any]]:
+                      workload: pd.DataFrame, predictor: Any, delta: float
+                      ) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
     """`rows` with each metric's relative error when the same requests are predicted with every
     price times 1 - `delta` and 1 + `delta` (`sensitivity`: [lower, higher]): the GPU's through
     `cost_model.gpu_scale` (the profile cost model; other kinds keep their GPU prices), the
     host's through its constants; the policy's own predictor is kept. A cell whose error swings by many points for a 1 % change in every price sits where
     the predicted distribution steps (a prompt pass's length at a p99, say), and its miss says
-    little about the pricing."""
+    little about the pricing. Also the report's `price_sensitivity`: the delta and which prices
+    moved."""
     if not 0 < delta < 1:
         raise InputError(f"sensitivity: {delta} is not between 0 and 1")
     arch, gpu = load_model(config.model), get_gpu(config.hardware.gpu)
@@ -363,7 +370,8 @@ def price_sensitivity(rows: dict[str, dict[str, Any]], config: Config, limits: E
         summary = summarize(run, request_table(run.requests, config.slo.classes, config.slo.default))
         errors.append({k: v["rel_error"] for k, v in
                        _metric_rows({k: row["measured"] for k, row in rows.items()}, summary).items()})
-    return {k: {**row, "sensitivity": [errors[0][k], errors[1][k]]} for k, row in rows.items()}
+    return ({k: {**row, "sensitivity": [errors[0][k], errors[1][k]]} for k, row in rows.items()},
+            {"delta": delta, "prices": "GPU and host" if profiled else "host"})
 
 
 def _power_state(model: PowerModel | None, arch: ModelArch) -> PowerState | None:

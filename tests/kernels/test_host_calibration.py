@@ -67,6 +67,11 @@ def test_validate_cli_refuses_a_missing_reference_before_building_anything(tmp_p
     assert done.returncode == 2
     assert "nope.json" in done.stderr and len(done.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "out").exists()
+    done = subprocess.run([sys.executable, "-m", "servesim.cli", "validate", str(tmp_path / "c.yaml"),
+                           "--out", str(tmp_path / "out"), "--device", "cpu", "--sensitivity", "1.5"],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2 and "sensitivity: 1.5" in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1 and not (tmp_path / "out").exists()
 
 
 def test_validate_scales_the_host_constants_by_the_speed_it_timed(tmp_path: Path,

@@ -147,9 +147,10 @@ def test_price_sensitivity_predicts_the_same_requests_at_scaled_prices(tmp_path:
     config = from_mapping({"model": str(TINY), "workload": {"trace": "t.csv"},
                            "cost_model": {"host_step_us": 4000.0, "host_per_seq_us": 50.0},
                            "policy": {"name": "sarathi", "token_budget": 8}}, "test")
-    out = validate(config, tmp_path, "cpu", max_kv_blocks=64, warmup=False)
+    out = validate(config, tmp_path, "cpu", max_kv_blocks=64, warmup=False, sensitivity=0.5)
     again = repredict(config, tmp_path, out.report, out.steps, out.measured_itl_s, out.measured, sensitivity=0.5)
-    assert again.report["price_sensitivity"] == {"delta": 0.5, "prices": "host"}
+    assert again.report["price_sensitivity"] == out.report["price_sensitivity"] == {"delta": 0.5, "prices": "host"}
+    assert again.report["metrics"] == out.report["metrics"]  # the runtime's side predicts the same
     rows = again.report["metrics"]
     for factor, side in ((0.5, 0), (1.5, 1)):
         by_hand = dataclasses.replace(config, cost_model=scaled(config.cost_model, factor))
