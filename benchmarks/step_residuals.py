@@ -1,6 +1,6 @@
 """Where the committed validation runs' passes leave their price, pooled over runs (no GPU):
 reads each run folder's step table (`steps.csv.gz`: every measured pass beside the cost model's
-price for that same pass) and report, and prints two tables.
+price for that same pass) and report, and prints three tables.
 
   host     the host's time around each pass (busy - GPU span: scheduling, KV blocks, inputs)
            less its price, at the reference host's speed (divided by the run's priced host
@@ -11,6 +11,10 @@ price for that same pass) and report, and prints two tables.
            by its SMs and by the mean batch of the decode passes that overlapped it on the
            other partition (the step table prices a pass beside the co-runner running at its
            start; the overlap is what it actually ran beside).
+  decodes  decode-only passes that started alone, GPU span predicted / measured - 1, by SMs
+           and batch (where 50 or more ran): the runtime replays them from graphs captured at
+           GRAPH_SIZES rows, the profile's passes table holds a few batches between which the
+           price is interpolated.
 
     python benchmarks/step_residuals.py benchmarks/results/h200-validate*/ [--out FILE]
 
@@ -91,6 +95,27 @@ def lane_errors(folders: list[Path]) -> pd.DataFrame:
     return out.round(4).reset_index()
 
 
+def decode_errors(folders: list[Path], min_passes: int = 50) -> pd.DataFrame:
+    """Decode-only passes running alone (no co-runner at their start), GPU span predicted /
+    measured - 1, by SMs (0: the whole GPU) and batch, where at least `min_passes` ran."""
+    frames = []
+    for folder in folders:
+        steps = pd.read_csv(folder / "steps.csv.gz")
+        alone = (steps.num_prefills == 0) & (steps.num_decodes > 0)
+        if "corunner" in steps:
+            alone &= steps.corunner < 0
+        part = steps[alone]
+        sms = part.sms.astype(int) if "sms" in part else pd.Series(0, index=part.index)
+        frames.append(pd.DataFrame({"sms": sms, "decodes": part.num_decodes.astype(int),
+                                    "error": part.predicted_gpu_s / part.gpu_s - 1,
+                                    "gpu_ms": 1e3 * part.gpu_s}))
+    if not frames:
+        return pd.DataFrame()
+    out = pd.concat(frames, ignore_index=True).groupby(["sms", "decodes"]).agg(
+        passes=("error", "size"), median_error=("error", "median"), median_gpu_ms=("gpu_ms", "median"))
+    return out[out.passes >= min_passes].round(4).reset_index()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("roots", nargs="+", type=Path)
@@ -101,18 +126,20 @@ def main(argv: list[str] | None = None) -> int:
         print(f"no run folders (steps.csv.gz beside report.json) under {', '.join(map(str, args.roots))}",
               file=sys.stderr)
         return 2
-    host, lanes = host_residuals(folders), lane_errors(folders)
+    host, lanes, decodes = host_residuals(folders), lane_errors(folders), decode_errors(folders)
     with pd.option_context("display.width", 200, "display.max_rows", 500):
         print(f"{len(folders)} runs\n\nhost: measured - priced around each pass, us at the reference host's speed")
         print(host.to_string(index=False) if not host.empty else "(no host-calibrated runs)")
         print("\nlanes: prompt passes' GPU span, predicted / measured - 1")
         print(lanes.to_string(index=False) if not lanes.empty else "(no partitioned runs)")
+        print("\ndecodes: decode-only passes alone, GPU span predicted / measured - 1 (sms 0: whole GPU)")
+        print(decodes.to_string(index=False))
     if args.out:
         def rows(table: pd.DataFrame) -> list[dict[str, Any]]:
             return json.loads(table.astype({c: str for c in table.columns if str(table[c].dtype) == "category"})
                               .to_json(orient="records"))
         args.out.write_text(json.dumps({"runs": [str(f) for f in folders], "host": rows(host),
-                                        "lanes": rows(lanes)}, indent=1) + "\n")
+                                        "lanes": rows(lanes), "decodes": rows(decodes)}, indent=1) + "\n")
     return 0
 
 

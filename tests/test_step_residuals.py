@@ -74,3 +74,20 @@ def test_the_committed_runs_and_a_folder_without_runs(tmp_path: Path, capsys: py
     assert {r["kind"] for r in got["host"]} == {"decode", "prompt", "mixed"}
     assert sr.main([str(tmp_path / "empty")]) == 2
     assert "no run folders" in capsys.readouterr().err
+
+
+def test_decode_errors_keep_passes_that_started_alone_by_sms_and_batch(tmp_path: Path) -> None:
+    sr = _module()
+    rows = [_step(0.01 * i, 0.006, 0.006, 0.0063, 0.0063, decodes=9, partition=1, sms=92) for i in range(3)]
+    rows += [_step(0.1, 0.006, 0.006, 0.0060, 0.0054, decodes=9, partition=1, sms=92)]  # -10 %
+    rows += [_step(0.2, 0.006, 0.006, 0.9, 0.9, decodes=9, partition=1, sms=92)]  # beside a prompt: left out
+    rows += [_step(0.3, 0.02, 0.02, 0.02, 0.02, prefills=1, tokens=64, partition=0, sms=40)]  # a prompt
+    frame = pd.DataFrame(rows).assign(corunner=[-1, -1, -1, -1, 5, -1])
+    folder = tmp_path / "run"
+    folder.mkdir()
+    (folder / "report.json").write_text(json.dumps({"policy": "nexus"}))
+    frame.to_csv(folder / "steps.csv.gz", index=False)
+    table = sr.decode_errors(sr.run_folders([tmp_path]), min_passes=2)
+    assert table.to_dict("records") == [{"sms": 92, "decodes": 9, "passes": 4, "median_error": 0.05,
+                                         "median_gpu_ms": 6.0}]
+    assert sr.decode_errors(sr.run_folders([tmp_path]), min_passes=5).empty
