@@ -22,7 +22,7 @@ from servesim.sim import kernel_work, profile_report
 from servesim.sim.cost_model import RooflineCostModel
 from servesim.sim.hardware import H100, H200
 from servesim.sim.profile_tables import Grid, shipped_profiles, shipped_root
-from servesim.sim.profiled import ProfiledCostModel
+from servesim.sim.profiled import SMALL_DECODE_CORUNNER, ProfiledCostModel
 
 MODELS = ("llama-3.1-8b", "qwen2.5-32b", "mixtral-8x7b", "qwen3-30b-a3b")
 DECODE = BatchShape(num_decodes=32, decode_context=32 * 1500, max_decode_context=3000, num_logits=32)
@@ -446,7 +446,11 @@ def test_prompt_passes_on_partitions_take_their_measured_time_alone_and_beside_d
     assert ratio(512, 48, 0) == pytest.approx(1.10, rel=1e-9) and ratio(256, 40, 8) == pytest.approx(1.25, rel=1e-9)
     # A co-runner reads the measured co-runners of its GEMM tiling class (GEMM_ROW_CLASSES):
     # 2-16 decodes 8's factor, 17-32 32's; where its class has none, the nearest measured.
-    for n, f in ((2, 1.25), (16, 1.25), (17, 1.05), (24, 1.05), (100, 1.05)):
+    # Below the smallest measured (8), SMALL_DECODE_CORUNNER's raise: in full at 2 and below
+    # (1.0202 at 256 tokens), half of it at 4.
+    small = SMALL_DECODE_CORUNNER[0][1] - 1
+    for n, f in ((1, 1.25 * (1 + small)), (2, 1.25 * (1 + small)), (4, 1.25 * (1 + small / 2)), (8, 1.25),
+                 (16, 1.25), (17, 1.05), (24, 1.05), (100, 1.05)):
         assert ratio(256, 48, n) == pytest.approx(f, rel=1e-9), n
     mixed = BatchShape((256,), (0,), num_decodes=4, decode_context=4096, max_decode_context=1024, num_logits=5)
     assert lanes.step_time(mixed, 48) == base.step_time(mixed, 48)
@@ -474,6 +478,28 @@ def test_prompts_on_a_partition_are_priced_within_a_few_percent_of_the_batch_swe
         errors.append(beside * 1e6 / r["prefill_beside_us"] - 1)
     assert len(errors) == 16 and max(abs(e) for e in errors) < 0.07
     assert sorted(abs(e) for e in errors)[len(errors) // 2] < 0.04
+
+
+def test_prompts_beside_few_decodes_follow_the_batch_sweeps_ratio() -> None:
+    """SMALL_DECODE_CORUNNER is the batch sweep's own ratio (beside 2 decodes over beside 8, at
+    256 and 2,048 tokens), and the shipped Llama profile, whose lane table starts at 8 decodes,
+    prices a prompt beside 2 within 0.8 % of that over the same prompt beside 8 (the factor is
+    raised by it, and the operator-composed contention under it falls 0.5-0.7 % from 8 decodes to
+    2; before the raise the price beside 2 was that much below beside 8), and beside 20 as before
+    (the larger classes are not raised)."""
+    result = Path(__file__).resolve().parents[1] / "benchmarks/results/h200-pass-contention-batch.json"
+    rows = {(r["prompt"], r["decodes"]): r["prefill_beside_us"] for r in json.loads(result.read_text())["rows"]}
+    model = ProfiledCostModel(load_model("llama-3.1-8b"), H200)
+
+    def beside(q: int, n: int) -> float:
+        decode = BatchShape(num_decodes=n, decode_context=n * 1024, max_decode_context=1024, num_logits=n)
+        return model.step_time(BatchShape((q,), (0,), num_logits=1), 40, Corunner(decode, 92))
+
+    for q, ratio in SMALL_DECODE_CORUNNER:
+        assert ratio == pytest.approx(rows[(q, 2)] / rows[(q, 8)], abs=1e-4)
+        assert beside(q, 2) / beside(q, 8) == pytest.approx(ratio, abs=0.008) and beside(q, 2) > 1.01 * beside(q, 8)
+        assert beside(q, 1) == pytest.approx(beside(q, 2), rel=0.005)
+    assert model._lane is not None and model._lane._small(40, 2048, 20) == 1.0
 
 
 def test_decode_passes_beside_a_prompt_take_their_measured_time(tmp_path) -> None:

@@ -48,6 +48,22 @@ from servesim.sim.profile_tables import Profile, lerp, shipped_root
 _SM_PROXY = {"moe_combine": "moe_silu_mul", "attn_prefill_packed": "attn_prefill"}
 _NO_SLOWDOWN = (1.0,) * len(CONTENTION_TARGETS)
 _MAX_CACHE = 200_000
+SMALL_DECODE_CORUNNER = ((256, 1.0202), (2048, 1.0299))
+"""(prompt tokens, a prompt's time on a partition beside 2 decodes over its time beside 8) on the
+H200 (Llama-3.1-8B, 40 prefill SMs beside 92: 1.597x and 1.566x its time alone at 256 tokens,
+1.537x and 1.492x at 2,048; benchmarks/results/h200-pass-contention-batch.json, `pass_contention.py --cases batch`,
+c208c36). A prompt lane's table (`_lane_pass_table`) times co-runners of 8 decodes and more, and
+a smaller co-runner read the 8-decode factor: in servesim's Nexus runs, prompts beside 1-2
+decodes on 40 SMs took 4.0 % longer than so priced (414 passes) and beside 2-4 1.5 %
+(benchmarks/step_residuals.py). Below the smallest co-runner the table measured, the
+factor is raised toward this ratio, linearly in log decodes from 1 at the smallest co-runner
+measured to the full ratio at a quarter of it (8 -> 2) and below, and in log tokens between 256
+and 2,048 (held outside). (The factor is raised, not the price: the operator-composed contention
+under it falls 0.5-0.7 % from 8 decodes to 2, so the shipped Llama profile prices a prompt beside
+2 decodes 1.5 % over beside 8 at 256 tokens, 2.4 % at 2,048.) A profile that times smaller
+co-runners reads them instead; co-runners
+of the larger size classes (17-32, 33-64 decodes) are not raised (beside 20 and 24 decodes the
+same benchmark read 1.269x and 1.241x against 1.266x beside 32)."""
 _Curves = tuple[list[float], list[float], bool, list[float], list[list[float]], Callable[[float, float], float] | None]
 """Decode attention at a fixed batch: mean contexts, their interpolation coordinates (logs when
 the table's context axis is logarithmic, flagged), skews, per skew per context the time over
@@ -175,7 +191,7 @@ class ProfiledCostModel:
             return self._total(BatchShape((int(r["prefill_tokens"]),), (0,), num_logits=1), sms, corunner)
 
         return self._lane_levels(rows, "prefill_tokens", "corunner_decodes", priced, alone_measured=True,
-                                 co_classes=GEMM_ROW_CLASSES)
+                                 co_classes=GEMM_ROW_CLASSES, small_corunner=SMALL_DECODE_CORUNNER)
 
     def _beside_table(self) -> _LanePass | None:
         """The profile's decode-only passes on partitions beside a looping prompt (`passes`
@@ -257,7 +273,8 @@ class ProfiledCostModel:
 
     def _lane_levels(self, rows: pd.DataFrame, size: str, co_size: str,
                      priced: Callable[[dict[str, Any], int], float], alone_measured: bool,
-                     relative: bool = False, co_classes: tuple[int, ...] = ()) -> _LanePass | None:
+                     relative: bool = False, co_classes: tuple[int, ...] = (),
+                     small_corunner: tuple[tuple[int, float], ...] = ()) -> _LanePass | None:
         """Measured / priced per SM count below the whole GPU, on a (size x co-runner size)
         grid; co-runner size 0 (alone) is measured or, without `alone_measured`, 1. With
         `relative`, each size's factors are divided by its factor alone: the pass beside a
@@ -265,7 +282,8 @@ class ProfiledCostModel:
         grid is not complete is left out; pricing here leaves `extrapolated` as it was. A
         relative table's factors are measured slowdowns: they scale the price without the
         operator table's contention (`_composed`). With `co_classes`, a co-runner reads the grid
-        within its size class only (`_LanePass._columns`)."""
+        within its size class only (`_LanePass._columns`), and with `small_corunner` a co-runner
+        below the smallest measured is raised toward that ratio (SMALL_DECODE_CORUNNER)."""
         rows = rows.dropna(subset=["median_us", "sms"])
         rows = rows[rows.sms < self.gpu.num_sms]
         rows = rows.assign(**{co_size: rows[co_size].fillna(0)})
@@ -286,7 +304,7 @@ class ProfiledCostModel:
                 factors = [[f / row[0] for f in row] for row in factors]
             levels[int(sms)] = (sizes, co_sizes, factors)
         self.extrapolated = counted
-        return _LanePass(levels, self.gpu.num_sms, relative, co_classes) if levels else None
+        return _LanePass(levels, self.gpu.num_sms, relative, co_classes, small_corunner) if levels else None
 
     def _in_pass_grid(self, rows: pd.DataFrame, sms: int) -> tuple[list[int], list[int], list[list[float]]] | None:
         batches = sorted({int(n) for n in rows.num_decodes})
@@ -718,8 +736,10 @@ class _LanePass:
     the whole GPU (no co-runner there)."""
 
     def __init__(self, levels: dict[int, tuple[list[int], list[int], list[list[float]]]], whole_sms: int,
-                 relative: bool = False, co_classes: tuple[int, ...] = ()) -> None:
+                 relative: bool = False, co_classes: tuple[int, ...] = (),
+                 small_corunner: tuple[tuple[int, float], ...] = ()) -> None:
         self.whole_sms, self.relative, self.co_classes = whole_sms, relative, co_classes
+        self.small_corunner = ([math.log(q) for q, _ in small_corunner], [r for _, r in small_corunner])
         self.sms = sorted(levels)
         self.co_sizes = {sms: ns for sms, (_, ns, _) in levels.items()}
         self.levels = {sms: ([math.log(q) for q in qs], [math.log1p(n) for n in ns], grid)
@@ -748,7 +768,16 @@ class _LanePass:
         log_q, log_n, grid = self.levels[sms]
         use = self._columns(sms, decodes)
         column = [_interp([log_n[j] for j in use], [row[j] for j in use], math.log1p(decodes)) for row in grid]
-        return _interp(log_q, column, math.log(max(tokens, 1)))
+        return _interp(log_q, column, math.log(max(tokens, 1))) * self._small(sms, tokens, decodes)
+
+    def _small(self, sms: int, tokens: int, decodes: int) -> float:
+        """SMALL_DECODE_CORUNNER's raise for a co-runner below the smallest measured."""
+        log_q, ratios = self.small_corunner
+        smallest = min((n for n in self.co_sizes[sms] if n > 0), default=0)
+        if not ratios or not 0 < decodes < smallest:
+            return 1.0
+        weight = min(1.0, math.log(smallest / decodes) / math.log(4))
+        return 1.0 + (_interp(log_q, ratios, math.log(max(tokens, 1))) - 1.0) * weight
 
     def factor(self, tokens: int, sms: int, decodes: int) -> float:
         below = [s for s in self.sms if s <= sms]
