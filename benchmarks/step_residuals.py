@@ -25,6 +25,7 @@ without a host calibration (no priced factor) are left out of the host table.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
 from pathlib import Path
@@ -42,6 +43,12 @@ def run_folders(roots: list[Path]) -> list[Path]:
     return sorted(f for f in found if (f / "report.json").is_file())
 
 
+@functools.cache
+def _run(folder: Path) -> tuple[dict[str, Any], pd.DataFrame]:
+    """A run folder's report and step table, read once for all three tables."""
+    return json.loads((folder / "report.json").read_text()), pd.read_csv(folder / "steps.csv.gz")
+
+
 def _policy(report: dict[str, Any]) -> str:
     policy = report["policy"]
     return str(policy if isinstance(policy, str) else policy.get("name"))
@@ -50,12 +57,10 @@ def _policy(report: dict[str, Any]) -> str:
 def host_residuals(folders: list[Path]) -> pd.DataFrame:
     frames = []
     for folder in folders:
-        report = json.loads((folder / "report.json").read_text())
+        report, steps = _run(folder)
         factor = report.get("host_calibration", {}).get("priced_factor")
         if factor is None or _policy(report) == "nexus":
             continue
-        steps = pd.read_csv(folder / "steps.csv.gz", usecols=[
-            "busy_s", "gpu_s", "predicted_s", "predicted_gpu_s", "num_prefills", "num_decodes", "prefill_tokens"])
         measured = (steps.busy_s - steps.gpu_s) / factor
         priced = (steps.predicted_s - steps.predicted_gpu_s) / factor
         kind = np.where(steps.num_prefills == 0, "decode", np.where(steps.num_decodes == 0, "prompt", "mixed"))
@@ -73,7 +78,7 @@ def host_residuals(folders: list[Path]) -> pd.DataFrame:
 def lane_errors(folders: list[Path]) -> pd.DataFrame:
     frames = []
     for folder in folders:
-        steps = pd.read_csv(folder / "steps.csv.gz")
+        steps = _run(folder)[1]
         if "partition" not in steps or not (steps.partition == 1).any():
             continue
         decode = steps[steps.partition == 1]
@@ -100,7 +105,7 @@ def decode_errors(folders: list[Path], min_passes: int = 50) -> pd.DataFrame:
     measured - 1, by SMs (0: the whole GPU) and batch, where at least `min_passes` ran."""
     frames = []
     for folder in folders:
-        steps = pd.read_csv(folder / "steps.csv.gz")
+        steps = _run(folder)[1]
         alone = (steps.num_prefills == 0) & (steps.num_decodes > 0)
         if "corunner" in steps:
             alone &= steps.corunner < 0

@@ -124,8 +124,8 @@ def validate(config: Config, base_dir: Path, device_name: str = "cuda",
     runtime's predictor (Nexus's controller) and the simulator alike. `sensitivity` d > 0: each
     metric's error also with every price times 1 - d and 1 + d (`price_sensitivity`)."""
     config = runtime_config(config)
-    if sensitivity and not 0 < sensitivity < 1:
-        raise InputError(f"sensitivity: {sensitivity} is not between 0 and 1")
+    if sensitivity:
+        check_sensitivity(sensitivity)  # (before the GPU is touched)
     if host_reference is not None:
         reference_loops(host_reference)  # a bad file fails before the model is built
     device = _device(device_name)
@@ -344,18 +344,22 @@ def repredict(config: Config, base_dir: Path, report: dict[str, Any], steps: pd.
     return Repredicted(new, steps, table, predicted_itl_s)
 
 
+def check_sensitivity(delta: float) -> None:
+    if not 0 < delta < 1:
+        raise InputError(f"sensitivity: {delta} is not between 0 and 1")
+
+
 def price_sensitivity(rows: dict[str, dict[str, Any]], config: Config, limits: EngineLimits,
                       workload: pd.DataFrame, predictor: Any, delta: float
                       ) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
     """`rows` with each metric's relative error when the same requests are predicted with every
     price times 1 - `delta` and 1 + `delta` (`sensitivity`: [lower, higher]): the GPU's through
     `cost_model.gpu_scale` (the profile cost model; other kinds keep their GPU prices), the
-    host's through its constants; the policy's own predictor is kept. A cell whose error swings by many points for a 1 % change in every price sits where
-    the predicted distribution steps (a prompt pass's length at a p99, say), and its miss says
-    little about the pricing. Also the report's `price_sensitivity`: the delta and which prices
-    moved."""
-    if not 0 < delta < 1:
-        raise InputError(f"sensitivity: {delta} is not between 0 and 1")
+    host's through its constants; the policy's own predictor is kept. A cell whose error swings
+    by many points for a 1 % change in every price sits where the predicted distribution steps
+    (a prompt pass's length at a p99, say), and its miss says little about the pricing. Also the
+    report's `price_sensitivity`: the delta and which prices moved."""
+    check_sensitivity(delta)
     arch, gpu = load_model(config.model), get_gpu(config.hardware.gpu)
     profiled = resolved_kind(config, arch, gpu) == "profile"
     errors: list[dict[str, float]] = []
