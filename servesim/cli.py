@@ -150,14 +150,21 @@ def cmd_validate(args: argparse.Namespace) -> int:
 def cmd_profile(args: argparse.Namespace) -> int:
     profiler = _gpu_module("servesim.profiler.run", "profile")
     mode = "tiny" if args.device == "cpu" else ("quick" if args.quick else "full")
-    if args.missing and not args.ops_only:
-        raise InputError("--missing goes with --ops-only OP[,OP]")
+    if args.missing and not (args.ops_only or args.passes_only):
+        raise InputError("--missing goes with --ops-only OP[,OP] or --passes-only")
     if args.runtime_passes_only:
         for model in args.model:
             meta = profiler.add_runtime_passes(model, Path(args.out), mode, args.device)
             runtime = meta["runtime_passes"]
             print(f"{meta['model']} on {meta['gpu']}: {runtime['rows']} runtime prompt passes in "
                   f"{runtime['seconds']:.0f} s -> {Path(args.out) / meta['gpu'] / meta['model']}")
+        return 0
+    if args.passes_only:
+        for model in args.model:
+            meta = profiler.add_passes(model, Path(args.out), mode, args.device, missing=args.missing)
+            done = meta["passes_retimed"][-1]
+            print(f"{meta['model']} on {meta['gpu']}: {done['rows']} passes in {done['seconds']:.0f} s -> "
+                  f"{Path(args.out) / meta['gpu'] / meta['model']}")
         return 0
     if args.ops_only:
         for model in args.model:

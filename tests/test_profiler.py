@@ -364,3 +364,46 @@ def test_every_nexus_lane_has_partition_grids_of_its_own_size(mode: str) -> None
     assert prefill == [24, 32, 40, 48, 56, 64]
     assert {132 - p for p in prefill} <= set(SPECS[mode].sm_counts) & set(PASS_SMS[mode])
     assert set(prefill) <= set(SPECS[mode].sm_counts)
+
+
+def test_passes_only_times_the_passes_an_existing_profile_lacks(tmp_path, capsys, monkeypatch) -> None:
+    """`--passes-only --missing`: a passes grid made finer gets only the passes the profile lacks
+    timed and added, every row it has (and the runtime's prompt passes) kept; nothing missing
+    times and writes nothing; without --missing every grid pass is timed again and replaces its
+    row, the runtime's prompt passes kept."""
+    with pytest.raises(InputError, match="no profile"):
+        profiler_run.add_passes(TINY, tmp_path, "tiny", "cpu", "abc")
+    out = tmp_path / "cpu" / "tiny-dense"
+    out.mkdir(parents=True)
+    grid = calibration_passes("tiny")
+    num_sms = profiler_run.Partitions(torch.device("cpu")).num_sms
+    held = [{**{c: 0 for c in TABLES["passes"]}, **b.row(), "sms": b.sms or num_sms, "median_us": 7.0,
+             "method": "cpu"} for b in grid[:-2]]  # the decode lane's two passes lost
+    runtime = {**{c: 0 for c in TABLES["passes"]}, "prefill_tokens": "16", "prefill_prefix": "0",
+               "median_us": 9.0, "method": "runtime_graph_cpu", "batch_id": 99}
+    pd.DataFrame([*held, runtime])[list(TABLES["passes"])].to_parquet(out / "passes.parquet", index=False)
+    (out / "meta.json").write_text(json.dumps({"model": "tiny-dense", "gpu": "cpu", "tables": {"passes": len(held) + 1}}))
+    assert cli.main(["profile", "--model", TINY, "--device", "cpu", "--out", str(tmp_path),
+                     "--passes-only", "--missing"]) == 0
+    assert "2 passes in" in capsys.readouterr().out
+    passes = pd.read_parquet(out / "passes.parquet")
+    assert len(passes) == len(grid) + 1 and passes.batch_id.is_unique
+    assert (passes.median_us.iloc[:len(held)] == 7.0).all() and passes.median_us.iloc[len(held)] == 9.0
+    new = passes.iloc[len(held) + 1:]
+    assert (new.num_decodes == 2).all() and sorted(new.corunner_prompt) == [0, 16] and (new.median_us > 0).all()
+    assert (new.median_us != 7.0).all() and (new.sms == 2).all()
+    done = json.loads((out / "meta.json").read_text())["passes_retimed"][-1]
+    assert done["missing_only"] is True and done["rows"] == 2 and done["commit"] and done["failures"] == []
+    # Nothing missing any more: nothing timed, nothing written.
+    before = (out / "meta.json").read_text(), (out / "passes.parquet").read_bytes()
+    assert profiler_run.add_passes(TINY, tmp_path, "tiny", "cpu", "abc", missing=True)["passes_retimed"][-1]["rows"] == 0
+    assert ((out / "meta.json").read_text(), (out / "passes.parquet").read_bytes()) == before
+    # Without --missing: the whole grid (here cut to its first two passes, to spare the
+    # interpreter's time) again, every earlier grid row replaced, the runtime's passes kept.
+    monkeypatch.setattr(profiler_run, "calibration_passes", lambda mode, partitions=True: grid[:2])
+    meta = profiler_run.add_passes(TINY, tmp_path, "tiny", "cpu", "abc")
+    passes = pd.read_parquet(out / "passes.parquet")
+    assert len(passes) == 3 == meta["tables"]["passes"] and (passes.median_us != 7.0).all()
+    assert passes[passes.method == "runtime_graph_cpu"].median_us.tolist() == [9.0]
+    assert sorted(passes.batch_id) == [0, 1, 99]
+    assert meta["passes_retimed"][-1]["rows"] == 2 and meta["passes_retimed"][-1]["missing_only"] is False

@@ -20,9 +20,13 @@ def add_profile_arguments(p: argparse.ArgumentParser) -> None:
     only.add_argument("--ops-only", metavar="OP[,OP]",
                    help="only time these operators' whole-GPU points of the current grid, into the "
                         "existing profile under --out (their earlier rows replaced, the rest kept)")
+    only.add_argument("--passes-only", action="store_true",
+                   help="only time the grid's whole passes (decode-only, mixed, the Nexus lanes'), "
+                        "into the existing profile under --out (their earlier rows replaced, the "
+                        "runtime's prompt passes and the other tables kept)")
     p.add_argument("--missing", action="store_true",
-                   help="with --ops-only: time only the grid points the profile lacks (a grid made "
-                        "finer), keeping every row it has, so the points timed before stay those of "
-                        "the card they were timed on")
+                   help="with --ops-only or --passes-only: time only the grid points the profile "
+                        "lacks (a grid made finer), keeping every row it has, so the points timed "
+                        "before stay those of the card they were timed on")
     p.add_argument("--warm-workers", type=int, default=min(12, os.cpu_count() or 1),
                    help="processes compiling the kernels before timing (0 = none)")

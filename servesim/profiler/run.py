@@ -295,6 +295,75 @@ def add_runtime_passes(model: str, out_root: Path, mode: str, device_name: str, 
     return meta
 
 
+PASS_IDENTITY = ("prefill_tokens", "prefill_prefix", "num_decodes", "decode_context", "max_decode_context",
+                 "num_logits", "sms", "corunner_decodes", "corunner_context", "corunner_prompt")
+"""The columns that name a pass of the `passes` grid (its batch_id is only its place in one run's list)."""
+
+
+def _pass_identity(row: dict[Any, Any], num_sms: int) -> tuple[Any, ...]:
+    out: list[Any] = []
+    for col in PASS_IDENTITY:
+        value = row.get(col)
+        if col in ("prefill_tokens", "prefill_prefix"):
+            out.append(str(value or "").strip())
+        elif col == "sms":
+            out.append(int(value or num_sms))
+        else:
+            out.append(int(value or 0))
+    return tuple(out)
+
+
+def add_passes(model: str, out_root: Path, mode: str, device_name: str, commit: str | None = None,
+               missing: bool = False) -> dict[str, Any]:
+    """Time the current grid's whole passes (`calibration_passes`: decode-only ones on the whole
+    GPU and its partitions, mixed ones, the Nexus lanes' prompts alone and beside decodes, decode
+    lanes beside prompts) into an existing profile of this GPU and model: its grid rows of the
+    `passes` table are replaced, the runtime's prompt passes and every other table kept.
+    `missing`: only the passes the table lacks are timed and added (a grid made finer: more
+    co-runner or batch sizes), every row it has kept, so each pass stays that of the card it was
+    timed on. meta.json's `passes_retimed` lists each such run. Returns the meta with this run
+    last (written to meta.json unless `missing` found nothing to time)."""
+    device = torch.device(device_name)
+    arch, out_dir, meta = _existing_profile(model, out_root, device, "passes")
+    prof = ModelProfiler(arch, out_root, mode, device)
+    num_sms = prof.partitions.num_sms
+    old = pd.read_parquet(out_dir / "passes.parquet") if (out_dir / "passes.parquet").is_file() \
+        else pd.DataFrame(columns=list(TABLES["passes"]))
+    runtime = old.method.astype(str).str.startswith("runtime_")
+    batches = prof.passes
+    if missing:
+        have = {_pass_identity(r, num_sms) for r in old[~runtime].to_dict("records")}
+        batches = [b for b in batches if _pass_identity({**b.row(), "sms": b.sms}, num_sms) not in have]
+        if not batches:  # the profile already holds the whole grid: nothing timed, nothing written
+            return {**meta, "passes_retimed": [*meta.get("passes_retimed", []),
+                                               {"missing_only": True, "rows": 0, "seconds": 0.0}]}
+    started = time.perf_counter()
+    factory = OperatorFactory(arch, device, max(kv_tokens(s) for s in prof.specs()))
+    gpu_index = smi_id(device) if device.type == "cuda" else None
+    rows: list[dict[str, Any]] = []
+    first_id = int(old.batch_id.max()) + 1 if missing and len(old) else 0
+    with ClockMonitor(gpu_index) as clock:
+        prof._guarded("warm-up pass", lambda: prof._iteration(factory, batches[0]))  # thrown away (`run`)
+        for i, batch in enumerate(tqdm(batches, mininterval=15, desc=f"{arch.name} passes", file=sys.stderr)):
+            batch = dataclasses.replace(batch, batch_id=first_id + i)
+            prof._guarded(f"passes|{batch.batch_id}", lambda b=batch: rows.append(prof._iteration(factory, b)))
+            if prof.poisoned:
+                break
+    factory.free()
+    kept = old if missing else old[runtime]
+    new = pd.DataFrame(rows, columns=list(TABLES["passes"]))
+    table = pd.concat([kept, new], ignore_index=True) if len(kept) else new
+    write_tables(out_dir, {"passes": table})
+    meta.setdefault("tables", {})["passes"] = len(table)
+    meta["passes_retimed"] = [*meta.get("passes_retimed", []),
+                              {"missing_only": missing, "rows": len(rows), "asked": len(batches),
+                               "failures": prof.failures, "passes_uncovered": prof.passes_uncovered,
+                               **_provenance_now(device, gpu_index, commit),
+                               "seconds": round(time.perf_counter() - started, 1), "sm_clock": clock.summary()}]
+    write_meta(out_dir, meta)
+    return meta
+
+
 def retime_ops(model: str, out_root: Path, mode: str, device_name: str, ops: Sequence[str],
                commit: str | None = None, missing: bool = False) -> dict[str, Any]:
     """Time the current grid's whole-GPU points of `ops` into an existing profile of this GPU
@@ -414,11 +483,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     mode = "tiny" if args.device == "cpu" else ("quick" if args.quick else "full")
     try:
-        if args.missing and not args.ops_only:
-            raise InputError("--missing goes with --ops-only OP[,OP]")
+        if args.missing and not (args.ops_only or args.passes_only):
+            raise InputError("--missing goes with --ops-only OP[,OP] or --passes-only")
         if args.runtime_passes_only:
             for model in args.model:
                 add_runtime_passes(model, Path(args.out), mode, args.device, args.commit)
+            return 0
+        if args.passes_only:
+            for model in args.model:
+                add_passes(model, Path(args.out), mode, args.device, args.commit, args.missing)
             return 0
         if args.ops_only:
             for model in args.model:

@@ -134,7 +134,7 @@ def random_batches(count: int, mode: str, seed: int = 2) -> list[MixedBatch]:
     return out
 
 
-PASS_BATCHES = {"tiny": (1, 4), "quick": (1, 4, 16, 64, 256), "full": (1, 2, 4, 8, 16, 32, 64, 128, 256)}
+PASS_BATCHES = {"tiny": (1, 4), "quick": (1, 2, 4, 8, 16, 32, 64, 256), "full": (1, 2, 4, 8, 16, 32, 64, 128, 256)}
 PASS_CONTEXTS = {"tiny": (16, 48), "quick": (512, 4096), "full": (256, 1024, 4096, 16384)}
 PASS_SMS = {"tiny": (2,), "quick": (64, 68, 76, 84, 92, 96, 100, 108), "full": (32, 64, 68, 76, 84, 92, 96, 100, 108)}
 """Partitions the passes also run on (besides the whole GPU): the decode shares Nexus picks.
@@ -160,8 +160,10 @@ from -8..0 % to +3..+4 %)."""
 
 PREFILL_PASS_TOKENS = {"tiny": (16,), "quick": (256, 512, 1024, 2048), "full": (256, 512, 1024, 2048, 4096)}
 PREFILL_PASS_SMS = {"tiny": (2,), "quick": (32, 40, 48, 56, 64, 96), "full": (24, 32, 40, 48, 56, 64, 96)}
-PREFILL_PASS_CORUNNERS = {"tiny": ((2, 16),), "quick": ((8, 1024), (16, 1024), (32, 1024), (64, 1024)),
-                          "full": ((8, 1024), (16, 1024), (32, 1024), (64, 1024), (128, 1024))}
+PREFILL_PASS_CORUNNERS = {"tiny": ((2, 16),), "quick": ((1, 1024), (2, 1024), (4, 1024), (8, 1024), (16, 1024),
+                                                         (32, 1024), (64, 1024)),
+                          "full": ((1, 1024), (2, 1024), (4, 1024), (8, 1024), (16, 1024), (32, 1024),
+                                   (64, 1024), (128, 1024))}
 """Prompts on partitions (a Nexus prefill lane), alone and beside a decode-only pass of
 (decodes, context each) looping on the other SMs. The shares are those Nexus's controller
 picked in the validation runs: prefill on 48 SMs at 30-60 % load, on 24-48 at 90 % (32 and 40
