@@ -80,6 +80,8 @@ def build_cost_model(config: Config, arch: ModelArch, gpu: GpuSpec) -> CostModel
     engine = config.engine
     if cm.host_launch_us or cm.host_step_us or cm.host_per_seq_us or cm.host_check_us or cm.host_gap_us \
             or cm.host_graph_issue_us or cm.host_check_per_seq_us or engine.cuda_graph_sizes:
+        if isinstance(model, ProfiledCostModel) and engine.cuda_graph_max_decodes:
+            model.graph_rows = tuple(g for g in engine.cuda_graph_sizes if g <= engine.cuda_graph_max_decodes)
         return HostOverheadCostModel(model, arch, cm.host_launch_us * 1e-6, cm.host_step_us * 1e-6,
                                      engine.cuda_graph_max_tokens, gpu.num_sms,
                                      cm.host_per_seq_us * 1e-6, cm.host_check_us * 1e-6, cm.host_gap_us * 1e-6,

@@ -123,6 +123,10 @@ class ProfiledCostModel:
         self._prompt: _PromptPass | None = None
         self._issue: _PromptPass | None = None
         self._in_pass = self._in_pass_table()
+        self.graph_rows: tuple[int, ...] = ()
+        """Row counts of the graphs that replay whole decode-only passes (set by the engine's
+        wrapper, `servesim.runner`): such a pass runs at the smallest that holds it, and reads
+        the in-pass factor there (`_factor_rows`). () = at its batch."""
         self._lane = self._lane_pass_table()
         self._beside = self._beside_table()
         issue = self._prompt_issue_table()
@@ -478,7 +482,7 @@ class ProfiledCostModel:
         fixed, layers, ends_s, dense_s = self.fixed_s, self.arch.num_layers, ends.total, dense.total
         base_outside = ends.extrapolated + layers * dense.extrapolated
         in_pass = self._in_pass
-        row = in_pass.row(n, num_sms) if in_pass else None
+        row = in_pass.row(self._factor_rows(n), num_sms) if in_pass else None
         log_ctx = in_pass.log_ctx if in_pass else []
 
         def step(ctx_sum: int, ctx_max: int) -> float:
@@ -510,7 +514,8 @@ class ProfiledCostModel:
             if ends.extrapolated or dense.extrapolated:
                 self.extrapolated += ends.extrapolated + layers * dense.extrapolated
             total = self.fixed_s + ends.total + layers * (dense.total + attn_s)
-            return total * self._in_pass.factor(n, batch.decode_context / n, num_sms) if self._in_pass else total
+            return total * self._in_pass.factor(self._factor_rows(n), batch.decode_context / n, num_sms) \
+                if self._in_pass else total
         total = self._total(batch, num_sms, corunner)
         if corunner is None or corunner.batch.is_empty:
             return total
@@ -584,11 +589,17 @@ class ProfiledCostModel:
         if not batch.num_decodes:
             return 1.0
         factor = 1.0 if self._in_pass is None else \
-            self._in_pass.factor(batch.num_decodes, batch.decode_context / batch.num_decodes, sms)
+            self._in_pass.factor(self._factor_rows(batch.num_decodes), batch.decode_context / batch.num_decodes, sms)
         if self._beside_applies(batch, sms, corunner):
             assert self._beside is not None and corunner is not None
             factor *= self._beside.factor(batch.num_decodes, sms, corunner.batch.num_prefill_tokens)
         return factor
+
+    def _factor_rows(self, n: int) -> int:
+        """The batch whose in-pass factor prices a decode-only pass of `n` sequences: the row
+        count of the graph that replays it (`graph_rows`), else `n`."""
+        i = bisect.bisect_left(self.graph_rows, n)
+        return self.graph_rows[i] if i < len(self.graph_rows) else n
 
     def _beside_applies(self, batch: BatchShape, sms: int, corunner: Corunner | None) -> bool:
         """A decode-only pass on a partition beside a prompt-only pass, with a beside table."""
