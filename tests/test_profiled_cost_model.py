@@ -733,3 +733,20 @@ def test_gpu_scale_multiplies_every_price_of_the_profile(llama: ProfiledCostMode
                                       "t"), load_model("llama-3.1-8b"), H200)
     with pytest.raises(InputError, match="gpu_scale: must be > 0"):
         from_mapping({"model": "llama-3.1-8b", "cost_model": {"gpu_scale": 0}}, "t")
+
+
+def test_a_graphed_decode_pass_reads_the_in_pass_factor_at_its_graph_rows() -> None:
+    """With graph_rows set (the engine replays decode-only passes from graphs captured at those
+    row counts), a pass of 9 decodes on 92 SMs is priced with the 16-decode factor, not one
+    interpolated between 8 and 16; without it, as before."""
+    plain = ProfiledCostModel(load_model("llama-3.1-8b"), H200)
+    graphed = ProfiledCostModel(load_model("llama-3.1-8b"), H200)
+    graphed.graph_rows = (1, 2, 4, 8, 16, 24, 32)
+    assert graphed._factor_rows(9) == 16 and graphed._factor_rows(8) == 8 and graphed._factor_rows(40) == 40
+    shape = BatchShape((), (), 9, 9 * 512, 512, 9)
+    assert plain._in_pass is not None
+    ratio = graphed.step_time(shape, 92) / plain.step_time(shape, 92)
+    assert ratio == pytest.approx(plain._in_pass.factor(16, 512, 92) / plain._in_pass.factor(9, 512, 92), rel=1e-9)
+    assert ratio > 1.01  # the 8-decode factor on 92 SMs lies well below the 16-decode one
+    stepper = graphed.decode_stepper(9, 9, 92)
+    assert stepper(9 * 512, 512) == pytest.approx(graphed.step_time(shape, 92), rel=1e-12)
