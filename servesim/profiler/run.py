@@ -318,7 +318,8 @@ def add_passes(model: str, out_root: Path, mode: str, device_name: str, commit: 
     """Time the current grid's whole passes (`calibration_passes`: decode-only ones on the whole
     GPU and its partitions, mixed ones, the Nexus lanes' prompts alone and beside decodes, decode
     lanes beside prompts) into an existing profile of this GPU and model: its grid rows of the
-    `passes` table are replaced, the runtime's prompt passes and every other table kept.
+    `passes` table are replaced (where a failure left a pass untimed, its earlier row stays),
+    the runtime's prompt passes and every other table kept.
     `missing`: only the passes the table lacks are timed and added (a grid made finer: more
     co-runner or batch sizes), every row it has kept, so each pass stays that of the card it was
     timed on. meta.json's `passes_retimed` lists each such run. Returns the meta with this run
@@ -350,7 +351,12 @@ def add_passes(model: str, out_root: Path, mode: str, device_name: str, commit: 
             if prof.poisoned:
                 break
     factory.free()
-    kept = old if missing else old[runtime]
+    # The runtime's prompt passes stay; the grid's earlier rows go where every pass was timed
+    # again, and only those replaced where a failure left some untimed (or with `missing`).
+    timed = {_pass_identity(r, num_sms) for r in rows}
+    replaced = pd.Series([_pass_identity(r, num_sms) in timed for r in old.to_dict("records")],
+                         index=old.index, dtype=bool)
+    kept = old[runtime | ~replaced] if missing or len(rows) < len(batches) else old[runtime]
     new = pd.DataFrame(rows, columns=list(TABLES["passes"]))
     table = pd.concat([kept, new], ignore_index=True) if len(kept) else new
     write_tables(out_dir, {"passes": table})

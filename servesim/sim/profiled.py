@@ -52,16 +52,17 @@ SMALL_DECODE_CORUNNER = ((256, 1.0202), (2048, 1.0299))
 """(prompt tokens, a prompt's time on a partition beside 2 decodes over its time beside 8) on the
 H200 (Llama-3.1-8B, 40 prefill SMs beside 92: 1.597x and 1.566x its time alone at 256 tokens,
 1.537x and 1.492x at 2,048; benchmarks/results/h200-pass-contention-batch.json,
-`pass_contention.py --cases batch`, c208c36). A prompt lane's table (`_lane_pass_table`) times
+`pass_contention.py --cases batch`, c208c36). A prompt lane's table (`_lane_pass_table`) timed
 co-runners of 8 decodes and more, and a smaller co-runner read the 8-decode factor: in
 servesim's Nexus runs, prompts beside 1-2 decodes on 40 SMs took 4.0 % longer than so priced
 (414 passes) and beside 2-4 1.5 % (benchmarks/step_residuals.py). Below the smallest co-runner
 the table measured, the factor is raised toward this ratio, linearly in log decodes from 1 at
 that co-runner to the full ratio at a quarter of it (8 -> 2) and below, and in log tokens
-between 256 and 2,048 (held outside). The factor is raised, not the price: the
-operator-composed contention under it falls 0.5-0.7 % from 8 decodes to 2, so the shipped Llama
-profile prices a prompt beside 2 decodes 1.5 % over beside 8 at 256 tokens, 2.4 % at 2,048. A
-profile that times smaller co-runners reads them instead; co-runners of the larger size classes
+between 256 and 2,048 (held outside). The factor is raised, not the price (the
+operator-composed contention under it falls 0.5-0.7 % from 8 decodes to 2). A profile that times
+smaller co-runners reads them instead: the shipped Llama profile has co-runners of 1, 2 and 4
+decodes since 7d94c17 (beside 1 decode on 48 SMs a prompt measured 1.56x its time alone, against
+1.42x beside 8), so the raise applies to the other three shipped profiles, whose lanes start at 8; co-runners of the larger size classes
 (17-32, 33-64 decodes) are not raised (beside 20 and 24 decodes the same benchmark read 1.269x
 and 1.241x against 1.266x beside 32)."""
 _Curves = tuple[list[float], list[float], bool, list[float], list[list[float]], Callable[[float, float], float] | None]
