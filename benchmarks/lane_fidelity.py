@@ -12,12 +12,20 @@ of CONTEXT tokens, in one run:
   runtime   the runtime's pass as Nexus serves it: `PartitionLanes`' decode lane, the whole
             decode-only pass replayed from its full graph (inputs copied in first), REPS times.
 
-The price is ProfiledCostModel.step_time of the same shape on those SMs, and for the runtime's
-pass also the graph's padding rows (`HostOverheadCostModel.padding_s`). Prints a table and one
-JSON object; --out writes the JSON; --measured FILE prices a written JSON again (no GPU).
+The profiler's pass is priced by ProfiledCostModel.step_time of the same shape on those SMs;
+the runtime's as the simulator prices a served step (`HostOverheadCostModel.gpu_s` over the
+profiled model with the runtime's graph sizes: the in-pass factor of the graph's row count and
+the graph's padding rows). `--kernels` also breaks the passes of KERNEL_BATCHES down by kernel
+(torch.profiler), the runtime's against the profiler's. Prints tables and one JSON object;
+--out writes the JSON; --measured FILE prices a written JSON again (no GPU).
 
-    PYTHONPATH=. python benchmarks/lane_fidelity.py --out FILE
-    PYTHONPATH=. python benchmarks/lane_fidelity.py --measured FILE
+Measured (h200-lane-fidelity-kernels.json, 2026-12-02): on every decode lane the runtime's pass
+of 9 decodes, replayed from the 16-row graph, ran 3.3-6.6 % over its served price, those of 8
+and 16 (no padding) within -0.3..+3.7 %; its decode attention took 27-54 us a pass more than a
+launch of the 9 rows alone and the split merge 5-23 us more (the padding rows' programs).
+
+    PYTHONPATH=.:benchmarks python benchmarks/lane_fidelity.py [--kernels] --out FILE
+    PYTHONPATH=.:benchmarks python benchmarks/lane_fidelity.py --measured FILE
 """
 
 from __future__ import annotations
@@ -37,9 +45,11 @@ from servesim.sim.profiled import ProfiledCostModel
 
 PREFILL_SHARES = (64, 56, 48, 40)
 """Prefill SMs of the splits: decode lanes of 68, 76, 84 and 92 SMs (Nexus's in issue 7)."""
-BATCHES = (4, 8, 13, 16, 24)
+BATCHES = (4, 8, 9, 13, 16, 24)
 CONTEXT = 1024
 REPS = 10
+KERNEL_BATCHES = (8, 9, 16)
+"""Batches whose passes are also broken down by kernel (torch.profiler) with --kernels."""
 GRAPH_SIZES = (1, 2, 4, 8, 16, 24, 32)
 """The runtime's captured decode sizes up to 32 (runtime.model.GRAPH_SIZES)."""
 
@@ -48,10 +58,10 @@ def _shape(n: int) -> BatchShape:
     return BatchShape(num_decodes=n, decode_context=n * CONTEXT, max_decode_context=CONTEXT, num_logits=n)
 
 
-def measure(model_name: str) -> list[dict[str, Any]]:
+def measure(model_name: str, kernels: bool = False) -> list[dict[str, Any]]:
     import torch
     from pass_contention import _graph  # the profiler's pass on a partition
-    from pass_fidelity import replays_us
+    from pass_fidelity import _kernel_us, replays_us
 
     from servesim.policies import EngineLimits, Step
     from servesim.profiler.operators import OperatorFactory
@@ -95,6 +105,10 @@ def measure(model_name: str) -> list[dict[str, Any]]:
             forward, graph = _graph(factory, _shape(n), lane.num_sms, rest.stream)
             rows.append({"decode_sms": lane.num_sms, "decodes": n, "context": CONTEXT,
                          "profile_us": timed(graph.replay, rest.stream), "runtime_us": timed(serve, rest.stream)})
+            if kernels and n in KERNEL_BATCHES:
+                with torch.cuda.stream(rest.stream):
+                    rows[-1]["profile_kernels"] = _kernel_us(graph.replay)
+                    rows[-1]["runtime_kernels"] = _kernel_us(serve)
             del forward, graph
             for r in reqs:  # their blocks back to the pool
                 r.kv_blocks = 0
@@ -104,18 +118,38 @@ def measure(model_name: str) -> list[dict[str, Any]]:
 
 
 def report(result: dict[str, Any]) -> None:
-    model = ProfiledCostModel(load_model(result["model"]), get_gpu("h200"))
-    host = HostOverheadCostModel(model, model.arch, 0.0, 0.0, graph_max_tokens=2048, graph_sizes=GRAPH_SIZES)
-    print("| decode lane SMs | decodes | priced ms | profile / priced | runtime / (priced + padding) |")
-    print("|---:|---:|---:|---:|---:|")
+    arch, gpu = load_model(result["model"]), get_gpu("h200")
+    model = ProfiledCostModel(arch, gpu)  # the profiler's pass: the batch's own rows
+    graphed = ProfiledCostModel(arch, gpu)  # the runtime's, as the simulator prices it (servesim.runner)
+    graphed.graph_rows = GRAPH_SIZES
+    host = HostOverheadCostModel(graphed, arch, 0.0, 0.0, graph_max_tokens=2048, graph_sizes=GRAPH_SIZES)
+    print("| decode lane SMs | decodes | profile / price | runtime / price as served (graph's factor, padding) |")
+    print("|---:|---:|---:|---:|")
     for r in result["rows"]:
         shape, sms = _shape(r["decodes"]), r["decode_sms"]
         r["priced_us"] = 1e6 * model.step_time(shape, sms)
-        r["padding_us"] = 1e6 * host.padding_s(shape, sms)
+        r["served_price_us"] = 1e6 * host.gpu_s(shape, sms)
         profile, runtime = statistics.median(r["profile_us"]), statistics.median(r["runtime_us"])
-        print(f"| {sms} | {r['decodes']} | {r['priced_us'] / 1e3:.2f} | {profile / r['priced_us']:.3f} "
-              f"| {runtime / (r['priced_us'] + r['padding_us']):.3f} |")
+        print(f"| {sms} | {r['decodes']} | {profile / r['priced_us']:.3f} | {runtime / r['served_price_us']:.3f} |")
+    broken = [r for r in result["rows"] if "runtime_kernels" in r]
+    if broken:
+        print("\n| decode lane SMs | decodes | us a pass, runtime - profile: decode attention | its merge "
+              "| GEMMs | the rest |")
+        print("|---:|---:|---:|---:|---:|---:|")
+        for r in broken:
+            diff = [_kernel_classes(r["runtime_kernels"])[i] - _kernel_classes(r["profile_kernels"])[i]
+                    for i in range(4)]
+            print(f"| {r['decode_sms']} | {r['decodes']} | " + " | ".join(f"{d:+.0f}" for d in diff) + " |")
     print(json.dumps({k: v for k, v in result.items() if k != "rows"}))
+
+
+def _kernel_classes(kernels: dict[str, float]) -> list[float]:
+    """us a pass in decode attention, its split merge, GEMMs (with their split-K reduction),
+    and everything else."""
+    attn = sum(v for k, v in kernels.items() if "decode_attn" in k)
+    merge = sum(v for k, v in kernels.items() if "decode_reduce" in k)
+    gemm = sum(v for k, v in kernels.items() if "gemm" in k.lower() or "splitk" in k.lower())
+    return [attn, merge, gemm, sum(kernels.values()) - attn - merge - gemm]
 
 
 def main() -> int:
@@ -123,6 +157,8 @@ def main() -> int:
     parser.add_argument("--model", default="llama-3.1-8b")
     parser.add_argument("--out")
     parser.add_argument("--measured", help="a JSON this script wrote: price its rows again, no GPU")
+    parser.add_argument("--kernels", action="store_true",
+                        help=f"also break the passes of {KERNEL_BATCHES} decodes down by kernel")
     args = parser.parse_args()
     if args.measured:
         result = json.loads(Path(args.measured).read_text())
@@ -133,7 +169,7 @@ def main() -> int:
             return 2
         result = {"model": args.model, "gpu": torch.cuda.get_device_name(), "torch": torch.__version__,
                   "command": "PYTHONPATH=. python benchmarks/lane_fidelity.py --out FILE", "reps": REPS,
-                  "rows": measure(args.model)}
+                  "rows": measure(args.model, args.kernels)}
     report(result)
     if args.out:
         Path(args.out).write_text(json.dumps(result, indent=1) + "\n")

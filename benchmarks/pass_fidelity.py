@@ -42,6 +42,10 @@ conversation trace (a prompt plus part of its output, seeded), in the order draw
 and longest last: serving's batches mix contexts (the largest 2-3.5x the mean in issue 7's 90 %
 runs), where the profile times one straggler launched first and the others equal.
 
+`--cases small` times decode batches of 1-33 sequences of SMALL_CONTEXT tokens: the runtime's pass
+of a batch between two graph sizes replays the larger graph, the profile's runs the batch's own
+rows; SMALL_KERNELS are also broken down by kernel, both ways.
+
 `--cases served --steps DIR` replays decode-only steps a validation run served (DIR holds its
 steps.csv.gz and measured_requests.csv): each step's contexts, rebuilt from when its requests
 got their first token and finished (they match the step table's count, sum and longest
@@ -55,6 +59,7 @@ the JSON; --measured FILE prints a written JSON again, priced with this checkout
 
     PYTHONPATH=. python benchmarks/pass_fidelity.py --out FILE
     PYTHONPATH=. python benchmarks/pass_fidelity.py --cases served --steps RUN_DIR --out FILE
+    PYTHONPATH=.:benchmarks python benchmarks/pass_fidelity.py --cases small --out FILE
     PYTHONPATH=. python benchmarks/pass_fidelity.py --measured FILE [--profile DIR]
 """
 
@@ -101,6 +106,12 @@ HOT = (("spread", 96), ("spread", 112), ("equal", 96))
 """`--cases hot`: decode batches (sweep rows) replayed back to back for HOT_S seconds each."""
 HOT_S = 20.0
 """Spread batches whose runtime pass is also broken down by kernel (torch.profiler)."""
+SMALL_BATCHES = (*range(1, 21), 23, 24, 25, 32, 33)
+SMALL_CONTEXT = 640
+SMALL_KERNELS = (8, 9, 13, 16)
+"""`--cases small`: decode batches of these sizes, SMALL_CONTEXT tokens each; the runtime's pass
+of a size between two graph sizes replays the larger graph (padding rows at context 1), where
+the profile's pass runs the batch's own rows; kernels broken down for SMALL_KERNELS."""
 ORDERS = ("drawn", "longest_first", "longest_last")
 SERVED_BINS = ((56, 64), (65, 72), (73, 76), (77, 80), (81, 88), (89, 96), (97, 112))
 SERVED_PER_BIN = 4
@@ -309,6 +320,12 @@ def _sweep_rows(seed: int = 0) -> dict[str, dict[str, Any]]:
     return rows
 
 
+def _small_rows() -> dict[str, dict[str, Any]]:
+    """SMALL_BATCHES decode batches of SMALL_CONTEXT each."""
+    return {f"small{n}": {"kind": "decode", "size": n, "context": SMALL_CONTEXT, "kernels": n in SMALL_KERNELS,
+                          "release": True} for n in SMALL_BATCHES}
+
+
 def _profile_runs(arch: ModelArch, row: dict[str, Any], layer_sets: int,
                   device: torch.device | None = None) -> tuple[Any, Run]:
     """The profiler's pass captured in one graph (keep the Forward alive while it replays)."""
@@ -338,7 +355,7 @@ def main() -> int:
     parser.add_argument("--profile", help="profile directory to price with (default: the shipped one)")
     parser.add_argument("--out")
     parser.add_argument("--measured", help="a JSON this script wrote: price its rows again, no GPU")
-    parser.add_argument("--cases", choices=("uniform", "skew", "sweep", "hot", "after", "heat", "served"),
+    parser.add_argument("--cases", choices=("uniform", "skew", "sweep", "small", "hot", "after", "heat", "served"),
                         default="uniform")
     parser.add_argument("--steps", help="with --cases served: a validation run's folder")
     parser.add_argument("--targets", default=",".join(AFTER_TARGETS),
@@ -355,6 +372,7 @@ def main() -> int:
     arch = load_model(args.model)
     uniform, after, heat = args.cases == "uniform", args.cases == "after", args.cases == "heat"
     rows = _skew_rows() if args.cases == "skew" else _sweep_rows() if args.cases == "sweep" else \
+        _small_rows() if args.cases == "small" else \
         {f"{k}_{s}": {"kind": k, "size": s, "context": c} for k, s, c in CASES}
     if args.cases == "served":
         if not args.steps:
@@ -387,6 +405,8 @@ def main() -> int:
                     continue
                 keep, run = _profile_runs(arch, row, layer_sets)
                 row[f"{name}_us"] = _burst(run)
+                if name == "profile" and row.get("kernels"):
+                    row["profile_kernels"] = _kernel_us(run)
                 if name == "profile" and key == "{}_{}".format(*SUSTAINED[0][:2]):
                     row["profile_sustained"] = _sustained(run)
                 del keep, run
