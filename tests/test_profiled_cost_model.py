@@ -745,8 +745,28 @@ def test_a_graphed_decode_pass_reads_the_in_pass_factor_at_its_graph_rows() -> N
     assert graphed._factor_rows(9) == 16 and graphed._factor_rows(8) == 8 and graphed._factor_rows(40) == 40
     shape = BatchShape((), (), 9, 9 * 512, 512, 9)
     assert plain._in_pass is not None
-    ratio = graphed.step_time(shape, 92) / plain.step_time(shape, 92)
-    assert ratio == pytest.approx(plain._in_pass.factor(16, 512, 92) / plain._in_pass.factor(9, 512, 92), rel=1e-9)
-    assert ratio > 1.01  # the 8-decode factor on 92 SMs lies well below the 16-decode one
+    # the same operators (decode attention launched on the graph's 16 rows) at another factor
+    ops = graphed.step_time(shape, 92) / plain._in_pass.factor(16, 512, 92)
+    attn_padded, attn = graphed._decode_s(9, 9 * 512, 512, 92, 16), plain._decode_s(9, 9 * 512, 512, 92)
+    assert attn_padded is not None and attn is not None and attn_padded > attn
+    ops_plain = plain.step_time(shape, 92) / plain._in_pass.factor(9, 512, 92)
+    assert ops == pytest.approx(ops_plain + 32 * (attn_padded - attn), rel=1e-9)
+    assert graphed.step_time(shape, 92) / plain.step_time(shape, 92) > 1.01  # the 8-decode factor lies well below
     stepper = graphed.decode_stepper(9, 9, 92)
     assert stepper(9 * 512, 512) == pytest.approx(graphed.step_time(shape, 92), rel=1e-12)
+
+
+def test_a_padded_decode_launch_prices_its_padding_rows_programs() -> None:
+    """Decode attention launched on a graph's 16 rows for 9 decodes: the padding rows' programs
+    (the batch's split count, one token each) cost their fixed share of a slot; a launch on the
+    batch's own rows is as before, and more padding costs more."""
+    arch = load_model("llama-3.1-8b")
+    scale = (2e-6, 1e-6, 2e-7, 3e-6)
+    own = kernel_work.decode_estimate(arch, 92, 9, scale)
+    assert kernel_work.decode_estimate(arch, 92, 9, scale, 9)(9 * 1024, 1024) == own(9 * 1024, 1024)
+    padded = [kernel_work.decode_estimate(arch, 92, 9, scale, rows)(9 * 1024, 1024) for rows in (12, 16, 24)]
+    assert own(9 * 1024, 1024) < padded[0] < padded[1] < padded[2]
+    # slot-bound here (a 1,024-token context in 3 splits of 384): 7 rows x 3 splits more programs
+    per_slot = arch.num_kv_heads / (2 * 92)
+    extra = per_slot * (7 / kernel_work.KEY_TILE + 7 * 3 * kernel_work.PROGRAM_TILES)
+    assert padded[1] - own(9 * 1024, 1024) == pytest.approx(scale[1] * extra, rel=1e-9)

@@ -57,13 +57,18 @@ def decode_terms(arch: ModelArch, num_sms: int, x: tuple[float, ...]) -> list[fl
     return [decode_estimate(arch, num_sms, batch, u)(batch * mean, longest) for u in units]
 
 
-def decode_estimate(arch: ModelArch, num_sms: int, batch: int, scale: tuple[float, ...]
+def decode_estimate(arch: ModelArch, num_sms: int, batch: int, scale: tuple[float, ...], rows: int = 0
                     ) -> Callable[[float, float], float]:
     """scale . decode_terms at `batch` decodes as a function of (total context, longest
-    context; the others equal): priced at every decode step, so all else is bound here."""
+    context; the others equal): priced at every decode step, so all else is bound here.
+    `rows` > batch: a launch padded to that many rows (a decode graph's), the split count the
+    batch's own, each padding row one token: its programs still take their PROGRAM_TILES of a
+    slot (on the H200, 9 decodes in a 16-row launch: 27-54 us a pass over a launch of 9 rows,
+    benchmarks/lane_fidelity.py --kernels)."""
     c0, c1, c2, c3 = scale
     wanted = decode_num_splits(batch, arch.num_kv_heads, 1 << 20, num_sms)  # the SM-budget term
     per_slot = arch.num_kv_heads / (_DECODE_PROGRAMS_PER_SM * num_sms)
+    launched = max(rows, batch)
 
     def estimate(total: float, longest: float) -> float:
         splits = longest // 256 if longest < 256 * wanted else wanted
@@ -75,7 +80,7 @@ def decode_estimate(arch: ModelArch, num_sms: int, batch: int, scale: tuple[floa
             tiles, splits, merge = -(-longest // KEY_TILE), 1, 0.0
         program = tiles + PROGRAM_TILES
         tokens = total if total > longest + batch - 1 else longest + batch - 1  # others >= 1 token
-        slot = per_slot * (tokens / KEY_TILE + batch * splits * PROGRAM_TILES)
+        slot = per_slot * ((tokens + launched - batch) / KEY_TILE + launched * splits * PROGRAM_TILES)
         return c0 + (c1 * program + c2 * slot if program > slot else c1 * slot + c2 * program) + merge
 
     return estimate

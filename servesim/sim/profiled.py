@@ -116,18 +116,19 @@ class ProfiledCostModel:
         self.extrapolated = 0
         self.fixed_s = self.profile.ops["iteration_fixed"].scalar
         self._groups: dict[tuple[int, ...], _Priced] = {}
-        self._decode: dict[tuple[int, int], _Curves | None] = {}
+        self._decode: dict[tuple[int, int, int], _Curves | None] = {}
         self._slowdowns: dict[tuple[Corunner, int], tuple[tuple[float, ...], int]] = {}
         self._in_pass: _InPass | None = None
         self._lane: _LanePass | None = None
         self._beside: _LanePass | None = None
         self._prompt: _PromptPass | None = None
         self._issue: _PromptPass | None = None
-        self._in_pass = self._in_pass_table()
         self.graph_rows: tuple[int, ...] = ()
         """Row counts of the graphs that replay whole decode-only passes (set by the engine's
-        wrapper, `servesim.runner`): such a pass runs at the smallest that holds it, and reads
-        the in-pass factor there (`_factor_rows`). () = at its batch."""
+        wrapper, `servesim.runner`): such a pass runs at the smallest that holds it, reads the
+        in-pass factor there (`_factor_rows`) and launches decode attention on its padding rows
+        too. () = at its batch (the profile's passes: the in-pass factors are read with none)."""
+        self._in_pass = self._in_pass_table()
         self._lane = self._lane_pass_table()
         self._beside = self._beside_table()
         issue = self._prompt_issue_table()
@@ -424,20 +425,22 @@ class ProfiledCostModel:
         return self._cached((2, q, prefix, chunks, sms), sms, chunks)
 
     def _decode_attn(self, batch: BatchShape, sms: int) -> _Priced:
-        t = self._decode_s(batch.num_decodes, batch.decode_context, batch.max_decode_context, sms)
+        rows = 0 if batch.prefill_tokens else self._factor_rows(batch.num_decodes)
+        t = self._decode_s(batch.num_decodes, batch.decode_context, batch.max_decode_context, sms, rows)
         if t is None:
             return self._price([model_ops.decode_attention(self.arch, batch)], sms)
         return _Priced(t, _one(CONTENTION_TARGETS, "attn_decode", t), _one(CORUNNERS, "decode_attn", t),
                        batch.decode_context * self.arch.kv_bytes_per_token_per_layer, 0)
 
-    def _decode_s(self, n: int, ctx: int, max_ctx: int, sms: int) -> float | None:
+    def _decode_s(self, n: int, ctx: int, max_ctx: int, sms: int, rows: int = 0) -> float | None:
         """Decode attention inside the grid, from per-(decodes, SMs) curves over the mean
-        context (one per skew value): a few bisections, no per-context cache; None outside."""
-        key = (n, sms)
+        context (one per skew value): a few bisections, no per-context cache; None outside.
+        `rows` > n: launched padded to that many rows (a decode graph's; `decode_estimate`)."""
+        key = (n, sms, rows if rows > n else 0)
         if key not in self._decode:
             if len(self._decode) >= _MAX_CACHE:
                 self._decode.clear()
-            self._decode[key] = self._decode_curves(n, sms)
+            self._decode[key] = self._decode_curves(n, sms, key[2])
         curves = self._decode[key]
         if curves is None or not ctx:
             return None
@@ -459,14 +462,15 @@ class ProfiledCostModel:
             ratio = lerp(skews, at, skew) if len(skews) > 1 else at[0]
         return ratio * estimate(ctx, max_ctx) if estimate else ratio
 
-    def _decode_curves(self, n: int, sms: int) -> _Curves | None:
+    def _decode_curves(self, n: int, sms: int, rows: int = 0) -> _Curves | None:
         table = self.profile.ops["attn_decode"]
         if table.grid is None or not table.grid.axes[0][0] <= n <= table.grid.axes[0][-1]:
             return None
         _, contexts, skews = table.grid.axes
         ratios = [[self.table_seconds("attn_decode", (n, c, s), sms)[0] / table.work((n, c, s)) for c in contexts]
                   for s in skews]
-        estimate = kernel_work.decode_estimate(self.arch, self.gpu.num_sms, n, table.scale) if table.scale else None
+        estimate = kernel_work.decode_estimate(self.arch, self.gpu.num_sms, n, table.scale, rows) \
+            if table.scale else None
         log_axis = table.grid.log_axes[1]
         return contexts, [math.log(c) for c in contexts] if log_axis else contexts, log_axis, skews, ratios, estimate
 
@@ -486,8 +490,10 @@ class ProfiledCostModel:
         row = in_pass.row(self._factor_rows(n), num_sms) if in_pass else None
         log_ctx = in_pass.log_ctx if in_pass else []
 
+        rows = self._factor_rows(n)
+
         def step(ctx_sum: int, ctx_max: int) -> float:
-            attn_s = self._decode_s(n, ctx_sum, ctx_max, num_sms)
+            attn_s = self._decode_s(n, ctx_sum, ctx_max, num_sms, rows)
             if attn_s is None:
                 return self.step_time(BatchShape((), (), n, ctx_sum, ctx_max, logits), sms)
             if base_outside:
@@ -507,7 +513,7 @@ class ProfiledCostModel:
             ends = self._groups.get((1, n, n, batch.num_logits, num_sms)) or self._ends(n, n, batch.num_logits, num_sms)
             dense = self._groups.get((0, n, num_sms)) or self._dense(n, num_sms)
             layers = self.arch.num_layers
-            attn_s = self._decode_s(n, batch.decode_context, batch.max_decode_context, num_sms)
+            attn_s = self._decode_s(n, batch.decode_context, batch.max_decode_context, num_sms, self._factor_rows(n))
             if attn_s is None:
                 attn = self._decode_attn(batch, num_sms)
                 attn_s = attn.total
