@@ -1,8 +1,12 @@
-"""Small builders shared by the simulator tests: requests, limits, one-call runs."""
+"""Small builders shared by the simulator tests: requests, limits, one-call runs; benchmark
+scripts loaded as modules."""
 
 from __future__ import annotations
 
+import importlib.util
 from collections.abc import Sequence
+from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 from servesim.policies import REGISTRY, EngineLimits
@@ -35,3 +39,13 @@ def run(
 
 def token_times(result: SimResult) -> dict[int, list[float]]:
     return {r.request_id: [round(t, 9) for t in r.token_times_s] for r in result.requests}
+
+
+def benchmark(name: str) -> ModuleType:
+    """benchmarks/NAME.py as a module (its GPU-only imports inside functions stay unrun)."""
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

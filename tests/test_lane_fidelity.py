@@ -1,26 +1,17 @@
 """benchmarks/lane_fidelity.py --measured: the committed H200 measurement of Nexus's decode
 lanes priced again on the CPU, as the simulator prices a served step."""
 
-import importlib.util
 import json
 from pathlib import Path
-from typing import Any
+
+from simkit import benchmark
 
 ROOT = Path(__file__).resolve().parent.parent
 MEASURED = ROOT / "benchmarks" / "results" / "h200-lane-fidelity-kernels.json"
 
 
-def _lane_fidelity() -> Any:
-    """The benchmark as a module (its `from pass_fidelity import ...` runs only on the GPU)."""
-    spec = importlib.util.spec_from_file_location("lane_fidelity", ROOT / "benchmarks" / "lane_fidelity.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_kernel_classes_split_a_pass_without_losing_time():
-    lf = _lane_fidelity()
+    lf = benchmark("lane_fidelity")
     kernels = {"_decode_attn_kernel": 400.0, "_decode_reduce_kernel": 50.0, "_gemm_splitk_kernel": 3000.0,
                "_splitk_reduce_kernel": 50.0, "_rmsnorm_kernel": 90.0, "Memcpy DtoD": 5.0}
     assert lf._kernel_classes(kernels) == [400.0, 50.0, 3050.0, 95.0]
@@ -29,7 +20,7 @@ def test_kernel_classes_split_a_pass_without_losing_time():
 def test_the_runtime_pass_is_priced_as_a_served_step(capsys):
     """A batch between two graph sizes is priced at the graph's factor with its padding rows; a
     batch at a graph size exactly as the profiler's pass of it."""
-    lf = _lane_fidelity()
+    lf = benchmark("lane_fidelity")
     result = json.loads(MEASURED.read_text())
     lf.report(result)
     out = capsys.readouterr().out

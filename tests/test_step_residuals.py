@@ -2,23 +2,14 @@
 errors by the decodes that overlapped each prompt, on small step tables whose answers are known,
 and on the committed H200 runs."""
 
-import importlib.util
 import json
 from pathlib import Path
-from typing import Any
 
 import pandas as pd
 import pytest
+from simkit import benchmark
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def _module() -> Any:
-    spec = importlib.util.spec_from_file_location("step_residuals", ROOT / "benchmarks" / "step_residuals.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def _run(folder: Path, policy: str, factor: float | None, rows: list[dict[str, float]]) -> None:
@@ -36,7 +27,7 @@ def _step(start: float, busy: float, gpu: float, pred: float, pred_gpu: float, p
 
 
 def test_host_residuals_pool_runs_at_the_reference_speed(tmp_path: Path) -> None:
-    sr = _module()
+    sr = benchmark("step_residuals")
     # Host measured 600 us vs 400 priced on a host at 2x: +100 us at the reference speed.
     _run(tmp_path / "a", "vllm", 2.0, [_step(0, 0.0106, 0.010, 0.0104, 0.010, prefills=1, tokens=300),
                                         _step(0.02, 0.0063, 0.006, 0.0064, 0.006, decodes=4)])
@@ -51,7 +42,7 @@ def test_host_residuals_pool_runs_at_the_reference_speed(tmp_path: Path) -> None
 
 
 def test_lane_errors_follow_the_decodes_that_overlapped_each_prompt(tmp_path: Path) -> None:
-    sr = _module()
+    sr = benchmark("step_residuals")
     rows = [_step(0.000, 0.10, 0.10, 0.095, 0.095, prefills=1, tokens=1024, partition=0, sms=40),
             _step(0.001, 0.05, 0.05, 0.05, 0.05, decodes=1, partition=1, sms=92),  # beside it: 1 and 3
             _step(0.051, 0.05, 0.05, 0.05, 0.05, decodes=3, partition=1, sms=92),
@@ -66,7 +57,7 @@ def test_lane_errors_follow_the_decodes_that_overlapped_each_prompt(tmp_path: Pa
 
 
 def test_the_committed_runs_and_a_folder_without_runs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    sr = _module()
+    sr = benchmark("step_residuals")
     out = tmp_path / "residuals.json"
     assert sr.main([str(ROOT / "benchmarks" / "results" / "h200-validate-8"), "--out", str(out)]) == 0
     got = json.loads(out.read_text())
@@ -77,7 +68,7 @@ def test_the_committed_runs_and_a_folder_without_runs(tmp_path: Path, capsys: py
 
 
 def test_decode_errors_keep_passes_that_started_alone_by_sms_and_batch(tmp_path: Path) -> None:
-    sr = _module()
+    sr = benchmark("step_residuals")
     rows = [_step(0.01 * i, 0.006, 0.006, 0.0063, 0.0063, decodes=9, partition=1, sms=92) for i in range(3)]
     rows += [_step(0.1, 0.006, 0.006, 0.0060, 0.0054, decodes=9, partition=1, sms=92)]  # -10 %
     rows += [_step(0.2, 0.006, 0.006, 0.9, 0.9, decodes=9, partition=1, sms=92)]  # beside a prompt: left out
