@@ -157,7 +157,8 @@ class HostOverheadCostModel:
         operators (`dense_layer_s`, the profiled one); 0 for any other, an ungraphed pass or one
         at a captured size. Negative where the padded size runs faster (GEMM tiles: 320 rows
         price below 300 on the H200). Not priced: a whole decode graph's LM head on its padding
-        rows. Alone: a co-runner's slowdown is not applied to it."""
+        rows. Its decode attention on them is the inner model's (ProfiledCostModel.graph_rows).
+        Alone: a co-runner's slowdown is not applied to it."""
         tokens = batch.num_tokens
         dense = getattr(self.inner, "dense_layer_s", None)
         if not self.graph_sizes or not 0 < tokens <= self.graph_max_tokens or dense is None:
