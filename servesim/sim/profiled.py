@@ -512,8 +512,8 @@ class ProfiledCostModel:
                 return 0.0
             ends = self._groups.get((1, n, n, batch.num_logits, num_sms)) or self._ends(n, n, batch.num_logits, num_sms)
             dense = self._groups.get((0, n, num_sms)) or self._dense(n, num_sms)
-            layers = self.arch.num_layers
-            attn_s = self._decode_s(n, batch.decode_context, batch.max_decode_context, num_sms, self._factor_rows(n))
+            layers, rows = self.arch.num_layers, self._factor_rows(n)
+            attn_s = self._decode_s(n, batch.decode_context, batch.max_decode_context, num_sms, rows)
             if attn_s is None:
                 attn = self._decode_attn(batch, num_sms)
                 attn_s = attn.total
@@ -521,7 +521,7 @@ class ProfiledCostModel:
             if ends.extrapolated or dense.extrapolated:
                 self.extrapolated += ends.extrapolated + layers * dense.extrapolated
             total = self.fixed_s + ends.total + layers * (dense.total + attn_s)
-            return total * self._in_pass.factor(self._factor_rows(n), batch.decode_context / n, num_sms) \
+            return total * self._in_pass.factor(rows, batch.decode_context / n, num_sms) \
                 if self._in_pass else total
         total = self._total(batch, num_sms, corunner)
         if corunner is None or corunner.batch.is_empty:
